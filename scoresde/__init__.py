@@ -1,0 +1,18 @@
+"""scoresde: score-based diffusion models as stochastic differential equations.
+
+Public API (re-exported here): the SDEs :class:`VPSDE`, :class:`SubVPSDE`, :class:`VESDE`;
+:class:`ScoreModel` and the parameterization conversions; time grids and step selections.
+"""
+from .grids import respaced_betas, select_timesteps, space_timesteps, time_grid
+from .schedules import CosineSchedule, LinearSchedule
+from .score import ScoreModel, network_time
+from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, sde_from_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "sde_from_config",
+    "LinearSchedule", "CosineSchedule",
+    "ScoreModel", "network_time",
+    "time_grid", "select_timesteps", "space_timesteps", "respaced_betas",
+]

@@ -1,0 +1,84 @@
+"""Input validation shared by every public entry point.
+
+Each helper raises ``ValueError`` (bad value) or ``TypeError`` (bad type) with a
+message that names the argument and the allowed values, so that bad input never
+turns into a silent NaN further down.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+
+def check_choice(name: str, value, choices: Iterable[str]) -> str:
+    """Return ``value`` if it is one of ``choices``; else raise ValueError listing them."""
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {list(choices)}; got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; valid values are {list(choices)}")
+    return value
+
+
+def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool = False) -> None:
+    """Raise unless ``value`` is a finite number > 0 (>= 0 with ``allow_zero``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        kind = "an integer" if integer else "a number"
+        raise TypeError(f"{name} must be {kind}; got {value!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be finite and {bound}; got {value!r}")
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Raise ValueError if ``x`` holds NaN or infinity."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+def as_time(t, x: torch.Tensor | None, T: float, *, name: str = "t", low: float = 0.0) -> torch.Tensor:
+    """Return ``t`` as a float tensor of shape (B,), checked against ``x`` and [low, T].
+
+    Arguments:
+        t: a Python number, a 0-d tensor (broadcast to the batch) or a (B,) tensor.
+        x: the state (B, ...) whose batch size ``t`` must match, or None.
+        T: the end of the time interval.
+        low: the start of the allowed interval (0 or a sampler's eps).
+    Raises:
+        ValueError: wrong shape, non-finite values, or values outside [low, T]
+            (a relative slack of 1e-6 absorbs float rounding of grid ends).
+    """
+    device = x.device if x is not None else None
+    if not isinstance(t, torch.Tensor):
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError(f"{name} must be a number or a tensor; got {type(t).__name__}")
+        t = torch.tensor(float(t), dtype=torch.float64, device=device)
+    elif not t.is_floating_point():
+        t = t.to(torch.float64)
+    if t.dim() == 0:
+        t = t.reshape(1).expand(x.shape[0] if x is not None else 1)
+    if t.dim() != 1:
+        raise ValueError(f"{name} must have shape (B,) or be a scalar; got shape {tuple(t.shape)}")
+    if x is not None:
+        if x.dim() < 1:
+            raise ValueError(f"x must have a batch dimension, shape (B, ...); got shape {tuple(x.shape)}")
+        if t.shape[0] != x.shape[0]:
+            raise ValueError(f"{name} has batch size {t.shape[0]} but x has batch size {x.shape[0]}")
+        if t.device != x.device:
+            t = t.to(x.device)
+    slack = 1e-6 * max(T, 1.0)
+    lo, hi = float(t.min()), float(t.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if lo < low - slack or hi > T + slack:
+        raise ValueError(f"{name} must lie in [{low:g}, T={T:g}]; got values in [{lo:g}, {hi:g}]")
+    return t
+
+
+def bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """View a per-sample coefficient (B,) so that it broadcasts against x (B, ...)."""
+    return c.reshape(c.shape[0], *([1] * (x.dim() - 1)))

@@ -1,0 +1,165 @@
+"""Time grids: the one place a sampler's times and a discrete sampler's steps come from.
+
+* :func:`time_grid` builds the descending grid of continuous times of a sampler: ``steps + 1``
+  points from exactly ``T`` to exactly ``eps``; step k goes from ``grid[k]`` to ``grid[k + 1]``.
+* :func:`select_timesteps` picks the integer steps of the discrete chain a DDPM / DDIM sampler
+  visits: DDIM's "uniform" stride and "quadratic" selection, Improved DDPM's respacing strings
+  ("ddim50", "250", "10,15,20") or an explicit list.
+* :func:`respaced_betas` gives the betas of the chain restricted to those steps.
+
+Samplers read consecutive steps from these arrays and never recompute the previous step.
+
+References: Song, Meng & Ermon 2021 (DDIM), Sec. 4.2 and App. D.2 (uniform / quadratic);
+Nichol & Dhariwal 2021, Sec. 4 ("space_timesteps"); Lu et al. 2022 (DPM-Solver) (log-SNR spacing).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ._checks import check_choice, check_positive
+from .sde import SDE
+
+SPACINGS = ("uniform", "quadratic", "logsnr")
+SKIPS = ("uniform", "quadratic")
+
+
+def check_eps(eps: float, sde: SDE) -> float:
+    """Validate a last time ``eps`` in (0, T); raises ValueError naming ``eps`` otherwise."""
+    check_positive("eps", eps)
+    if not eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T={sde.T:g}); got {eps}")
+    return float(eps)
+
+
+def time_grid(sde: SDE, steps: int, eps: float | None = None, spacing: str = "uniform", *, device=None,
+              dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Descending grid of ``steps + 1`` continuous times from T to eps.
+
+    Arguments:
+        sde: the forward SDE (gives T and, for "logsnr", log-SNR(t) and its inverse).
+        steps: number of steps (>= 1).
+        eps: last time, in (0, T); default ``sde.default_eps``.
+        spacing: "uniform" in t; "quadratic" in t (dense near eps: t_k = eps + (T - eps)(1 - k/steps)^2);
+            "logsnr" uniform in log-SNR (DPM-Solver's choice).
+        device, dtype: of the result (float64 by default, so that grid ends are exact).
+    Returns:
+        (steps + 1,) tensor with grid[0] == T and grid[-1] == eps exactly, strictly decreasing.
+    Raises:
+        ValueError: steps < 1, eps outside (0, T), unknown spacing.
+    """
+    check_positive("steps", steps, integer=True)
+    eps = check_eps(sde.default_eps if eps is None else eps, sde)
+    check_choice("spacing", spacing, SPACINGS)
+    T = sde.T
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if spacing == "uniform":
+        grid = T + (eps - T) * u
+    elif spacing == "quadratic":
+        grid = eps + (T - eps) * (1.0 - u) ** 2
+    else:
+        lam = sde.log_snr(torch.tensor([T, eps], dtype=torch.float64))
+        grid = sde.t_from_log_snr(lam[0] + (lam[1] - lam[0]) * u)
+    grid[0], grid[-1] = T, eps
+    if not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"the {spacing!r} grid with steps={steps} and eps={eps} is not strictly decreasing "
+                         "in float64; use fewer steps")
+    return grid.to(device=device, dtype=dtype)
+
+
+def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
+    """Improved DDPM's respacing: which of ``num_timesteps`` steps to keep.
+
+    ``section_counts`` is "ddimK" (DDIM's integer stride giving exactly K steps), "K" or
+    "K1,K2,..." (equal sections of [0, N), each strided evenly with rounding), or a list of ints
+    of the latter kind. Returns the sorted kept indices.
+
+    Raises: ValueError when a section cannot hold its count or no DDIM stride gives K steps.
+    Reference: Nichol & Dhariwal 2021, Sec. 4; improved-diffusion ``space_timesteps``.
+    """
+    N = int(num_timesteps)
+    if isinstance(section_counts, str):
+        spec = section_counts.strip()
+        if spec.startswith("ddim"):
+            try:
+                k = int(spec[4:])
+            except ValueError:
+                raise ValueError(f"steps spec {section_counts!r}: expected 'ddimK' with an integer K") from None
+            for stride in range(1, N):
+                if len(range(0, N, stride)) == k:
+                    return list(range(0, N, stride))
+            if k == N:
+                return list(range(N))
+            raise ValueError(f"steps spec {section_counts!r}: no integer stride gives exactly {k} of {N} steps")
+        try:
+            counts = [int(c) for c in spec.split(",")]
+        except ValueError:
+            raise ValueError(f"steps spec {section_counts!r}: expected 'ddimK', 'K' or 'K1,K2,...'") from None
+    else:
+        counts = [int(c) for c in section_counts]
+    if not counts or any(c < 1 for c in counts):
+        raise ValueError(f"steps spec {section_counts!r}: every count must be >= 1")
+    size_per, extra = divmod(N, len(counts))
+    start, kept = 0, []
+    for i, count in enumerate(counts):
+        size = size_per + (1 if i < extra else 0)
+        if size < count:
+            raise ValueError(f"steps spec {section_counts!r}: cannot take {count} steps from a section of {size}")
+        frac = 1.0 if count <= 1 else (size - 1) / (count - 1)
+        kept += [start + round(j * frac) for j in range(count)]
+        start += size
+    return sorted(set(kept))
+
+
+def select_timesteps(N: int, steps, skip: str = "uniform") -> torch.Tensor:
+    """Integer steps of the N-step discrete chain that a DDPM / DDIM sampler visits.
+
+    Arguments:
+        N: length of the chain.
+        steps: an int K with ``skip`` "uniform" (stride N // K: 0, s, 2s, ..., (K-1)s, the DDIM
+            paper's and diffusers' "leading" spacing) or "quadratic" (DDIM App. D.2:
+            int(linspace(0, sqrt(0.8 N), K)^2)); a respacing string as in
+            :func:`space_timesteps` ("ddim50", "10,15,20"); or an explicit list of indices.
+        skip: "uniform" or "quadratic" (only used with an int).
+    Returns:
+        int64 tensor of K sorted, distinct indices in [0, N - 1] (ascending; samplers walk it
+        backwards, the step after index ``ts[0]`` landing on alpha-bar = 1).
+    Raises:
+        ValueError: K < 1 or K > N, unknown skip, a list with duplicates or indices outside [0, N-1].
+    """
+    if isinstance(steps, str):
+        idx = space_timesteps(N, steps)
+    elif isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+        steps = int(steps)
+        if not 1 <= steps <= N:
+            raise ValueError(f"steps must lie in [1, N={N}]; got {steps}")
+        check_choice("skip", skip, SKIPS)
+        if skip == "uniform":
+            idx = [i * (N // steps) for i in range(steps)]
+        else:
+            idx = sorted(set(int(v) for v in np.linspace(0, np.sqrt(N * 0.8), steps) ** 2))
+            if len(idx) != steps:
+                raise ValueError(f"quadratic skip gives duplicate steps for steps={steps}, N={N}; use fewer steps "
+                                 "or skip='uniform'")
+    elif isinstance(steps, (Sequence, torch.Tensor, np.ndarray)):
+        idx = [int(i) for i in (steps.tolist() if hasattr(steps, "tolist") else steps)]
+        if len(idx) == 0 or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) > N - 1:
+            raise ValueError(f"an explicit steps list must hold distinct indices in [0, {N - 1}]; got {steps}")
+        idx = sorted(idx)
+    else:
+        raise TypeError(f"steps must be an int, a respacing string or a list of ints; got {type(steps).__name__}")
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def respaced_betas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """Betas of the chain restricted to ``timesteps``: beta'_k = 1 - alpha-bar[t_k] / alpha-bar[t_{k-1}].
+
+    The first kept step uses alpha-bar = 1 before it, so ``cumprod(1 - beta') ==
+    alphas_cumprod[timesteps]`` exactly. Arguments: alphas_cumprod (N,), timesteps sorted (K,).
+    Returns (K,) float64. Reference: Nichol & Dhariwal 2021, Sec. 4 (Eq. (19)).
+    """
+    ab = alphas_cumprod.to(torch.float64)[timesteps]
+    prev = torch.cat([ab.new_ones(1), ab[:-1]])
+    return 1.0 - ab / prev

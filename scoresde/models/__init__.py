@@ -1,0 +1,1 @@
+"""Score networks: a DDPM++-style UNet and an MLP."""

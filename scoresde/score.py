@@ -1,0 +1,192 @@
+"""Score parameterizations: a network's output turned into grad_x log p_t(x), and back.
+
+A network predicts one of four targets at time t, for x_t = alpha x_0 + sigma eps:
+    "eps"   the noise eps                          score = -eps / sigma
+    "x0"    the clean data x_0                     score = (alpha x_0 - x_t) / sigma^2
+    "v"     v = alpha eps - sigma x_0               (Salimans & Ho 2022, Eq. (8) generalised)
+    "score" grad_x log p_t(x_t) itself
+The conversions below hold for every SDE of this package (alpha = 1 for VE).
+
+The time a network receives is chosen by ``time_input`` and computed in one place,
+:func:`network_time`, which training, every sampler and the likelihood code go through
+(they all call the model through :class:`ScoreModel`):
+    "label"  (N - 1) t, the reference code's 999 t for VP / sub-VP nets (default there);
+    "sigma"  sigma(t), the reference code's input of VE nets (default for VE);
+    "index"  the integer step i of the discrete chain (DDPM-trained nets), see ``SDE.t_to_index``;
+    "t"      raw t.
+
+Reference: Song et al. 2021, App. C and the reference code's ``get_score_fn``; Ho et al. 2020,
+Eq. (11) (eps); Salimans & Ho 2022 (v).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ._checks import as_time, bcast, check_choice
+from .sde import SDE, VESDE, _VPFamily
+
+PREDICTIONS = ("eps", "score", "x0", "v")
+TIME_INPUTS = ("label", "sigma", "index", "t")
+
+
+def eps_to_score(eps, sigma):
+    """score = -eps / sigma. eps (B, *S), sigma (B,)."""
+    return -eps / bcast(sigma, eps).to(eps.dtype)
+
+
+def score_to_eps(score, sigma):
+    """eps = -sigma score. score (B, *S), sigma (B,)."""
+    return -score * bcast(sigma, score).to(score.dtype)
+
+
+def x0_to_eps(x0, x, alpha, sigma):
+    """eps = (x - alpha x0) / sigma."""
+    return (x - bcast(alpha, x).to(x.dtype) * x0) / bcast(sigma, x).to(x.dtype)
+
+
+def eps_to_x0(eps, x, alpha, sigma):
+    """x0 = (x - sigma eps) / alpha (Ho et al. 2020, Eq. (15))."""
+    return (x - bcast(sigma, x).to(x.dtype) * eps) / bcast(alpha, x).to(x.dtype)
+
+
+def v_to_eps(v, x, alpha, sigma):
+    """eps = (sigma x + alpha v) / (alpha^2 + sigma^2)."""
+    a, s = bcast(alpha, x).to(x.dtype), bcast(sigma, x).to(x.dtype)
+    return (s * x + a * v) / (a * a + s * s)
+
+
+def eps_to_v(eps, x, alpha, sigma):
+    """v = alpha eps - sigma x0, with x0 from eps."""
+    a, s = bcast(alpha, x).to(x.dtype), bcast(sigma, x).to(x.dtype)
+    return a * eps - s * (x - s * eps) / a
+
+
+def to_eps(out, prediction, x, alpha, sigma):
+    """Convert a network output of kind ``prediction`` into the eps it implies."""
+    if prediction == "eps":
+        return out
+    if prediction == "score":
+        return score_to_eps(out, sigma)
+    if prediction == "x0":
+        return x0_to_eps(out, x, alpha, sigma)
+    return v_to_eps(out, x, alpha, sigma)
+
+
+def from_eps(eps, target, x, alpha, sigma):
+    """Express an eps prediction as ``target`` in {"eps", "score", "x0", "v"}."""
+    check_choice("target", target, PREDICTIONS)
+    if target == "eps":
+        return eps
+    if target == "score":
+        return eps_to_score(eps, sigma)
+    if target == "x0":
+        return eps_to_x0(eps, x, alpha, sigma)
+    return eps_to_v(eps, x, alpha, sigma)
+
+
+def network_time(sde: SDE, t: torch.Tensor, time_input: str) -> torch.Tensor:
+    """The time input of a network at continuous times t (B,): see the module docstring.
+
+    This is the one map from continuous t to what a network sees; returns a float32 (B,)
+    tensor ("index" gives integer-valued floats).
+    """
+    check_choice("time_input", time_input, TIME_INPUTS)
+    if time_input == "label":
+        out = sde.t_to_label(t)
+    elif time_input == "sigma":
+        out = sde.marginal_std(t)
+    elif time_input == "index":
+        out = sde.t_to_index(t)
+    else:
+        out = t
+    return out.to(torch.float32)
+
+
+def call_score(score_fn: Callable, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Call ``score_fn(x, t)`` and check its output.
+
+    Raises:
+        ValueError: the output's shape differs from x's, or it holds NaN / inf (the message
+            gives the time range of the call, so a blow-up mid-solve is located).
+    """
+    s = score_fn(x, t)
+    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
+        got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
+        raise ValueError(f"score_fn returned shape {got} for x of shape {tuple(x.shape)}; it must match x")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"score_fn returned NaN or inf at t in [{float(t.min()):.6g}, {float(t.max()):.6g}]")
+    return s
+
+
+class ScoreModel(nn.Module):
+    """Wrap a network as a score function ``forward(x, t) -> grad_x log p_t(x)``.
+
+    Arguments:
+        net: ``nn.Module`` called as ``net(x, time, **kwargs)`` with x (B, C, ...) and time (B,).
+            With ``learn_variance`` it returns 2C channels: the prediction, then the
+            Improved DDPM variance interpolation v (Nichol & Dhariwal 2021, Eq. (15)).
+        sde: the forward SDE the network was (or will be) trained for.
+        prediction: what the network outputs: "eps" (default), "score", "x0" or "v".
+        time_input: "label", "sigma", "index" or "t" (see :func:`network_time`); default
+            "index" for discrete models, "sigma" for VE, "label" otherwise.
+        discrete: use the discrete DDPM table (alpha-bar_i at i = ``sde.t_to_index(t)``) instead
+            of the continuous alpha(t), sigma(t) to convert predictions (VP / sub-VP only):
+            the score of a network trained with DDPM's discrete loss.
+        learn_variance: the network also outputs the variance channels (see above).
+    Shapes:
+        x (B, *S); t (B,) or a scalar in [0, T]; output (B, *S), in x's dtype.
+    Raises:
+        ValueError: unknown prediction / time_input, ``discrete`` with a VE SDE, t outside [0, T]
+            or of the wrong batch size, sigma(t) = 0 where the conversion divides by it (t = 0 on
+            VP / sub-VP: use t >= eps), a network output of the wrong shape.
+    Reference: Song et al. 2021, App. C / reference ``get_score_fn``; Ho et al. 2020, Eq. (11).
+    """
+
+    def __init__(self, net: nn.Module, sde: SDE, prediction: str = "eps", time_input: str | None = None,
+                 discrete: bool = False, learn_variance: bool = False):
+        super().__init__()
+        check_choice("prediction", prediction, PREDICTIONS)
+        if discrete and not isinstance(sde, _VPFamily):
+            raise ValueError("discrete=True needs a VP or sub-VP SDE (a DDPM table); got " + type(sde).__name__)
+        if time_input is None:
+            time_input = "index" if discrete else ("sigma" if isinstance(sde, VESDE) else "label")
+        check_choice("time_input", time_input, TIME_INPUTS)
+        self.net, self.sde = net, sde
+        self.prediction, self.time_input = prediction, time_input
+        self.discrete, self.learn_variance = bool(discrete), bool(learn_variance)
+
+    def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha, sigma) at t (B,) used by the conversions, continuous or from the table."""
+        if self.discrete:
+            ab = self.sde._table("alphas_cumprod", t.device)[self.sde.t_to_index(t)]
+            return ab.sqrt(), (1.0 - ab).sqrt()
+        return self.sde.mean_coeff(t), self.sde.marginal_std(t)
+
+    def raw(self, x: torch.Tensor, t, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Network output split as (prediction (B, *S), variance channels or None, t (B,))."""
+        t = as_time(t, x, self.sde.T)
+        out = self.net(x, network_time(self.sde, t, self.time_input), **kwargs)
+        want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if self.learn_variance else tuple(x.shape)
+        if tuple(out.shape) != want:
+            raise ValueError(f"net returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; expected {want}")
+        if self.learn_variance:
+            pred, var = out.chunk(2, dim=1)
+            return pred, var, t
+        return out, None, t
+
+    def predict(self, x: torch.Tensor, t, target: str = "eps", **kwargs) -> torch.Tensor:
+        """The model's prediction of ``target`` ("eps", "score", "x0", "v") at (x, t)."""
+        pred, _, t = self.raw(x, t, **kwargs)
+        alpha, sigma = self.coefficients(t)
+        if target == self.prediction:
+            return pred
+        if bool((sigma <= 0).any()):
+            raise ValueError("sigma(t) = 0 at t = 0: the score is infinite there; evaluate at t >= eps > 0")
+        return from_eps(to_eps(pred, self.prediction, x, alpha, sigma), target, x, alpha, sigma)
+
+    def forward(self, x: torch.Tensor, t, **kwargs) -> torch.Tensor:
+        """grad_x log p_t(x), shape (B, *S)."""
+        return self.predict(x, t, "score", **kwargs)

@@ -1,0 +1,1 @@
+"""Solvers: predictors, correctors, the torchsde and torchdiffeq adapters, DDPM / DDIM."""

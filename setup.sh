@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install scoresde and its test tools into the current Python environment.
+# When no torch is present, the CPU build of torch 2.13.0 is installed first, so that the
+# package's "torch>=2.2" requirement does not pull a multi-GB CUDA build. To use a GPU, install
+# the torch build you want before running this script; it is then left alone.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-python3}"
+if ! "$PY" -c "import torch" >/dev/null 2>&1; then
+  echo "setup.sh: no torch found; installing the CPU build torch==2.13.0" >&2
+  "$PY" -m pip install --quiet "torch==2.13.0"
+fi
+"$PY" -m pip install --quiet -e ".[dev]"
