@@ -1,0 +1,190 @@
+"""The torchdiffeq adapter: the one place the package integrates an ODE.
+
+:func:`solve_ode` wraps ``torchdiffeq.odeint`` so that every ODE user of the package (the
+probability-flow sampler, :func:`scoresde.log_likelihood`, :func:`scoresde.encode` /
+:func:`scoresde.decode`) gets the same guarantees:
+
+* time runs in float64 over ``[t0, t1]`` (``t0 > t1`` integrates backwards);
+* the vector field is never evaluated outside ``[min(t0, t1), max(t0, t1)]``: adaptive
+  solvers are told to step exactly onto ``t1`` (``options["step_t"]``, otherwise dopri5 steps
+  past the end and interpolates back, evaluating e.g. a score net at t < 0) and t is clamped
+  to the interval as a last guard (torchdiffeq's initial-step probe may look beyond it);
+* the number of function evaluations (NFE) is counted exactly, every call of ``func``;
+* ``max_nfe`` turns a run-away adaptive solve (stiff field, tolerance too tight) into an
+  :class:`ODESolverError` that says how far it got, and torchdiffeq's "underflow in dt"
+  assertion becomes an :class:`ODESolverError` with advice.
+
+Adaptive methods (step size from ``rtol`` / ``atol``): ``dopri5`` (default), ``dopri8``,
+``bosh3``, ``fehlberg2``, ``adaptive_heun``. Fixed-grid methods (``steps`` equal steps from
+t0 to t1): ``euler``, ``midpoint``, ``heun2``, ``heun3``, ``rk4``, ``explicit_adams``,
+``implicit_adams`` (alias ``fixed_adams``).
+
+Reference: Chen et al. 2018 (torchdiffeq, "Neural Ordinary Differential Equations");
+Dormand & Prince 1980 (dopri5); Song et al. 2021, Sec. 4.3 (probability-flow ODE solved with an
+adaptive RK45 at rtol = atol = 1e-5).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Union
+
+import torch
+from torchdiffeq import odeint
+from torchdiffeq._impl.odeint import SOLVERS
+from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
+
+from .._checks import check_choice, check_positive
+
+State = Union[torch.Tensor, tuple]
+
+#: Methods solve_ode accepts (torchdiffeq's SOLVERS without "scipy_solver", which leaves
+#: torch and cannot be told to stop at t1).
+METHODS = tuple(m for m in SOLVERS if m != "scipy_solver")
+ADAPTIVE_METHODS = tuple(m for m in METHODS if issubclass(SOLVERS[m], RKAdaptiveStepsizeODESolver))
+FIXED_METHODS = tuple(m for m in METHODS if m not in ADAPTIVE_METHODS)
+
+
+class ODESolverError(RuntimeError):
+    """An ODE solve that did not finish: NFE budget exhausted, step-size underflow, non-finite state."""
+
+
+@dataclass
+class ODESolution:
+    """Result of :func:`solve_ode`.
+
+    Attributes:
+        y: the state at t1, a tensor or a tuple of tensors shaped like ``y0``.
+        nfe: number of evaluations of ``func`` (int), rejected adaptive steps and the
+            initial-step probe included.
+        method: the torchdiffeq method used.
+    """
+
+    y: State
+    nfe: int
+    method: str
+
+
+class _CountedField:
+    """func(t, y) with t clamped into [lo, hi], every call counted, and an NFE budget."""
+
+    def __init__(self, func, t0: float, t1: float, max_nfe: int | None):
+        self.func, self.t0, self.t1, self.max_nfe = func, t0, t1, max_nfe
+        self.lo, self.hi = min(t0, t1), max(t0, t1)
+        self.nfe = 0
+        self.t_reached = t0  # the evaluated time furthest along the direction t0 -> t1
+
+    def __call__(self, t: torch.Tensor, y):
+        if self.max_nfe is not None and self.nfe >= self.max_nfe:
+            raise ODESolverError(
+                f"max_nfe={self.max_nfe} function evaluations used up before reaching t1={self.t1:g} "
+                f"(integrating from t0={self.t0:g}, the solve reached t={self.t_reached:.6g}); the ODE is "
+                "probably stiff there or the tolerances too tight: loosen rtol/atol, start the integration "
+                "further from t = 0 (a larger eps), use a fixed-grid method, or raise max_nfe")
+        t = t.clamp(self.lo, self.hi)
+        self.nfe += 1
+        tv = float(t)
+        if abs(tv - self.t0) > abs(self.t_reached - self.t0):
+            self.t_reached = tv
+        return self.func(t, y)
+
+
+def _fixed_grid(steps: int):
+    def grid_constructor(func, y0, t):
+        grid = torch.linspace(float(t[0]), float(t[-1]), steps + 1, dtype=torch.float64, device=t.device)
+        grid[0], grid[-1] = t[0], t[-1]
+        return grid.to(t.dtype)
+
+    return grid_constructor
+
+
+def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = "dopri5", rtol: float = 1e-5,
+              atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
+              min_step: float | None = None) -> ODESolution:
+    """Integrate dy/dt = func(t, y) from t0 to t1 with torchdiffeq and count the evaluations.
+
+    Arguments:
+        func: callable (t, y) -> dy/dt; t is a 0-d float tensor (the dtype of the state) inside
+            [min(t0, t1), max(t0, t1)]; y and the output are shaped like ``y0`` (a tensor of any
+            shape, or a tuple of tensors).
+        y0: initial state at t0, a tensor or a tuple of tensors (e.g. (x, delta_logp)).
+        t0, t1: start and end times (floats, finite, t0 != t1); t0 > t1 integrates backwards.
+        method: an adaptive method ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+            or a fixed-grid one ("euler", "midpoint", "heun2", "heun3", "rk4",
+            "explicit_adams", "implicit_adams", "fixed_adams").
+        rtol, atol: relative and absolute tolerances (> 0) of the adaptive step control
+            (torchdiffeq's RMS norm over all elements; for a tuple, the max over its parts);
+            ``implicit_adams`` uses them for its corrector; other fixed-grid methods ignore them.
+        steps: number of equal steps (>= 1) of a fixed-grid method, on a float64 grid of
+            ``steps + 1`` points from exactly t0 to exactly t1; required for fixed-grid methods,
+            not accepted for adaptive ones.
+        max_nfe: optional budget (>= 1) of function evaluations; exceeding it raises.
+        min_step: optional smallest step (> 0) of an adaptive method: steps are never shorter
+            and a step at the minimum is accepted whatever its error estimate (torchdiffeq's
+            ``min_step``); a way past "underflow in dt" at the price of accuracy.
+    Returns:
+        :class:`ODESolution` with ``y`` (the state at t1, shaped like ``y0``), ``nfe`` and
+        ``method``.
+    Raises:
+        ValueError: unknown method (the message lists the valid ones), rtol / atol / min_step
+            <= 0, steps missing / < 1 for a fixed-grid method or given for an adaptive one,
+            min_step with a fixed-grid method, non-finite t0 / t1 or t0 == t1.
+        TypeError: non-integer steps or max_nfe, y0 neither a tensor nor a tuple of tensors.
+        ODESolverError: more than ``max_nfe`` evaluations (the message gives the time
+            reached); step-size underflow or a non-finite state inside torchdiffeq.
+    Reference:
+        Chen et al. 2018, torchdiffeq ``odeint``; Dormand & Prince 1980; Song et al. 2021,
+        Sec. 4.3 and App. D.2 (rtol = atol = 1e-5 for the probability-flow ODE).
+    """
+    check_choice("method", method, METHODS)
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+    for name, v in (("t0", t0), ("t1", t1)):
+        if isinstance(v, torch.Tensor):
+            v = float(v)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name} must be a finite number; got {v!r}")
+    t0, t1 = float(t0), float(t1)
+    if t0 == t1:
+        raise ValueError(f"t0 and t1 must differ; got t0 = t1 = {t0:g}")
+    if max_nfe is not None:
+        check_positive("max_nfe", max_nfe, integer=True)
+    tensors = (y0,) if isinstance(y0, torch.Tensor) else y0
+    if not isinstance(tensors, tuple) or not tensors or not all(isinstance(v, torch.Tensor) for v in tensors):
+        raise TypeError(f"y0 must be a tensor or a non-empty tuple of tensors; got {type(y0).__name__}")
+    device = tensors[0].device
+
+    options: dict = {}
+    if method in ADAPTIVE_METHODS:
+        if steps is not None:
+            raise ValueError(f"steps applies to the fixed-grid methods {list(FIXED_METHODS)}; the adaptive method "
+                             f"{method!r} chooses its steps from rtol/atol (use max_nfe to bound the cost)")
+        options["step_t"] = torch.tensor([t1], dtype=torch.float64, device=device)
+        if min_step is not None:
+            check_positive("min_step", min_step)
+            options["min_step"] = float(min_step)
+    else:
+        if steps is None:
+            raise ValueError(f"the fixed-grid method {method!r} needs steps (an integer >= 1)")
+        check_positive("steps", steps, integer=True)
+        if min_step is not None:
+            raise ValueError(f"min_step applies to the adaptive methods {list(ADAPTIVE_METHODS)}, not {method!r}")
+        options["grid_constructor"] = _fixed_grid(int(steps))
+
+    field = _CountedField(func, t0, t1, max_nfe)
+    t = torch.tensor([t0, t1], dtype=torch.float64, device=device)
+    try:
+        ys = odeint(field, y0, t, rtol=rtol, atol=atol, method=method, options=options)
+    except AssertionError as err:
+        msg = str(err)
+        if "underflow in dt" in msg:
+            raise ODESolverError(
+                f"{method}: step size underflow ({msg}) at t={field.t_reached:.6g} after {field.nfe} evaluations "
+                f"(integrating {t0:g} -> {t1:g}); the field is stiff there: loosen rtol/atol (now {rtol:g}/{atol:g}), "
+                "move the end point away from t = 0 (raise eps), pass min_step, or use float64") from err
+        if "non-finite" in msg:
+            raise ODESolverError(f"{method}: the state became NaN/inf near t={field.t_reached:.6g} after "
+                                 f"{field.nfe} evaluations (integrating {t0:g} -> {t1:g})") from err
+        raise ODESolverError(f"{method}: {msg}") from err
+    y = tuple(v[-1] for v in ys) if isinstance(y0, tuple) else ys[-1]
+    return ODESolution(y=y, nfe=field.nfe, method=method)
