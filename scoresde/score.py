@@ -87,11 +87,12 @@ def from_eps(eps, target, x, alpha, sigma):
     return eps_to_v(eps, x, alpha, sigma)
 
 
-def network_time(sde: SDE, t: torch.Tensor, time_input: str) -> torch.Tensor:
+def network_time(sde: SDE, t: torch.Tensor, time_input: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The time input of a network at continuous times t (B,): see the module docstring.
 
-    This is the one map from continuous t to what a network sees; returns a float32 (B,)
-    tensor ("index" gives integer-valued floats).
+    This is the one map from continuous t to what a network sees; returns a (B,) tensor of
+    ``dtype`` (float32 by default; ScoreModel passes float64 for a float64 state). "index"
+    gives integer-valued floats.
     """
     check_choice("time_input", time_input, TIME_INPUTS)
     if time_input == "label":
@@ -102,7 +103,7 @@ def network_time(sde: SDE, t: torch.Tensor, time_input: str) -> torch.Tensor:
         out = sde.t_to_index(t)
     else:
         out = t
-    return out.to(torch.float32)
+    return out.to(dtype)
 
 
 def call_score(score_fn: Callable, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -168,7 +169,8 @@ class ScoreModel(nn.Module):
     def raw(self, x: torch.Tensor, t, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Network output split as (prediction (B, *S), variance channels or None, t (B,))."""
         t = as_time(t, x, self.sde.T)
-        out = self.net(x, network_time(self.sde, t, self.time_input), **kwargs)
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        out = self.net(x, network_time(self.sde, t, self.time_input, dtype), **kwargs)
         want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if self.learn_variance else tuple(x.shape)
         if tuple(out.shape) != want:
             raise ValueError(f"net returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; expected {want}")

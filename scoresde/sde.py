@@ -327,8 +327,9 @@ class _VPFamily(SDE):
         return -0.5 * self.beta(t)
 
     def t_to_index(self, t):
+        # the slack of 1e-3 step absorbs float32 rounding of t for N up to ~10^4
         n = as_work(t) * self.N
-        return (torch.ceil(n - 1e-6) - 1).clamp(0, self.N - 1).long()
+        return (torch.ceil(n - 1e-3) - 1).clamp(0, self.N - 1).long()
 
     def index_to_t(self, i):
         i = torch.as_tensor(i)
@@ -514,7 +515,7 @@ class VESDE(SDE):
         if self.N == 1:
             return torch.zeros_like(as_work(t)).long()
         n = as_work(t) * (self.N - 1) / self.T
-        return torch.floor(n + 1e-6).clamp(0, self.N - 1).long()
+        return torch.floor(n + 1e-3).clamp(0, self.N - 1).long()
 
     def index_to_t(self, i):
         i = torch.as_tensor(i)
