@@ -54,3 +54,64 @@ def test_sw_bad_input():
         sliced_wasserstein(torch.zeros(3, 2), torch.zeros(3, 2), n_projections=0)
     with pytest.raises(ValueError, match="shape"):
         sliced_wasserstein(torch.zeros(3), torch.zeros(3))
+
+
+# ---- Frechet distance ---------------------------------------------------------------------
+
+from scoresde.metrics import (  # noqa: E402
+    digit_frechet_distance, frechet_distance, frechet_from_moments, train_digit_classifier)
+
+
+def test_frechet_diagonal_closed_form():
+    # diagonal covariances commute: d^2 = |mu1-mu2|^2 + sum_i (s1_i - s2_i)^2
+    # = (1 + 4) + ((1-2)^2 + (3-1)^2) = 10 (hand computation)
+    mu1, mu2 = np.array([0.0, 0.0]), np.array([1.0, 2.0])
+    c1, c2 = np.diag([1.0, 9.0]), np.diag([4.0, 1.0])
+    assert frechet_from_moments(mu1, c1, mu2, c2) == pytest.approx(10.0, rel=1e-12)
+
+
+def test_frechet_general_matches_scipy_sqrtm():
+    # peer: Tr sqrtm(C1 C2) by scipy.linalg.sqrtm for non-commuting covariances
+    import scipy.linalg
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
+    c1, c2 = a @ a.T + 0.1 * np.eye(5), b @ b.T + 0.1 * np.eye(5)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    ref = ((mu1 - mu2) ** 2).sum() + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
+    assert frechet_from_moments(mu1, c1, mu2, c2) == pytest.approx(ref, rel=1e-9)
+
+
+def test_frechet_from_samples_equals_moment_formula_and_zero_on_self():
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(200, 3)), rng.normal(1.0, 2.0, size=(150, 3))
+    ref = frechet_from_moments(x.mean(0), np.cov(x, rowvar=False), y.mean(0), np.cov(y, rowvar=False))
+    assert frechet_distance(x, y) == pytest.approx(ref, rel=1e-12)
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(x[:1], y)
+
+
+@pytest.fixture(scope="module")
+def digits_split():
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    X, y = d.images.reshape(-1, 64) / 16 * 2 - 1, d.target
+    p = np.random.default_rng(0).permutation(len(X))
+    return X[p[:1400]], y[p[:1400]], X[p[1400:]], y[p[1400:]]
+
+
+def test_digit_classifier_accuracy_and_determinism(digits_split):
+    # a held-out accuracy >= 95 % means the features separate the classes (measured 98.9 %)
+    xtr, ytr, xte, yte = digits_split
+    clf = train_digit_classifier(xtr, ytr, seed=0)
+    acc = (clf(torch.tensor(xte)).argmax(1).numpy() == yte).mean()
+    assert acc >= 0.95
+    clf2 = train_digit_classifier(xtr, ytr, seed=0)
+    f = torch.tensor(xte[:20])
+    assert torch.equal(clf.features(f), clf2.features(f))
+    # real-vs-real distance (the floor) is far below real-vs-uniform-noise distance
+    floor = digit_frechet_distance(xtr[:397], xte, clf)
+    noise = digit_frechet_distance(np.random.default_rng(0).uniform(-1, 1, (397, 64)), xte, clf)
+    assert floor * 20 < noise
+    with pytest.raises(ValueError, match="shape"):
+        digit_frechet_distance(np.zeros((5, 63)), xte, clf)
