@@ -1,1 +1,41 @@
-"""Score networks: a DDPM++-style UNet and an MLP."""
+"""Score networks: a DDPM++-style UNet and an MLP, their time embeddings, and config round-trips.
+
+Every network is an ``nn.Module`` called ``net(x, time, **kwargs)`` with time (B,) the output of
+:func:`scoresde.score.network_time`, and has ``config()`` returning its constructor arguments with
+the class name under "model"; :func:`model_from_config` rebuilds it (checkpoints store the config
+next to the state dict).
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
+from .mlp import MLP
+from .unet import UNet
+
+MODELS = {"UNet": UNet, "MLP": MLP}
+
+__all__ = ["UNet", "MLP", "SinusoidalEmbedding", "GaussianFourierEmbedding", "model_from_config", "MODELS"]
+
+
+def model_from_config(cfg: dict) -> nn.Module:
+    """Build the network described by ``cfg`` (the output of its ``config()``), freshly initialised.
+
+    Arguments:
+        cfg: dict with "model" (one of ``MODELS``: "UNet", "MLP") and the constructor arguments.
+    Returns:
+        the network (load a state dict into it to restore weights).
+    Raises:
+        TypeError: cfg not a dict, or an argument the class does not take.
+        ValueError: missing or unknown "model", or a value the constructor rejects.
+    """
+    if not isinstance(cfg, dict):
+        raise TypeError(f"cfg must be a dict with a 'model' key; got {type(cfg).__name__}")
+    kwargs = dict(cfg)
+    name = kwargs.pop("model", None)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r} in cfg['model']; valid values are {list(MODELS)}")
+    try:
+        return MODELS[name](**kwargs)
+    except TypeError as e:
+        raise TypeError(f"cfg for {name} has an argument the class does not take: {e}") from None

@@ -1,0 +1,270 @@
+"""A DDPM++-style UNet (Song et al. 2021, App. H; Ho et al. 2020, App. B).
+
+Layout, for ``ch_mult`` = (m_0, ..., m_{L-1}) and side s:
+
+    conv3x3(in_channels -> ch)
+    down, level l = 0..L-1 at side s / 2^l:  num_res_blocks ResBlocks (ch m_l channels), each followed
+        by self-attention if the side is in ``attn_resolutions``; then a stride-2 conv3x3 (not after
+        the last level)
+    middle:  ResBlock, attention, ResBlock
+    up, level l = L-1..0:  num_res_blocks + 1 ResBlocks, each taking the concatenation with the
+        matching down-path activation; attention as above; nearest x2 + conv3x3 (not after level 0)
+    GroupNorm, SiLU, conv3x3(ch -> out channels), zero-initialised
+
+ResBlock (``ResnetBlockDDPMpp``): h = conv(SiLU(GN(x))); h += Dense(SiLU(temb));
+h = conv0(dropout(SiLU(GN(h)))), conv0 zero-initialised; out = (skip(x) + h) / sqrt(2), skip a
+1x1 conv when the channels change. Attention (``AttnBlockpp``): single head, 1x1 q, k, v and a
+zero-initialised output projection, out = (x + h) / sqrt(2). GroupNorm with min(C / 4, 32)
+groups. Time embedding: embedding(ch) -> Linear(ch, 4 ch) -> SiLU -> Linear(4 ch, 4 ch) (plus a
+learned class embedding with ``num_classes``). Other weights: DDPM's init (Xavier-uniform, zero
+biases). With the zero-initialised output conv the network outputs exactly 0 at init.
+
+Parameter counts (in_channels = 1 unless said, embedding "sinusoidal"; "fourier" is the same,
+its frequencies are a buffer):
+    UNet() defaults (ch 128, ch_mult (1, 2, 2, 2), 2 res blocks, attention at 16, side 32): 35,741,697
+    the same with in_channels = 3 (DDPM's CIFAR-10 net, 35.7 M in Ho et al.):          35,746,307
+    ch 64, ch_mult (1, 2, 2), 2 res blocks, attention at 16, side 32:                        6,469,889
+    ch 32, ch_mult (1, 2), 1 res block, attention at 8, side 16:                               701,345
+Reproduced by ``tests/test_models.py::test_documented_parameter_counts``.
+
+Reference: Song et al. 2021, App. H (DDPM++: skip rescaling by 1/sqrt(2), residual blocks of
+BigGAN-free DDPM type) and the reference code's ``models/ncsnpp.py`` / ``layerspp.py``;
+Ho et al. 2020, App. B (the UNet, zero init, attention at 16x16).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .._checks import check_choice, check_positive
+from .embeddings import EMBEDDINGS, check_time, make_embedding
+
+_SQRT2 = math.sqrt(2.0)
+
+
+def _groups(c: int) -> int:
+    return min(c // 4, 32)
+
+
+def _init(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _zero(m: nn.Module) -> nn.Module:
+    nn.init.zeros_(m.weight)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+    return m
+
+
+class ResBlock(nn.Module):
+    """DDPM++ residual block (see the module docstring). x (B, c_in, s, s), temb (B, temb_dim)."""
+
+    def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float):
+        super().__init__()
+        self.norm0 = nn.GroupNorm(_groups(c_in), c_in, eps=1e-6)
+        self.conv0 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.dense = nn.Linear(temb_dim, c_out)
+        self.norm1 = nn.GroupNorm(_groups(c_out), c_out, eps=1e-6)
+        self.drop = nn.Dropout(dropout)
+        self.conv1 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else None
+        _init(self)
+        _zero(self.conv1)
+
+    def forward(self, x, temb):
+        h = self.conv0(F.silu(self.norm0(x)))
+        h = h + self.dense(temb)[:, :, None, None]
+        h = self.conv1(self.drop(F.silu(self.norm1(h))))
+        return ((self.skip(x) if self.skip is not None else x) + h) / _SQRT2
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the s*s positions, skip rescaled by 1/sqrt(2)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(_groups(c), c, eps=1e-6)
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.proj = nn.Conv2d(c, c, 1)
+        _init(self)
+        _zero(self.proj)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).unbind(1)
+        h = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        h = self.proj(h.transpose(1, 2).reshape(B, C, H, W))
+        return (x + h) / _SQRT2
+
+
+class UNet(nn.Module):
+    """DDPM++-style UNet score network for images: x (B, C, s, s), time (B,) -> (B, C or 2C, s, s).
+
+    Arguments:
+        in_channels: image channels C (>= 1).
+        image_size: side s of the (square) images; 8 <= s <= 256 and divisible by
+            2^(len(ch_mult) - 1), the total down-sampling.
+        ch: base channel count (a multiple of 4; ch * m of 128 or more a multiple of 32, for GroupNorm).
+        ch_mult: channel multipliers per resolution level (one level per entry).
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attn_resolutions: sides at which self-attention is applied; each must be one of the
+            sides the network reaches (s, s/2, ...).
+        dropout: dropout probability inside the residual blocks, in [0, 1).
+        embedding: "sinusoidal" or "fourier" (see :mod:`scoresde.models.embeddings`).
+        num_classes: None, or the number of classes of a class-conditional model (forward then
+            needs y).
+        learn_variance: output 2C channels, the prediction then Improved DDPM's variance
+            interpolation v (Nichol & Dhariwal 2021, Eq. (15)).
+    Forward:
+        ``forward(x, time, y=None)``: x (B, in_channels, image_size, image_size); time (B,) or a
+        scalar, the output of :func:`scoresde.score.network_time`; y (B,) integer class labels in
+        [0, num_classes) for a class-conditional model. Returns (B, C or 2C, s, s) in x's dtype.
+    Raises:
+        ValueError: constructor values the network cannot take (each names its argument); x of
+            the wrong channels or side; time not of shape (B,); y missing, unexpected or out of
+            range.
+        TypeError: non-integer sizes, y not an integer tensor.
+    Reference: see the module docstring.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 32, ch: int = 128, ch_mult=(1, 2, 2, 2),
+                 num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.0, embedding: str = "sinusoidal",
+                 num_classes: int | None = None, learn_variance: bool = False):
+        super().__init__()
+        check_positive("in_channels", in_channels, integer=True)
+        check_positive("image_size", image_size, integer=True)
+        check_positive("ch", ch, integer=True)
+        check_positive("num_res_blocks", num_res_blocks, integer=True)
+        check_positive("dropout", dropout, allow_zero=True)
+        check_choice("embedding", embedding, EMBEDDINGS)
+        if dropout >= 1:
+            raise ValueError(f"dropout must lie in [0, 1); got {dropout}")
+        ch_mult = tuple(ch_mult)
+        if not ch_mult:
+            raise ValueError("ch_mult must hold at least one channel multiplier")
+        for m in ch_mult:
+            check_positive("ch_mult entries", m, integer=True)
+        widths = [ch * m for m in ch_mult]
+        for c in [ch, *widths]:
+            if c % 4 or c % _groups(c):
+                raise ValueError(f"ch * ch_mult entries must be multiples of 4 (and of 32 from 128 on), for "
+                                 f"GroupNorm with min(C/4, 32) groups; got a width of {c} from ch={ch}, ch_mult={ch_mult}")
+        down = 2 ** (len(ch_mult) - 1)
+        if not 8 <= image_size <= 256 or image_size % down:
+            raise ValueError(f"image_size must lie in [8, 256] and be divisible by 2^(len(ch_mult) - 1) = {down} "
+                             f"(the down-sampling of ch_mult={ch_mult}); got {image_size}")
+        sides = [image_size // 2**lvl for lvl in range(len(ch_mult))]
+        attn_resolutions = tuple(int(r) for r in attn_resolutions)
+        bad = [r for r in attn_resolutions if r not in sides]
+        if bad:
+            raise ValueError(f"attn_resolutions {bad} are not sides this network reaches; valid values are {sides}")
+        if num_classes is not None:
+            check_positive("num_classes", num_classes, integer=True)
+        self.in_channels, self.image_size, self.ch, self.ch_mult = int(in_channels), int(image_size), int(ch), ch_mult
+        self.num_res_blocks, self.attn_resolutions, self.dropout = int(num_res_blocks), attn_resolutions, float(dropout)
+        self.embedding, self.num_classes, self.learn_variance = embedding, num_classes, bool(learn_variance)
+
+        temb_dim = 4 * ch
+        self.embed = make_embedding(embedding, ch)
+        self.temb = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        _init(self.temb)
+        self.label_emb = nn.Embedding(num_classes, temb_dim) if num_classes is not None else None
+        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
+        _init(self.conv_in)
+
+        self.down = nn.ModuleList()
+        skips, c = [ch], ch
+        for lvl, w in enumerate(widths):
+            for _ in range(num_res_blocks):
+                blocks = [ResBlock(c, w, temb_dim, dropout)]
+                c = w
+                if sides[lvl] in attn_resolutions:
+                    blocks.append(AttnBlock(c))
+                self.down.append(nn.ModuleList(blocks))
+                skips.append(c)
+            if lvl < len(widths) - 1:
+                self.down.append(nn.ModuleList([_init_m(nn.Conv2d(c, c, 3, stride=2, padding=1))]))
+                skips.append(c)
+        self.mid = nn.ModuleList([ResBlock(c, c, temb_dim, dropout), AttnBlock(c), ResBlock(c, c, temb_dim, dropout)])
+        self.up = nn.ModuleList()
+        for lvl in reversed(range(len(widths))):
+            w = widths[lvl]
+            for _ in range(num_res_blocks + 1):
+                blocks = [ResBlock(c + skips.pop(), w, temb_dim, dropout)]
+                c = w
+                if sides[lvl] in attn_resolutions:
+                    blocks.append(AttnBlock(c))
+                self.up.append(nn.ModuleList(blocks))
+            if lvl > 0:
+                self.up.append(nn.ModuleList([nn.Upsample(scale_factor=2, mode="nearest"),
+                                              _init_m(nn.Conv2d(c, c, 3, padding=1))]))
+        self.norm_out = nn.GroupNorm(_groups(c), c, eps=1e-6)
+        self.conv_out = _zero(nn.Conv2d(c, 2 * in_channels if learn_variance else in_channels, 3, padding=1))
+
+    def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable) with the class name under "model"."""
+        return {"model": "UNet", "in_channels": self.in_channels, "image_size": self.image_size, "ch": self.ch,
+                "ch_mult": list(self.ch_mult), "num_res_blocks": self.num_res_blocks,
+                "attn_resolutions": list(self.attn_resolutions), "dropout": self.dropout,
+                "embedding": self.embedding, "num_classes": self.num_classes, "learn_variance": self.learn_variance}
+
+    def _check_input(self, x, y):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape (B, C, H, W); got {type(x).__name__}")
+        want = (self.in_channels, self.image_size, self.image_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != want:
+            raise ValueError(f"x must have shape (B, in_channels, image_size, image_size) = (B, {want[0]}, {want[1]}, "
+                             f"{want[2]}) for this network; got shape {tuple(x.shape)}")
+        if self.num_classes is None:
+            if y is not None:
+                raise ValueError("y (class labels) given to a network built with num_classes=None")
+            return None
+        if y is None:
+            raise ValueError(f"y (class labels, shape (B,)) is required: the network was built with num_classes={self.num_classes}")
+        if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise TypeError("y must be an integer tensor of class labels, shape (B,)")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must have shape (B,) = ({x.shape[0]},); got {tuple(y.shape)}")
+        if bool((y < 0).any()) or bool((y >= self.num_classes).any()):
+            raise ValueError(f"y must lie in [0, num_classes={self.num_classes}); got values in [{int(y.min())}, {int(y.max())}]")
+        return y.to(x.device).long()
+
+    def forward(self, x: torch.Tensor, time, y: torch.Tensor | None = None) -> torch.Tensor:
+        y = self._check_input(x, y)
+        time = check_time(time, x)
+        dtype = self.conv_in.weight.dtype
+        temb = self.temb(self.embed(time).to(dtype))
+        if self.label_emb is not None:
+            temb = temb + self.label_emb(y)
+        temb = F.silu(temb)
+        h = self.conv_in(x.to(dtype))
+        hs = [h]
+        for blocks in self.down:
+            h = _run(blocks, h, temb)
+            hs.append(h)
+        h = _run(self.mid, h, temb)
+        for blocks in self.up:
+            if isinstance(blocks[0], ResBlock):
+                h = torch.cat([h, hs.pop()], dim=1)
+            h = _run(blocks, h, temb)
+        h = self.conv_out(F.silu(self.norm_out(h)))
+        return h.to(x.dtype)
+
+
+def _init_m(m: nn.Module) -> nn.Module:
+    _init(m)
+    return m
+
+
+def _run(blocks, h, temb):
+    for b in blocks:
+        h = b(h, temb) if isinstance(b, ResBlock) else b(h)
+    return h
