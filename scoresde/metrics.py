@@ -241,9 +241,12 @@ def digit_classifier(seed: int = 0) -> DigitClassifier:
 
 
 def _digits_split(split: str):
-    """(images (n, 64) in [-1, 1], labels (n,)) of the package's fixed digits split."""
+    """(images (n, 1, 8, 8) in [-1, 1], labels (n,)) of the package's fixed digits split."""
+    from sklearn.datasets import load_digits
+
     from . import data
-    return data.digits_split(split)
+    labels = torch.from_numpy(load_digits().target[data.digits_split(split)])
+    return data.digits(split).data, labels
 
 
 @torch.no_grad()
