@@ -4,9 +4,11 @@ Public API (re-exported here): the SDEs :class:`VPSDE`, :class:`SubVPSDE`, :clas
 :class:`ScoreModel` and the parameterization conversions; time grids and step selections.
 """
 from .grids import respaced_betas, select_timesteps, space_timesteps, time_grid
+from .sampling import SampleInfo, sample
 from .schedules import CosineSchedule, LinearSchedule
 from .score import ScoreModel, network_time
 from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, sde_from_config
+from .train import TrainConfig, load_score_model, shard_evaluate, train
 
 __version__ = "0.1.0"
 
@@ -15,4 +17,6 @@ __all__ = [
     "LinearSchedule", "CosineSchedule",
     "ScoreModel", "network_time",
     "time_grid", "select_timesteps", "space_timesteps", "respaced_betas",
+    "sample", "SampleInfo",
+    "train", "TrainConfig", "load_score_model", "shard_evaluate",
 ]

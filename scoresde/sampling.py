@@ -1,0 +1,300 @@
+"""``scoresde.sample``: one entry point for every sampler of a score-based diffusion model.
+
+A model is a ``score_fn(x, t)`` mapping x (B, *S) and t (B,) to grad_x log p_t(x) (B, *S);
+the sampler knows nothing else about it. Methods, by name (``method=``), with the paper
+equation each discretizes and its cost in score evaluations (NFE):
+
+========================  ===============================================================  ==========================
+method                    what it integrates / samples                                      NFE
+========================  ===============================================================  ==========================
+``"euler_maruyama"``      reverse SDE, Song et al. 2021 Eq. (6), Euler-Maruyama            ``steps``
+``"reverse_diffusion"``   reverse SDE, the SDE's own discretization reversed, Eq. (46)-(47)  ``steps``
+``"ancestral"``           DDPM / SMLD ancestral step on the grid, Eq. (47), App. F (VP, VE)  ``steps``
+``"pc"``                  predictor-corrector, Alg. 1-5 (corrector then predictor)          ``steps (1 + corrector_steps)``
+``"sde"``                 reverse SDE through ``torchsde.sdeint`` (s = T - t)               ``a steps + b`` (euler: 1, 0)
+``"ode"``                 probability-flow ODE, Eq. (13), through torchdiffeq               adaptive (reported)
+``"ddpm"``                DDPM ancestral sampling, Ho et al. 2020 Alg. 2 (VP chain)         ``K`` = chain length
+``"ddim"``                DDIM, Song, Meng & Ermon 2021 Eq. (12) (VP chain)                ``K``
+========================  ===============================================================  ==========================
+
+plus one NFE for ``denoise=True`` with ``"sde"`` and ``"ode"`` (see :func:`sample`).
+
+Reference: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential
+Equations" (ICLR), Sec. 4 and App. D-G; Ho et al. 2020; Song, Meng & Ermon 2021 (DDIM).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._checks import bcast, check_choice, check_positive
+from .grids import SPACINGS, check_eps, time_grid
+from .sde import SDE
+from .solvers.common import ScoreEval, check_generator, generator_device
+from .solvers.correctors import CORRECTORS
+from .solvers.discrete import ddim_sample, ddpm_sample, make_chain
+from .solvers.ode import ADAPTIVE_METHODS, METHODS as ODE_METHODS, solve_ode
+from .solvers.predictors import PREDICTORS
+from .solvers.sdeint import NFE as SDE_NFE, SDE_METHODS, reverse_sdeint
+
+METHODS = ("euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde", "ode", "ddpm", "ddim")
+
+#: the method-specific keyword arguments of :func:`sample` and their defaults
+OPTIONS = {
+    "euler_maruyama": {"spacing": "uniform"},
+    "reverse_diffusion": {"spacing": "uniform"},
+    "ancestral": {"spacing": "uniform"},
+    "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16, "corrector_steps": 1,
+           "corrector_norm": "batch", "spacing": "uniform"},
+    "sde": {"sde_method": "euler"},
+    "ode": {"ode_method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "max_nfe": None, "min_step": None},
+    "ddpm": {"variance": None, "skip": "uniform", "clip_x0": False},
+    "ddim": {"eta": 0.0, "skip": "uniform", "clip_x0": False},
+}
+_DISCRETE = ("ddpm", "ddim")
+
+
+@dataclass
+class SampleInfo:
+    """Statistics of one :func:`sample` call.
+
+    Attributes:
+        nfe: the exact number of ``score_fn`` calls made (each on the whole batch), the
+            ``denoise`` step included.
+        method: the method name.
+        steps: steps taken (grid steps, or the chain length K for "ddpm" / "ddim"); None for an
+            adaptive "ode" solve.
+        times: the continuous time grid (steps + 1,) float64 of the grid methods, the chain's
+            integer ``timesteps`` (K,) for "ddpm" / "ddim", None for "ode".
+    """
+
+    nfe: int
+    method: str
+    steps: int | None
+    times: torch.Tensor | None
+
+
+def _prior(sde: SDE, shape, generator, device, dtype) -> torch.Tensor:
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"generator is a list of {len(generator)} generators but the batch size is {shape[0]}; "
+                             "give one generator per sample")
+        return torch.cat([sde.prior_sampling((1, *shape[1:]), g, device, dtype) for g in generator])
+    return sde.prior_sampling(shape, generator, device, dtype)
+
+
+def _tweedie(score: ScoreEval, sde: SDE, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """E[x_0 | x_eps] = (x + sigma^2 s(x, eps)) / alpha at t = eps (Tweedie's formula; 1 NFE)."""
+    t = score.time(eps, x)
+    s = score(x, t)
+    a, sig = sde.mean_coeff(t), sde.marginal_std(t)
+    return ((x + bcast(sig**2, x).to(x.dtype) * s) / bcast(a, x).to(x.dtype)).to(x.dtype)
+
+
+def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | None = None, generator=None,
+           device=None, dtype: torch.dtype | None = None, denoise: bool = True, progress: bool = False,
+           return_info: bool = False, x_T: torch.Tensor | None = None, **options):
+    """Draw samples from a score-based model by integrating the reverse of ``sde`` from T to eps.
+
+    Arguments:
+        score_fn: callable (x (B, *S), t (B,)) -> (B, *S), an estimate of grad_x log p_t(x);
+            e.g. a :class:`scoresde.ScoreModel`. t arrives as float64 (float32 on MPS). Its
+            output is checked on every call (shape, NaN / inf with the time of the call).
+        sde: the forward SDE (:class:`~scoresde.VPSDE`, :class:`~scoresde.SubVPSDE`,
+            :class:`~scoresde.VESDE`).
+        shape: (B, *S), the shape of the returned batch.
+        method: one of "euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde", "ode",
+            "ddpm", "ddim" (see the module docstring and the options below).
+        steps: grid methods ("euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde"):
+            number of steps (int >= 1, default ``sde.N``) of the grid
+            :func:`scoresde.grids.time_grid` from T to eps; "ode": steps of a fixed-grid
+            ``ode_method`` (required there, not accepted by adaptive ones); "ddpm" / "ddim": the
+            chain's steps as :func:`scoresde.grids.select_timesteps` takes them (an int K with
+            ``skip``, a respacing string such as "ddim50" or "250", or an explicit list of
+            indices; default all N steps).
+        eps: last time of the continuous methods, in (0, T); default ``sde.default_eps``
+            (1e-3 VP / sub-VP, 1e-5 VE, as the reference code). Not accepted by "ddpm" / "ddim",
+            which end on alpha-bar = 1.
+        generator: a ``torch.Generator`` (the same generator state gives the same output,
+            bit for bit, on the same device), a list of B generators (sample b's noise comes
+            from generator b only, so it does not depend on the batch's other seeds, except
+            through the batch-averaged Langevin step and the shared adaptive ODE steps), or
+            None (torch's global generator).
+        device, dtype: of the sample; default the device of ``x_T`` or of ``generator`` (else
+            CPU) and float32 (``x_T``'s dtype if given).
+        denoise: return the noise-free mean of the last step (grid methods: the predictor's
+            mean at eps; "sde" / "ode": Tweedie's E[x_0 | x_eps] = (x + sigma(eps)^2 s) / alpha(eps),
+            one extra NFE). "ddpm" / "ddim" always end without noise, so it changes nothing there.
+        progress: show a tqdm bar of score evaluations.
+        return_info: also return a :class:`SampleInfo` (with the exact NFE).
+        x_T: optional start (B, *S) at time T (default: a draw from ``sde.prior_sampling``);
+            e.g. to compare samplers from the same latent.
+        **options: method-specific keyword arguments (anything else raises TypeError):
+            "euler_maruyama", "reverse_diffusion", "ancestral": ``spacing`` of the grid
+                ("uniform", "quadratic", "logsnr").
+            "pc": ``predictor`` ("reverse_diffusion" (default), "euler_maruyama", "ancestral"),
+                ``corrector`` ("langevin" (default), "ald", "none"), ``snr`` (> 0, default 0.16),
+                ``corrector_steps`` (>= 1, default 1), ``corrector_norm`` ("batch" (default,
+                the reference's batch-averaged norms) or "sample"; see
+                :class:`~scoresde.solvers.correctors.LangevinCorrector`), ``spacing``.
+            "sde": ``sde_method`` ("euler" (default), "milstein", "srk", "heun", "midpoint",
+                "reversible_heun", "euler_heun"); uniform grid only. NFE per step: 1 for euler,
+                milstein, euler_heun, reversible_heun (+1 once); 2 for heun, midpoint; 9 for srk
+                (+1 once) (:data:`scoresde.solvers.sdeint.NFE`).
+            "ode": ``ode_method`` (any method of :func:`scoresde.solvers.ode.solve_ode`, default
+                "dopri5"), ``rtol``, ``atol`` (> 0, default 1e-5), ``max_nfe``, ``min_step``.
+            "ddpm": ``variance`` ("fixed_small", "fixed_large", "learned_range"; default
+                "learned_range" for a ScoreModel with ``learn_variance=True``, else
+                "fixed_small"), ``skip`` ("uniform", "quadratic"), ``clip_x0`` (False).
+            "ddim": ``eta`` in [0, 1] (default 0), ``skip``, ``clip_x0`` (False).
+    Returns:
+        The samples, a (B, *S) tensor (at eps for the continuous methods, at alpha-bar = 1 for
+        "ddpm" / "ddim"); with ``return_info=True`` the pair (samples, :class:`SampleInfo`).
+        Sampling runs under ``torch.no_grad()``.
+    Raises:
+        ValueError: unknown method / predictor / corrector / sde_method / ode_method / variance /
+            skip / spacing (the message lists the valid names); steps < 1; eps outside (0, T);
+            eta outside [0, 1]; snr, rtol or atol <= 0; a bad shape or ``x_T``; "ddpm" / "ddim"
+            with an SDE other than VPSDE; "ancestral" with sub-VP; a ``score_fn`` output whose
+            shape differs from x, or that is NaN / inf (the message gives the time).
+        TypeError: an option the method does not take; non-callable score_fn; bad generator.
+        ODESolverError: the adaptive ODE solve did not finish (``max_nfe``, step underflow).
+    Reference:
+        Song et al. 2021, Sec. 4.1-4.3, Eq. (6), (13), (46)-(47), Alg. 1-5; Ho et al. 2020,
+        Alg. 2; Song, Meng & Ermon 2021, Eq. (12); Nichol & Dhariwal 2021, Sec. 3.1, 4.
+    """
+    check_choice("method", method, METHODS)
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
+    check_generator(generator)
+    unknown = sorted(set(options) - set(OPTIONS[method]))
+    if unknown:
+        raise TypeError(f"method {method!r} does not take {unknown}; its options are {sorted(OPTIONS[method])}")
+    opts = {**OPTIONS[method], **options}
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be a non-empty tuple of positive sizes (B, ...); got {shape}")
+    for name, flag in (("denoise", denoise), ("progress", progress), ("return_info", return_info)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be True or False; got {flag!r}")
+    if x_T is not None:
+        if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape or not x_T.is_floating_point():
+            got = tuple(x_T.shape) if isinstance(x_T, torch.Tensor) else type(x_T).__name__
+            raise ValueError(f"x_T must be a floating tensor of shape {shape}; got {got}")
+        device = x_T.device if device is None else torch.device(device)
+        dtype = x_T.dtype if dtype is None else dtype
+    device = torch.device(device) if device is not None else (generator_device(generator) or torch.device("cpu"))
+    dtype = dtype or torch.float32
+
+    if method in _DISCRETE:
+        if eps is not None:
+            raise ValueError(f"eps does not apply to method {method!r}: it ends on alpha-bar = 1 (t = 0)")
+        chain = make_chain(sde, steps, opts["skip"])
+        if method == "ddim":
+            eta = opts["eta"]
+            check_positive("eta", eta, allow_zero=True)
+            if eta > 1:
+                raise ValueError(f"eta must lie in [0, 1]; got {eta}")
+        total = len(chain)
+    else:
+        eps = check_eps(sde.default_eps if eps is None else eps, sde)
+        if method == "ode":
+            check_choice("ode_method", opts["ode_method"], ODE_METHODS)
+            if steps is not None:
+                check_positive("steps", steps, integer=True)
+            total = None
+        else:
+            steps = sde.N if steps is None else steps
+            check_positive("steps", steps, integer=True)
+            if method == "sde":
+                check_choice("sde_method", opts["sde_method"], tuple(SDE_METHODS))
+                per_step, once = SDE_NFE[opts["sde_method"]]
+                total = steps * per_step + once
+            else:
+                check_choice("spacing", opts["spacing"], SPACINGS)
+                total = steps
+        if denoise and method in ("sde", "ode") and total is not None:
+            total += 1
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"sample ({method})", unit="nfe")
+    score = ScoreEval(score_fn, bar)
+    try:
+        with torch.no_grad():
+            if x_T is None:
+                x = _prior(sde, shape, generator, device, dtype)
+            else:
+                x = x_T.to(device=device, dtype=dtype)
+            info_steps, times = None, None
+            if method == "ddpm":
+                x = ddpm_sample(score, x, chain, variance=opts["variance"], clip_x0=bool(opts["clip_x0"]),
+                                generator=generator)
+                info_steps, times = len(chain), chain.timesteps
+            elif method == "ddim":
+                x = ddim_sample(score, x, chain, eta=float(opts["eta"]), clip_x0=bool(opts["clip_x0"]),
+                                generator=generator)
+                info_steps, times = len(chain), chain.timesteps
+            elif method == "ode":
+                x = _ode(score, sde, x, eps, steps, opts)
+                if denoise:
+                    x = _tweedie(score, sde, x, eps)
+            elif method == "sde":
+                times = time_grid(sde, steps, eps, "uniform")
+                x = reverse_sdeint(score, sde, x, times, sde_method=opts["sde_method"], generator=generator)
+                if denoise:
+                    x = _tweedie(score, sde, x, eps)
+                info_steps = steps
+            else:
+                times = time_grid(sde, steps, eps, opts["spacing"])
+                x = _predictor_corrector(score, sde, x, times, method, opts, generator, denoise)
+                info_steps = steps
+    finally:
+        if bar is not None:
+            bar.close()
+    if return_info:
+        return x, SampleInfo(nfe=score.nfe, method=method, steps=info_steps, times=times)
+    return x
+
+
+def _predictor_corrector(score, sde, x, grid, method, opts, generator, denoise):
+    """Song et al. 2021, Alg. 1-3: at each grid time t_k, the corrector (if any) then the predictor t_k -> t_{k+1}."""
+    name = opts["predictor"] if method == "pc" else method
+    predictor = PREDICTORS[check_choice("predictor", name, tuple(PREDICTORS))](sde, score)
+    corrector = None
+    if method == "pc":
+        cname = check_choice("corrector", opts["corrector"], (*CORRECTORS, "none"))
+        if cname != "none":
+            kw = {"norm": opts["corrector_norm"]} if cname == "langevin" else {}
+            corrector = CORRECTORS[cname](sde, score, snr=opts["snr"], n_steps=opts["corrector_steps"], **kw)
+        else:
+            check_positive("snr", opts["snr"])
+            check_positive("corrector_steps", opts["corrector_steps"], integer=True)
+    ts = grid.tolist()
+    x_mean = x
+    for k in range(len(ts) - 1):
+        if corrector is not None:
+            x, _ = corrector.step(x, ts[k], ts[k + 1], generator)
+        x, x_mean = predictor.step(x, ts[k], ts[k + 1], generator)
+    return x_mean if denoise else x
+
+
+def _ode(score, sde, x, eps, steps, opts):
+    """Probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (Song et al. 2021, Eq. (13)) from T to eps."""
+
+    def field(t, y):
+        tb = score.time(t, y)
+        drift, g = sde.sde(y, tb)
+        return drift - 0.5 * bcast(g**2, y).to(y.dtype) * score(y, tb)
+
+    method = opts["ode_method"]
+    if method not in ADAPTIVE_METHODS and steps is None:
+        raise ValueError(f"the fixed-grid ode_method {method!r} needs steps (an integer >= 1)")
+    sol = solve_ode(field, x, sde.T, eps, method=method, rtol=opts["rtol"], atol=opts["atol"], steps=steps,
+                    max_nfe=opts["max_nfe"], min_step=opts["min_step"])
+    return sol.y

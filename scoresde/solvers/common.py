@@ -1,0 +1,109 @@
+"""What every sampler shares: the checked, NFE-counting score call and the noise draws.
+
+* :class:`ScoreEval` calls the user's ``score_fn`` through :func:`scoresde.score.call_score`
+  (output shape and NaN / inf checked, the error names the time), passes the time as a (B,)
+  float64 tensor (float32 on MPS) so that discrete models map it to the right table index,
+  returns the score in the state's dtype and counts every call: one call on a batch is one
+  NFE (number of function evaluations).
+* :func:`randn` draws standard normal noise from a ``torch.Generator`` or from a list of B
+  generators, one per sample (then sample b's noise comes from generator b only, so a sample
+  does not depend on its batch-mates' seeds).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..schedules import work_dtype
+from ..score import call_score
+
+class ScoreEval:
+    """``score_fn`` wrapped for a solver: t broadcast to (B,), output checked, calls counted.
+
+    Arguments:
+        score_fn: callable (x (B, *S), t (B,)) -> (B, *S), an estimate of grad_x log p_t(x).
+        bar: optional tqdm bar, advanced by one per evaluation.
+    Attributes:
+        nfe: number of calls made so far.
+    Raises (on call):
+        ValueError: output of the wrong shape, or NaN / inf (with the time of the call).
+    """
+
+    def __init__(self, score_fn: Callable, bar=None):
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
+        self.score_fn, self.bar, self.nfe = score_fn, bar, 0
+
+    def time(self, t, x: torch.Tensor) -> torch.Tensor:
+        """t (a number, 0-d or (B,) tensor) as a (B,) tensor in the working dtype on x's device."""
+        dt = work_dtype(x.device)
+        t = torch.as_tensor(t, dtype=dt, device=x.device)
+        return t.to(dt).reshape(-1).expand(x.shape[0]) if t.dim() == 0 else t.to(dt)
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = self.time(t, x)
+        self.nfe += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        return call_score(self.score_fn, x, t).to(x.dtype)
+
+    def raw(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(prediction, variance channels) of a ``ScoreModel`` (``score_fn.raw``), counted and checked."""
+        t = self.time(t, x)
+        self.nfe += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        pred, v, _ = self.score_fn.raw(x, t)
+        for name, val in (("prediction", pred), ("variance output", v)):
+            if val is not None and not bool(torch.isfinite(val).all()):
+                raise ValueError(f"score_fn's {name} is NaN or inf at t in [{float(t.min()):.6g}, {float(t.max()):.6g}]")
+        return pred.to(x.dtype), v
+
+
+def randn(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
+    """Standard normal noise of ``shape`` (B, *S).
+
+    ``generator`` is None (torch's global generator), a ``torch.Generator``, or a list of B
+    generators (sample b drawn from generator b with shape (1, *S)).
+    """
+    shape = tuple(shape)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"generator is a list of {len(generator)} generators but the batch size is {shape[0]}; "
+                             "give one generator per sample")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+    return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def check_generator(generator) -> None:
+    """Raise TypeError unless ``generator`` is None, a torch.Generator or a non-empty list of them."""
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    if generator is None:
+        return
+    if not gens or not all(isinstance(g, torch.Generator) for g in gens):
+        raise TypeError("generator must be a torch.Generator, a list of torch.Generator (one per sample) or None; "
+                        f"got {type(generator).__name__}")
+
+
+def generator_device(generator) -> torch.device | None:
+    """The device of ``generator`` (of its first element for a list), or None."""
+    if generator is None:
+        return None
+    g = generator[0] if isinstance(generator, (list, tuple)) else generator
+    return g.device
+
+
+def seed_from(generator, device=None) -> list[int]:
+    """Integer seeds in [0, 2^31 - 1) drawn from ``generator`` (one per generator of a list).
+
+    Same generator state, same seeds; used as torchsde's ``entropy``. With ``generator=None``
+    the seed comes from torch's global generator (so ``torch.manual_seed`` makes it
+    reproducible, unlike torchsde's own default, which reads numpy's global state).
+    """
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    out = []
+    for g in gens:
+        dev = g.device if g is not None else (device or "cpu")
+        out.append(int(torch.randint(0, 2**31 - 1, (1,), generator=g, device=dev).item()))
+    return out
