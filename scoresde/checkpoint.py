@@ -78,6 +78,12 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _temp_prefix(path: str) -> str:
     return "." + os.path.basename(path) + ".tmp-"
 
@@ -109,6 +115,7 @@ def save_checkpoint(path, state: dict) -> str:
     check_writable(folder)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=folder)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(full, f)
             f.flush()

@@ -6,12 +6,14 @@ with its ``data_range`` stated, and, for quantized data (images, digits), the in
 
 The one map from integer levels to floats (:func:`levels_to_float`):
 
-    x = 2 k / (num_levels - 1) - 1,    k in {0, ..., num_levels - 1}  ->  x in [-1, 1],
+    x = (2 k + 1) / num_levels - 1,    k in {0, ..., num_levels - 1}  ->  x in (-1, 1),
 
-level 0 at -1 and the top level at +1: the reference score-SDE code's k/255 scaled to [-1, 1]
-(Song et al. 2021, ``datasets.py`` with ``centered=True``). Bits/dim does not use these floats:
-it dequantizes the integer levels itself, x = (k + u) / num_levels scaled to ``data_range``
-(see ``scoresde.bits_per_dim``), so ``num_levels`` and ``data_range`` are passed on from here.
+the centre of bin k when [-1, 1] is cut into num_levels equal bins. These are exactly the bins
+that bits/dim dequantizes into (``scoresde.bits_per_dim``: y = -1 + 2 (k + u) / num_levels,
+u ~ U[0, 1)), so a model is trained on the centres of the cells its likelihood is measured on.
+(The reference score-SDE code trains on k/255 and evaluates on (k + u)/256, which puts the end
+levels on the cell edges; negligible at 256 levels, 0.06 of a cell at 17.) Pass
+``data_range=ds.data_range`` and ``num_levels=ds.num_levels`` to bits/dim, with ``ds.levels``.
 
 Loaders:
     :func:`digits`        scikit-learn's 8x8 handwritten digits, 1 797 images, 17 gray levels
@@ -43,34 +45,36 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 def levels_to_float(levels: torch.Tensor, num_levels: int) -> torch.Tensor:
-    """Map integer levels k in {0, ..., L-1} to floats 2k/(L-1) - 1 in [-1, 1] (float32).
+    """Map integer levels k in {0, ..., L-1} to the bin centres (2k + 1)/L - 1 in (-1, 1) (float32).
 
     Arguments:
         levels: integer tensor, any shape.
         num_levels: L >= 2.
     Returns:
-        float32 tensor of the same shape, -1 at level 0 and +1 at level L - 1.
+        float32 tensor of the same shape: the centre of cell k of [-1, 1] cut into L cells (the
+        cells ``scoresde.bits_per_dim`` dequantizes into).
     Raises:
         TypeError: levels not an integer tensor. ValueError: num_levels < 2 or a level outside
         [0, L - 1].
-    Reference: Song et al. 2021, reference ``datasets.py`` (k/255, then 2x - 1 when centered).
+    Reference: Theis et al. 2016 (uniform dequantization cells); Song et al. 2021, App. D.
     """
     if not isinstance(levels, torch.Tensor) or levels.is_floating_point() or levels.dtype == torch.bool:
         raise TypeError("levels must be an integer torch.Tensor")
     _check_levels(levels, num_levels, "levels")
-    return levels.to(torch.float64).mul(2.0 / (num_levels - 1)).sub(1.0).to(torch.float32)
+    return (levels.to(torch.float64).mul(2.0).add(1.0).div(num_levels).sub(1.0)).to(torch.float32)
 
 
 def float_to_levels(x: torch.Tensor, num_levels: int) -> torch.Tensor:
-    """Inverse of :func:`levels_to_float`: round (x + 1)(L - 1)/2 to the nearest level, clamped.
+    """Inverse of :func:`levels_to_float`: the cell k = floor((x + 1) L / 2) holding x, clamped to [0, L-1].
 
-    Returns an int64 tensor of x's shape. Raises ValueError for num_levels < 2 or NaN in x.
+    Returns an int64 tensor of x's shape (values outside [-1, 1] go to the end cells).
+    Raises ValueError for num_levels < 2 or NaN in x.
     """
-    if not isinstance(num_levels, int) or num_levels < 2:
+    if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
         raise ValueError(f"num_levels must be an integer >= 2; got {num_levels!r}")
     if bool(torch.isnan(x).any()):
         raise ValueError("x contains NaN")
-    k = torch.round((x.to(torch.float64) + 1.0) * (num_levels - 1) / 2.0)
+    k = torch.floor((x.to(torch.float64) + 1.0) * num_levels / 2.0)
     return k.clamp(0, num_levels - 1).to(torch.int64)
 
 
@@ -193,8 +197,8 @@ def digits(split: str = "train") -> Dataset:
         split: "train" (1 500 images), "test" (297 images) or "all" (1 797), see
             :func:`digits_split`.
     Returns:
-        Dataset with levels (n, 1, 8, 8) int64 in [0, 16], data = 2k/16 - 1 in [-1, 1],
-        num_levels 17, data_range (-1, 1), D = 64.
+        Dataset with levels (n, 1, 8, 8) int64 in [0, 16], data = (2k + 1)/17 - 1 (bin centres,
+        in [-16/17, 16/17]), num_levels 17, data_range (-1, 1), D = 64.
     Raises:
         ValueError: unknown split.
     Reference: Alpaydin & Kaynak 1998 (UCI "Optical Recognition of Handwritten Digits");
@@ -277,7 +281,7 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
         data_range: (lo, hi) of float data.
         channels_last: the 4-D array is (n, H, W, C).
     Returns:
-        Dataset (integer data: levels plus floats in [-1, 1]; float data: float32 as given).
+        Dataset (integer data: levels plus bin-centre floats in (-1, 1); float data: float32 as given).
     Raises:
         FileNotFoundError: no such file. ValueError: unknown extension, a .npz with several
         arrays and no (or a wrong) key, a wrong shape, fewer than 1 sample, NaN / inf, levels
@@ -336,7 +340,7 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
                                 "(the number of levels, e.g. 17 for values 0..16)")
             num_levels = 256
         if data_range is not None:
-            raise ValueError("data_range applies to float data; integer levels map to [-1, 1]")
+            raise ValueError("data_range applies to float data; integer levels map to (-1, 1)")
         levels = torch.from_numpy(arr.astype(np.int64))
         return _from_levels(levels, num_levels, name, config)
     if num_levels is not None:
@@ -362,7 +366,7 @@ def image_folder(path, *, mode: str = "L", image_size: int | None = None) -> Dat
         image_size: resize every image to image_size x image_size (PIL bicubic); without it all
             images must have the same size.
     Returns:
-        Dataset with levels (n, C, H, W) in [0, 255], num_levels 256, data in [-1, 1].
+        Dataset with levels (n, C, H, W) in [0, 255], num_levels 256, data (2k + 1)/256 - 1 in (-1, 1).
     Raises:
         FileNotFoundError: no such folder. ValueError: no image files, an unreadable file or
         images of different sizes (the message names the file), unknown mode.
