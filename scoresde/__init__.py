@@ -4,11 +4,13 @@ Public API (re-exported here): the SDEs :class:`VPSDE`, :class:`SubVPSDE`, :clas
 :class:`ScoreModel` and the parameterization conversions; time grids and step selections.
 """
 from .grids import respaced_betas, select_timesteps, space_timesteps, time_grid
+from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
 from .sampling import SampleInfo, sample
 from .schedules import CosineSchedule, LinearSchedule
 from .score import ScoreModel, network_time
 from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, sde_from_config
 from .train import TrainConfig, load_score_model, shard_evaluate, train
+from .vlb import VLBResult, ddpm_vlb
 
 __version__ = "0.1.0"
 
@@ -18,5 +20,6 @@ __all__ = [
     "ScoreModel", "network_time",
     "time_grid", "select_timesteps", "space_timesteps", "respaced_betas",
     "sample", "SampleInfo",
+    "log_likelihood", "bits_per_dim", "encode", "decode", "LikelihoodResult", "BitsPerDimResult", "ddpm_vlb", "VLBResult",
     "train", "TrainConfig", "load_score_model", "shard_evaluate",
 ]
