@@ -15,15 +15,16 @@ x0_hat = (x_k - sqrt(1 - ab_k) eps_hat) / sqrt(ab_k) and a fixed ("fixed_small":
 Each term is estimated with one draw of x_k per sample (the standard Monte-Carlo estimate of
 ``calc_bpd_loop``), so the total is an unbiased estimate of the bound.
 
-Data convention: x holds integer levels k in [0, num_levels - 1] and is mapped to the level
-centres x_0 = -1 + 2 k / (num_levels - 1) in [-1, 1]; the decoder integrates its Gaussian over
-the bin of half-width 1 / (num_levels - 1) around x_0, the edge bins extending to -inf / +inf
-(Ho et al. 2020, Eq. (13)). Both this bound and :func:`scoresde.bits_per_dim` (with
-dequantization) are then upper bounds, in expectation, on the same quantity, the negative
-log2-probability per dimension of the ``num_levels``-level discrete data, and can be reported
-side by side. They place the levels differently inside [-1, 1] (here the centres
--1 + 2k / (L - 1); there the bins [-1 + 2k / L, -1 + 2(k + 1) / L)), a difference of at most half
-a bin in what the network sees.
+Data convention: x holds integer levels k in [0, num_levels - 1], mapped to the centres
+x_0 = (2k + 1) / L - 1 of the L equal cells of [-1, 1] (:func:`scoresde.data.levels_to_float`, the
+map the training data use), and the decoder integrates its Gaussian over cell k,
+[-1 + 2k / L, -1 + 2(k + 1) / L], the two end cells extending to -inf / +inf (Ho et al. 2020,
+Eq. (13), with the cells of the package's data convention instead of Ho et al.'s centres
+-1 + 2k / (L - 1); ``discretized_gaussian_log_likelihood`` is evaluated in coordinates scaled by
+L / (L - 1), where the two conventions coincide). These are exactly the cells
+:func:`scoresde.bits_per_dim` dequantizes into (data_range (-1, 1)), so both numbers are upper
+bounds, in expectation, on the same quantity, -log2 P(k) per dimension of the L-level data,
+and can be reported side by side.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import torch
 
 from ._checks import check_choice, check_positive
 from .chain import VARIANCES, DiscreteChain, discretized_gaussian_log_likelihood, normal_kl
+from .data import levels_to_float
 from .likelihood import _check_levels
 from .score import ScoreModel, to_eps
 from .sde import SDE
@@ -89,7 +91,7 @@ def ddpm_vlb(eps_model: Callable, sde: SDE, x: torch.Tensor, *, num_levels: int 
             called at the continuous time t = ``sde.index_to_t(step)`` of each chain step.
         sde: a VPSDE or SubVPSDE (its DDPM table ``alphas_cumprod`` defines the chain).
         x: (B, *S) integer levels in [0, num_levels - 1] (uint8, int or integer-valued float),
-            mapped to -1 + 2 k / (num_levels - 1) (see the module docstring).
+            mapped to the cell centres (2k + 1) / num_levels - 1 (see the module docstring).
         num_levels: number of levels L (>= 2): 256 for 8-bit images, 17 for scikit-learn's digits.
         timesteps: None (all N steps) or a respacing for
             :class:`~scoresde.chain.DiscreteChain` (an int K, "ddim50", "10,15,20", a list);
@@ -125,7 +127,8 @@ def ddpm_vlb(eps_model: Callable, sde: SDE, x: torch.Tensor, *, num_levels: int 
     chain = DiscreteChain(sde, timesteps)
     K = len(chain)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-    x0 = -1.0 + 2.0 * x.to(dtype) / (num_levels - 1)
+    x0 = levels_to_float(x.long(), num_levels).to(device=x.device, dtype=dtype)
+    r = num_levels / (num_levels - 1)  # scaling to the coordinates of discretized_gaussian_log_likelihood
     B, D = x0.shape[0], x0[0].numel()
     to_bits = 1.0 / (D * math.log(2.0))
     per_sample = lambda v: v.reshape(B, -1).sum(1) * to_bits  # noqa: E731
@@ -152,7 +155,8 @@ def ddpm_vlb(eps_model: Callable, sde: SDE, x: torch.Tensor, *, num_levels: int 
             mean, _, logvar = chain.q_posterior(x0_hat, x_k.to(torch.float64), k)
             model_logvar = chain.model_log_variance(k, x_k, variance, v)
             if k == 0:
-                nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * model_logvar, num_levels)
+                nll = -discretized_gaussian_log_likelihood(r * x0, r * mean, 0.5 * model_logvar + math.log(r),
+                                                           num_levels)
                 terms[:, 0] = per_sample(nll.expand(x0.shape))
             else:
                 true_mean, _, true_logvar = chain.q_posterior(x0.to(torch.float64), x_k.to(torch.float64), k)
