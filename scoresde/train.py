@@ -444,6 +444,15 @@ class _Sharder:
         return self._cache[c][pos * self.b:(pos + 1) * self.b]
 
 
+def _seed_global(value: int, device: torch.device) -> None:
+    """Seed the global CPU generator (and the device's CUDA one); unlike ``torch.manual_seed``
+    this queues nothing for uninitialised CUDA (which records a stack trace per call)."""
+    torch.default_generator.manual_seed(value)
+    if device.type == "cuda":
+        torch.cuda.default_generators[device.index if device.index is not None else
+                                      torch.cuda.current_device()].manual_seed(value)
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -605,6 +614,7 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
                              f"{str(e).splitlines()[0]}") from None
         step = int(saved["step"])
         _set_rng_state(saved["rng"], device)
+        window = saved.get("metrics", {}).get("window", [0.0, 0])
     outer_rng = _rng_state(device)
 
     data = data.to(device)
@@ -625,7 +635,10 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
 
         bar = tqdm(total=cfg.steps, initial=min(step, cfg.steps), desc="train", dynamic_ncols=True,
                    file=sys.stderr)
-    window_loss, window_n = torch.zeros((), dtype=torch.float64, device=device), 0
+    if saved is None:
+        window = [0.0, 0]
+    # the running mean since the last log line, carried through checkpoints so logs resume exactly
+    window_loss, window_n = torch.tensor(float(window[0]), dtype=torch.float64, device=device), int(window[1])
     last_loss, eval_loss, last_ckpt = None, None, (ckpt_path if saved is not None else None)
     t0 = time.time()
 
@@ -659,7 +672,8 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
             return None
         state = {"step": at, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                  "rng": outer_rng, "config": full_config,
-                 "metrics": {"loss": last_loss, "eval_loss": eval_loss}}
+                 "metrics": {"loss": last_loss, "eval_loss": eval_loss,
+                             "window": [float(window_loss), window_n]}}
         return save_checkpoint(ckpt_path, state)
 
     try:
@@ -673,7 +687,7 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
             for j, c in enumerate(mine):
                 x0 = data[sharder.indices(s, c).to(device)]
                 gen.manual_seed(_seed(cfg.seed, "noise", s, c))
-                torch.manual_seed(_seed(cfg.seed, "dropout", s, c))
+                _seed_global(_seed(cfg.seed, "dropout", s, c), device)
                 sync = contextlib.nullcontext() if (ddp_net is None or j == len(mine) - 1) else ddp_net.no_sync()
                 with sync:
                     loss = loss_fn(train_model, sde, x0, generator=gen, **loss_kwargs)
@@ -772,7 +786,7 @@ def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None
         raise ValueError(f"{path} is a scoresde checkpoint without a model / sde config")
     stored_sde = sde_from_config(cfg["sde"])
     if sde is not None:
-        check_config(cfg["sde"], sde.config(), path)
+        check_config({"sde": cfg["sde"]}, {"sde": sde.config()}, path)
     mcfg = cfg["model"]
     if net is None:
         if mcfg["net"].get("custom"):
@@ -781,7 +795,7 @@ def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None
 
         net = model_from_config(mcfg["net"])
     elif callable(getattr(net, "config", None)):
-        check_config(mcfg["net"], json.loads(json.dumps(net.config())), path)
+        check_config({"net": mcfg["net"]}, {"net": json.loads(json.dumps(net.config()))}, path)
     score = ScoreModel(net, sde if sde is not None else stored_sde, prediction=mcfg["prediction"],
                        time_input=mcfg["time_input"], discrete=mcfg["discrete"],
                        learn_variance=mcfg["learn_variance"])
