@@ -1,0 +1,156 @@
+"""Checkpoint files: atomic writes, weights-only loading, one-line errors (issue 6, bad input).
+
+Numbers checked: a write killed (SIGKILL) mid-write or just before the rename leaves the previous
+checkpoint loadable and byte-identical under the checkpoint name (issue 6).
+"""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scoresde.checkpoint import (FORMAT, check_config, check_writable, config_diff, load_checkpoint,
+                                 save_checkpoint)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _state(v=1.0):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
+    return {"step": 3, "model": {"w": torch.full((3,), v)}, "optimizer": opt.state_dict(),
+            "config": {"sde": {"sde": "VPSDE", "N": 1000}, "betas": [0.9, 0.999], "none": None},
+            "rng": {"torch": torch.get_rng_state()}}
+
+
+def test_round_trip_weights_only(tmp_path):
+    p = save_checkpoint(tmp_path / "c.pt", _state(2.0))
+    s = load_checkpoint(p)
+    assert s["format"] == FORMAT and s["version"] == 1 and isinstance(s["torch_version"], str)
+    assert torch.equal(s["model"]["w"], torch.full((3,), 2.0)) and s["config"]["none"] is None
+    torch.load(p, weights_only=True)  # the file is loadable by the safe unpickler itself
+    assert os.listdir(tmp_path) == ["c.pt"]  # no temporary file left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(p).st_mode & 0o777 == 0o666 & ~mask  # ordinary permissions, not mkstemp's 0600
+
+
+def test_non_plain_state_is_refused_and_old_file_kept(tmp_path):
+    p = tmp_path / "c.pt"
+    save_checkpoint(p, _state(1.0))
+    raw = p.read_bytes()
+    with pytest.raises(TypeError, match=r"state\['model'\]\['f'\] is a Fraction"):
+        from fractions import Fraction
+        save_checkpoint(p, {"model": {"f": Fraction(1, 2)}})
+    assert p.read_bytes() == raw and os.listdir(tmp_path) == ["c.pt"]
+
+
+@pytest.mark.parametrize("kind", ["random", "truncated", "empty", "text", "foreign", "unsafe", "newer"])
+def test_corrupt_or_foreign_files_give_one_line_errors(tmp_path, kind):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, _state())
+    p = tmp_path / "bad.pt"
+    if kind == "random":
+        p.write_bytes(bytes(range(256)) * 8)
+    elif kind == "truncated":
+        p.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    elif kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "text":
+        p.write_text("hello")
+    elif kind == "foreign":
+        torch.save({"state_dict": {"w": torch.ones(2)}}, p)
+    elif kind == "unsafe":
+        from fractions import Fraction
+        torch.save({"format": FORMAT, "x": Fraction(1, 3)}, p)
+    else:
+        torch.save({"format": FORMAT, "version": 99}, p)
+    expected = {"random": "not a readable checkpoint", "truncated": "not a readable checkpoint",
+                "empty": "not a readable checkpoint", "text": "not a readable checkpoint",
+                "foreign": "not a scoresde checkpoint", "unsafe": "unsafe to load", "newer": "version 99"}[kind]
+    with pytest.raises(ValueError, match=expected) as e:
+        load_checkpoint(p)
+    assert "\n" not in str(e.value) and str(p) in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        load_checkpoint("/nonexistent/c.pt")
+
+
+_KILLER = """
+import importlib.util, io, os, signal, sys, torch
+# the checkpoint module alone (it needs only torch), without importing the whole package
+spec = importlib.util.spec_from_file_location("ck", os.path.join({root!r}, "scoresde", "checkpoint.py"))
+ck = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ck)
+path, mode = sys.argv[1], sys.argv[2]
+if mode == "mid-write":
+    real = torch.save
+    def half(obj, f):
+        buf = io.BytesIO(); real(obj, buf); data = buf.getvalue()
+        f.write(data[: len(data) // 2]); f.flush(); os.fsync(f.fileno())
+        os.kill(os.getpid(), signal.SIGKILL)
+    torch.save = half
+else:
+    def die(a, b):
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.replace = die
+ck.save_checkpoint(path, {{"model": {{"w": torch.full((1000,), 7.0)}}, "step": 99}})
+"""
+
+
+@pytest.mark.parametrize("mode", ["mid-write", "before-rename"])
+def test_killed_write_leaves_previous_checkpoint(tmp_path, mode):
+    """Issue 6: SIGKILL during a save -> the previous file is intact under the name; next save cleans up."""
+    p = tmp_path / "checkpoint.pt"
+    save_checkpoint(p, _state(5.0))
+    raw = p.read_bytes()
+    script = tmp_path / "killer.py"
+    script.write_text(_KILLER.format(root=ROOT))
+    r = subprocess.run([sys.executable, str(script), str(p), mode], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert p.read_bytes() == raw
+    assert torch.equal(load_checkpoint(p)["model"]["w"], torch.full((3,), 5.0))
+    stale = [f for f in os.listdir(tmp_path) if f.startswith(".checkpoint.pt.tmp-")]
+    assert len(stale) == 1  # the killed write's temporary file, never under the checkpoint name
+    save_checkpoint(p, _state(6.0))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "killer.py"]
+    assert torch.equal(load_checkpoint(p)["model"]["w"], torch.full((3,), 6.0))
+
+
+def test_unwritable_folder(tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="is not writable") as e:
+        check_writable(blocker / "sub")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="is not writable"):
+        save_checkpoint(blocker / "sub" / "c.pt", _state())
+    if os.geteuid() != 0:  # root ignores permission bits
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        try:
+            with pytest.raises(ValueError, match="is not writable"):
+                check_writable(ro)
+        finally:
+            ro.chmod(0o700)
+    assert check_writable(tmp_path / "new" / "deep") == str(tmp_path / "new" / "deep")
+
+
+def test_config_diff_and_check():
+    saved = {"sde": {"sde": "VPSDE", "beta_max": 20.0}, "net": {"hidden": 32, "layers": [1, 2]}, "a": 1}
+    assert config_diff(saved, {"sde": {"sde": "VPSDE", "beta_max": 20}, "net": {"hidden": 32, "layers": (1, 2)},
+                               "a": 1}) == []
+    d = config_diff(saved, {"sde": {"sde": "VPSDE", "beta_max": 10.0}, "net": {"hidden": 64, "layers": [1, 2]},
+                            "b": 2})
+    assert d == ["a: saved 1, not in the requested config", "b: missing in checkpoint, requested 2",
+                 "net.hidden: saved 32, requested 64", "sde.beta_max: saved 20.0, requested 10.0"]
+    assert config_diff({"x": True}, {"x": 1}) == ["x: saved True, requested 1"]
+    with pytest.raises(ValueError, match=r"c\.pt: config does not match .* \(and 1 more\)") as e:
+        check_config(saved, {"sde": {"sde": "VPSDE", "beta_max": 10.0}, "net": {"hidden": 64, "layers": [1, 2]},
+                             "b": 2}, "c.pt")
+    assert "\n" not in str(e.value)
