@@ -79,15 +79,16 @@ class _Eps:
         self.times = torch.clamp(chain.times(), max=self.sde.T)
 
     def __call__(self, x: torch.Tensor, k: int):
-        ab = self.chain.get("alphas_cumprod", k, x)
-        alpha, sigma = ab.sqrt(), (1.0 - ab).sqrt()
+        """(eps (B, *S), v or None, alpha_k, sigma_k); alpha_k, sigma_k as Python floats (one k per batch)."""
+        ab = float(self.chain.alphas_cumprod[k])
+        alpha, sigma = ab**0.5, (1.0 - ab) ** 0.5
         t = self.score.time(self.times[k], x)
         if self.variance == "learned_range":
             pred, v = self.score.raw(x, t)
-            a, s = alpha.reshape(-1), sigma.reshape(-1)
+            a, s = (torch.full((x.shape[0],), c, dtype=torch.float64, device=x.device) for c in (alpha, sigma))
             return to_eps(pred, self.score.score_fn.prediction, x, a, s).to(x.dtype), v, alpha, sigma
         s = self.score(x, t)
-        return (-sigma * s).to(x.dtype), None, alpha, sigma
+        return -sigma * s, None, alpha, sigma
 
 
 def ddpm_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, variance: str | None = None,
@@ -105,15 +106,19 @@ def ddpm_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, vari
     eps_fn = _Eps(score, chain, variance)
     for k in reversed(range(len(chain))):
         eps, v, alpha, sigma = eps_fn(x, k)
-        x0 = ((x - sigma * eps) / alpha).to(x.dtype)
+        x0 = (x - sigma * eps) / alpha
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-        mean, _, _ = chain.q_posterior(x0, x, k)
-        if k > 0:
-            logvar = chain.model_log_variance(k, x, eps_fn.variance, v)
-            x = (mean + torch.exp(0.5 * logvar) * randn(x.shape, generator, x.device, x.dtype)).to(x.dtype)
-        else:
+        # posterior mean of q(x_{k-1} | x_k, x0) (Ho et al. 2020, Eq. (7)), the chain's coefficients
+        mean = float(chain.posterior_mean_coef1[k]) * x0 + float(chain.posterior_mean_coef2[k]) * x
+        if k == 0:
             x = mean
+            continue
+        if eps_fn.variance == "learned_range":
+            std = torch.exp(0.5 * chain.model_log_variance(k, x, "learned_range", v)).to(x.dtype)
+        else:  # the same for the whole batch: read it once, at one sample
+            std = float(torch.exp(0.5 * chain.model_log_variance(k, x[:1], eps_fn.variance)).reshape(-1)[0])
+        x = mean + std * randn(x.shape, generator, x.device, x.dtype)
     return x
 
 
@@ -134,10 +139,10 @@ def ddim_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, eta:
     var, coef = ddim_coefficients(chain, eta)
     for k in reversed(range(len(chain))):
         eps, _, alpha, sigma = eps_fn(x, k)
-        x0 = ((x - sigma * eps) / alpha).to(x.dtype)
+        x0 = (x - sigma * eps) / alpha
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
-            eps = ((x - alpha * x0) / sigma).to(x.dtype)
+            eps = (x - alpha * x0) / sigma
         ab_prev = float(chain.alphas_cumprod_prev[k])
         x_new = ab_prev**0.5 * x0 + float(coef[k]) * eps
         if eta > 0 and k > 0:
