@@ -709,10 +709,10 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
             window_n += 1
 
             if (cfg.log_every and step % cfg.log_every == 0) or step == cfg.steps:
-                w = torch.stack([window_loss, torch.tensor(float(window_n), dtype=torch.float64, device=device)])
+                w = window_loss.clone()  # this rank's share: the sum over its parts / parts
                 if world > 1:
                     dist.all_reduce(w)
-                last_loss = float(w[0] / w[1])
+                last_loss = float(w) / window_n
                 window_loss.zero_()
                 window_n = 0
                 if log_file:
