@@ -4,6 +4,7 @@ Public API (re-exported here): the SDEs :class:`VPSDE`, :class:`SubVPSDE`, :clas
 :class:`ScoreModel` and the parameterization conversions; time grids and step selections.
 """
 from .grids import respaced_betas, select_timesteps, space_timesteps, time_grid
+from .losses import LossSecondMomentSampler, ddpm_loss, dsm_loss, hybrid_loss
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
 from .sampling import SampleInfo, sample
 from .schedules import CosineSchedule, LinearSchedule
@@ -21,5 +22,6 @@ __all__ = [
     "time_grid", "select_timesteps", "space_timesteps", "respaced_betas",
     "sample", "SampleInfo",
     "log_likelihood", "bits_per_dim", "encode", "decode", "LikelihoodResult", "BitsPerDimResult", "ddpm_vlb", "VLBResult",
+    "dsm_loss", "ddpm_loss", "hybrid_loss", "LossSecondMomentSampler",
     "train", "TrainConfig", "load_score_model", "shard_evaluate",
 ]
