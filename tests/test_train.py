@@ -366,3 +366,32 @@ def test_small_config_scaling():
     assert (c.lr, c.warmup, c.ema_decay, c.grad_clip, c.checkpoint_every) == (1e-3, 100, 0.999, 1.0, 200)
     assert TrainConfig.small(10 ** 6).warmup == 5000
     assert TrainConfig().lr == 2e-4 and TrainConfig().warmup == 5000 and TrainConfig().ema_decay == 0.9999
+
+
+@pytest.mark.parametrize("objective", [{"loss": "dsm", "weighting": "likelihood"}, "ddpm"])
+def test_first_logged_loss_equals_the_objective_on_the_sampled_batch(tmp_path, objective):
+    """Wiring: the first update's loss is the objective on DistributedSampler's first batch with the
+    noise generator seeded from (seed, step 0, part 0); options of the objective reach the loss."""
+    from torch.utils.data import DistributedSampler
+
+    from scoresde import losses
+    from scoresde.train import _seed
+
+    sde = scoresde.VPSDE()
+    discrete = objective == "ddpm"
+    torch.manual_seed(0)
+    model = scoresde.ScoreModel(MLP(2, hidden=32, num_layers=2, embed_dim=16), sde, discrete=discrete)
+    ds = toy("swiss_roll", 100)
+    sampler = DistributedSampler(range(100), num_replicas=1, rank=0, shuffle=True, seed=7, drop_last=True)
+    sampler.set_epoch(0)
+    x0 = ds.data[list(sampler)[:16]]
+    gen = torch.Generator().manual_seed(_seed(7, "noise", 0, 0))
+    with torch.no_grad():
+        if discrete:
+            expected = float(losses.ddpm_loss(model, sde, x0, generator=gen))
+        else:
+            expected = float(losses.dsm_loss(model, sde, x0, generator=gen, weighting="likelihood"))
+    cfg = TrainConfig(steps=1, batch_size=16, seed=7, log_every=1, eval_every=0, out_dir=str(tmp_path), quiet=True)
+    train(model, sde, objective, ds, cfg)
+    first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1 and first["loss"] == pytest.approx(expected, rel=1e-6)
