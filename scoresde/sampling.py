@@ -288,7 +288,8 @@ def _ode(score, sde, x, eps, steps, opts):
     """Probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (Song et al. 2021, Eq. (13)) from T to eps."""
 
     def field(t, y):
-        tb = score.time(t, y)
+        # torchdiffeq hands t in the state's dtype: a float32 eps may round below eps
+        tb = score.time(t, y).clamp(eps, sde.T)
         drift, g = sde.sde(y, tb)
         return drift - 0.5 * bcast(g**2, y).to(y.dtype) * score(y, tb)
 
