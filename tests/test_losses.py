@@ -248,11 +248,22 @@ def test_importance_sampler_probabilities_and_history():
     Eq. (18) and improved-diffusion); losses older than the last 10 are dropped."""
     N = 5
     s = LossSecondMomentSampler(N)
+    base = torch.tensor([1.0, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    spread = torch.tensor([0.0, 0.5, 0.0, 0.9, 0.2], dtype=torch.float64)
     for rep in range(12):
-        # step 0 first sees 100 twice; only its last 10 losses (all 1) must count
-        s.update(torch.arange(N), torch.tensor([100.0 if rep < 2 else 1.0, 1.0, 2.0, 3.0, 4.0]))
-    w = torch.tensor([1.0, 1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+        # step 0 first sees 100 twice; only its last 10 losses must count. Losses alternate
+        # base * (1 +- spread), so sqrt(E[L^2]) = base * sqrt(1 + spread^2), not E[L] = base
+        loss = base * (1 + (spread if rep % 2 else -spread))
+        if rep < 2:
+            loss[0] = 100.0
+        s.update(torch.arange(N), loss)
+    w = base * torch.sqrt(1 + spread**2)
     assert torch.allclose(s.weights(), 0.999 * w / w.sum() + 0.001 / N, rtol=1e-12)
+    s2 = LossSecondMomentSampler(N, uniform_prob=0.5)
+    for rep in range(10):
+        s2.update(torch.arange(N), base * (1.5 if rep % 2 else 0.5) * torch.tensor([1.0, 1, 1, 1, 3]))
+    w2 = base * torch.tensor([1.0, 1, 1, 1, 3])
+    assert torch.allclose(s2.weights(), 0.5 * w2 / w2.sum() + 0.5 / N, rtol=1e-12)
 
 
 def test_importance_sampler_is_unbiased():
