@@ -63,8 +63,8 @@ class SampleInfo:
         nfe: the exact number of ``score_fn`` calls made (each on the whole batch), the
             ``denoise`` step included.
         method: the method name.
-        steps: steps taken (grid steps, or the chain length K for "ddpm" / "ddim"); None for an
-            adaptive "ode" solve.
+        steps: steps taken (grid steps, fixed-grid "ode" steps, or the chain length K for
+            "ddpm" / "ddim"); None for an adaptive "ode" solve.
         times: the continuous time grid (steps + 1,) float64 of the grid methods, the chain's
             integer ``timesteps`` (K,) for "ddpm" / "ddim", None for "ode".
     """
@@ -242,6 +242,7 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
                 info_steps, times = len(chain), chain.timesteps
             elif method == "ode":
                 x = _ode(score, sde, x, eps, steps, opts)
+                info_steps = steps
                 if denoise:
                     x = _tweedie(score, sde, x, eps)
             elif method == "sde":
