@@ -217,11 +217,12 @@ def train_digit_classifier(x, y, *, seed: int = 0, steps: int = 400, lr: float =
         clf = DigitClassifier()
     opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
     xf = x.reshape(-1, 64)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(clf(xf), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    with torch.enable_grad():  # callers may hold no_grad (e.g. digit_frechet_distance)
+        for _ in range(steps):
+            loss = nn.functional.cross_entropy(clf(xf), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
     return clf.eval().requires_grad_(False)
 
 

@@ -1,0 +1,249 @@
+"""The ``scoresde`` command: train, sample, likelihood, compare and demo.
+
+    scoresde train --data digits --sde vp --out runs/digits
+    scoresde sample runs/digits/checkpoint.pt --method pc --steps 100 --out samples
+    scoresde likelihood runs/digits/checkpoint.pt --split test
+    scoresde compare runs/digits/checkpoint.pt --methods euler_maruyama pc ode ddim --steps 10 20 50 100
+    scoresde demo            # all of the above on scikit-learn's 8x8 digits, into ./scoresde-demo
+
+Every subcommand has ``--help`` with its defaults. A bad argument, a missing or corrupt
+checkpoint, data of the wrong shape or an unknown method prints one line
+``scoresde <command>: error: <what is wrong>`` on stderr and exits with status 2 (usage) or 1
+(anything else), without a traceback (set ``SCORESDE_TRACEBACK=1`` to see one). Output files
+are written to a temporary name and renamed, so a failed run leaves no partial file.
+
+This module only builds the argument parser (so ``--help`` is fast); the work is done in
+:mod:`scoresde.cli.commands`, :mod:`scoresde.cli.compare` and :mod:`scoresde.cli.demo`.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["main", "build_parser", "CLIError"]
+
+SDES = ("vp", "subvp", "ve", "vp-cosine")
+OBJECTIVES = ("dsm", "dsm-likelihood", "ddpm", "hybrid")
+MODELS = ("auto", "mlp", "unet")
+DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status ``status``."""
+
+    def __init__(self, message: str, status: int = 1, prog: str | None = None):
+        super().__init__(message)
+        self.status, self.prog = status, prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr (no usage dump), exit status 2."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        raise CLIError(f"{message} (see '{self.prog} --help')", status=2, prog=self.prog)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return v
+
+
+def _unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
+
+
+def _add_common(p: argparse.ArgumentParser, seed: int = 0) -> None:
+    p.add_argument("--seed", type=int, default=seed, help="random seed (sampling noise, data split draws)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampler options (names of scoresde.sample)")
+    g.add_argument("--eps", type=_positive_float, default=None,
+                   help="last time of the reverse solve; default: the SDE's (1e-3 VP / sub-VP, 1e-5 VE)")
+    g.add_argument("--predictor", default="reverse_diffusion",
+                   help="pc: predictor (euler_maruyama, reverse_diffusion, ancestral)")
+    g.add_argument("--corrector", default="langevin", help="pc: corrector (langevin, ald, none)")
+    g.add_argument("--snr", type=_positive_float, default=0.16, help="pc: corrector signal-to-noise ratio")
+    g.add_argument("--corrector-steps", type=_positive_int, default=1, help="pc: corrector steps per step")
+    g.add_argument("--sde-method", default="euler", help="sde: torchsde method")
+    g.add_argument("--ode-method", default="dopri5", help="ode: torchdiffeq method")
+    g.add_argument("--rtol", type=_positive_float, default=1e-5, help="ode: relative tolerance")
+    g.add_argument("--atol", type=_positive_float, default=1e-5, help="ode: absolute tolerance")
+    g.add_argument("--eta", type=_unit_float, default=0.0, help="ddim: eta in [0, 1] (0 = deterministic)")
+    g.add_argument("--variance", default="fixed_small", help="ddpm: fixed_small or fixed_large")
+    g.add_argument("--no-denoise", action="store_true", help="return the last noisy state, not its mean")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scoresde`` argument parser with its five subcommands."""
+    parser = _Parser(prog="scoresde", formatter_class=_Formatter,
+                     description="Score-based diffusion models as SDEs: train, sample, measure likelihood, "
+                                 "compare solvers.", epilog=__doc__.split("\n\n")[1])
+    from .. import __version__
+    parser.add_argument("--version", action="version", version=f"scoresde {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    # ---- train ---------------------------------------------------------------------------
+    p = sub.add_parser("train", formatter_class=_Formatter, help="train a score model (resumes from --out)",
+                       description="Train a score model. If --out already holds a checkpoint, training resumes "
+                                   "from it (its saved config wins over the model/SDE options here).")
+    p.add_argument("--data", default="digits",
+                   help="'digits' (scikit-learn 8x8), a 2-D toy name (e.g. swiss_roll, moons, "
+                        "8gaussians, checkerboard), or a path to .npy / .npz / an image folder")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, config, training log)")
+    g = p.add_argument_group("SDE")
+    g.add_argument("--sde", choices=SDES, default="vp", help="forward SDE")
+    g.add_argument("--beta-min", type=_positive_float, default=0.1, help="VP / sub-VP: beta(0)")
+    g.add_argument("--beta-max", type=_positive_float, default=20.0, help="VP / sub-VP: beta(1)")
+    g.add_argument("--sigma-min", type=_positive_float, default=0.01, help="VE: sigma_min")
+    g.add_argument("--sigma-max", type=_positive_float, default=None,
+                   help="VE: sigma_max; default: the largest pairwise data distance (Song & Ermon 2020)")
+    g.add_argument("--num-scales", type=_positive_int, default=1000, help="N, steps of the discrete chain")
+    g = p.add_argument_group("model and objective")
+    g.add_argument("--model", choices=MODELS, default="auto", help="network; auto: MLP for vectors, UNet for images")
+    g.add_argument("--hidden", type=_positive_int, default=512, help="MLP width")
+    g.add_argument("--layers", type=_positive_int, default=4, help="MLP hidden layers")
+    g.add_argument("--channels", type=_positive_int, default=32, help="UNet base channels")
+    g.add_argument("--objective", choices=OBJECTIVES, default="dsm",
+                   help="dsm (continuous-time DSM, sigma^2 weighting), dsm-likelihood (g^2 weighting), "
+                        "ddpm (L_simple), hybrid (Improved DDPM, learned variance)")
+    g.add_argument("--prediction", choices=("eps", "score", "x0", "v"), default="eps", help="network target")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=_positive_int, default=20000, help="training steps")
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")
+    g.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
+    g.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
+    g.add_argument("--ema", type=_unit_float, default=0.999, help="EMA decay")
+    g.add_argument("--checkpoint-every", type=_positive_int, default=2000, help="steps between checkpoints")
+    _add_common(p)
+
+    # ---- sample --------------------------------------------------------------------------
+    p = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a checkpoint",
+                       description="Sample from a trained checkpoint (EMA weights). Writes <out>.npz with the "
+                                   "samples and <out>.png: an image grid, or a scatter plot for 2-D data.")
+    p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
+    p.add_argument("--method", default="pc",
+                   help="euler_maruyama, reverse_diffusion, ancestral, pc, sde, ode, ddpm, ddim")
+    p.add_argument("--steps", type=_positive_int, default=100, help="solver steps (fixed-step methods)")
+    p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of samples")
+    p.add_argument("--batch-size", type=_positive_int, default=1000, help="samples per batch")
+    p.add_argument("--out", default="samples", help="output stem: writes <out>.npz and <out>.png")
+    _add_sampler_options(p)
+    _add_common(p)
+
+    # ---- likelihood ----------------------------------------------------------------------
+    p = sub.add_parser("likelihood", formatter_class=_Formatter, help="bits/dim by the probability-flow ODE",
+                       description="Exact likelihood of a data split under the probability-flow ODE, in bits/dim "
+                                   "(uniformly dequantized integer levels), with its standard error over the data; "
+                                   "optionally also the DDPM variational bound (VP / sub-VP).")
+    p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="data split of the checkpoint's data")
+    p.add_argument("--data", default=None, help="other data to evaluate (same forms as train --data); "
+                                                "default: the checkpoint's data")
+    p.add_argument("-n", "--num-points", type=int, default=0, help="evaluate the first n points (0 = all)")
+    p.add_argument("--divergence", choices=DIVERGENCES, default="hutchinson_rademacher",
+                   help="divergence estimator inside the ODE")
+    p.add_argument("--ode-method", default="dopri5", help="torchdiffeq method")
+    p.add_argument("--rtol", type=_positive_float, default=1e-5, help="relative tolerance")
+    p.add_argument("--atol", type=_positive_float, default=1e-5, help="absolute tolerance")
+    p.add_argument("--eps", type=_positive_float, default=1e-5, help="start time of the ODE")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="points per solve")
+    p.add_argument("--vlb", action="store_true", help="also the DDPM variational bound (VP / sub-VP)")
+    p.add_argument("--out", default="likelihood.json", help="JSON output file")
+    _add_common(p)
+
+    # ---- compare -------------------------------------------------------------------------
+    p = sub.add_parser("compare", formatter_class=_Formatter, help="table of solvers: NFE, time, quality, bits/dim",
+                       description="Sample with several methods and step budgets; one table of NFE, wall time, "
+                                   "sample quality (Frechet distance in digit-classifier features for digits, sliced "
+                                   "Wasserstein otherwise) and bits/dim where defined (PF-ODE for 'ode', the DDPM "
+                                   "variational bound for 'ddpm'). Writes <out>/compare.md, compare.json and "
+                                   "quality_vs_nfe.png. A method may carry its own steps: 'pc:10,20'.")
+    p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
+    p.add_argument("--methods", nargs="+",
+                   default=["euler_maruyama", "pc", "sde", "ode", "ddpm", "ddim"],
+                   help="methods: euler_maruyama, reverse_diffusion, ancestral, pc, sde, ode, ddpm, ddim")
+    p.add_argument("--steps", type=_positive_int, nargs="+", default=[10, 20, 50, 100],
+                   help="step budgets of the fixed-step methods")
+    p.add_argument("--ode-rtols", type=_positive_float, nargs="+", default=[1e-2, 1e-3, 1e-5],
+                   help="tolerances (rtol = atol) of the adaptive ODE rows")
+    p.add_argument("-n", "--num-samples", type=_positive_int, default=500, help="samples per method")
+    p.add_argument("--bpd-points", type=int, default=100,
+                   help="test points for the bits/dim columns (0 = skip bits/dim)")
+    p.add_argument("--out", default="compare", help="output folder")
+    _add_sampler_options(p)
+    _add_common(p)
+
+    # ---- demo ----------------------------------------------------------------------------
+    p = sub.add_parser("demo", formatter_class=_Formatter, help="train -> compare -> likelihood on 8x8 digits",
+                       description="The whole job on scikit-learn's 8x8 digits (nothing downloaded): train a score "
+                                   "model, compare samplers, measure bits/dim on the test split by the PF-ODE and "
+                                   "by the DDPM variational bound, and write <out>/report.md with the images.")
+    p.add_argument("--out", default="scoresde-demo", help="output folder")
+    p.add_argument("--sde", choices=SDES, default="vp", help="forward SDE")
+    p.add_argument("--quick", action="store_true", help="a tiny run (under 2 minutes) that checks the pipeline")
+    p.add_argument("--train-steps", type=_positive_int, default=None,
+                   help="training steps; default 12000 (300 with --quick)")
+    _add_common(p)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``scoresde`` console script; returns the exit status."""
+    parser = build_parser()
+    command = "scoresde"
+    try:
+        args = parser.parse_args(argv)
+        command = f"scoresde {args.command}"
+        from . import commands
+        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
+    except SystemExit as e:  # --help / --version
+        return int(e.code or 0) if not isinstance(e.code, str) else 1
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except CLIError as e:
+        _print_error(e.prog or command, e, e.status)
+        return e.status
+    except Exception as e:  # one line, no traceback: the CLI's contract
+        _print_error(command, e, 1)
+        return 1
+
+
+def _print_error(command: str, e: BaseException, status: int) -> None:
+    if os.environ.get("SCORESDE_TRACEBACK"):
+        import traceback
+        traceback.print_exception(e)
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if not isinstance(e, (CLIError, ValueError, TypeError, FileNotFoundError)):
+        msg = f"{type(e).__name__}: {msg}"
+    print(f"{command}: error: {msg}", file=sys.stderr)

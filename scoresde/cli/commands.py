@@ -1,0 +1,483 @@
+"""The work behind each ``scoresde`` subcommand (see :mod:`scoresde.cli` for the parser).
+
+Each ``cmd_<name>(args)`` takes the parsed arguments, prints its results, writes its files
+atomically (compute first, then write) and returns the exit status. User errors are raised as
+``ValueError`` / ``FileNotFoundError`` / :class:`scoresde.cli.CLIError` with one-line messages;
+:func:`scoresde.cli.main` prints them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import CLIError
+from ..plotting import atomic_file
+
+TRAIN_ARGS = "train_args.json"
+#: train options that may change when a run is resumed
+_RESUME_FREE = ("steps", "quiet", "checkpoint_every", "out", "device", "command", "data")
+
+
+def _log(args, msg: str) -> None:
+    """Status lines go to stderr (stdout carries the results); --quiet silences them."""
+    if not getattr(args, "quiet", False):
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _threads():
+    # The CLI runs on laptops: use the cores torch sees, but no more than the machine has.
+    n = os.cpu_count() or 1
+    if torch.get_num_threads() > n:
+        torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------ data
+def load_data(spec: str, *, split: str = "train", seed: int = 0):
+    """A :class:`scoresde.data.Dataset` from a ``--data`` value.
+
+    "digits" -> the digits ``split``; a toy name -> 10 000 points (seed 0 for "train", a fresh
+    seed for "test"); a .npy / .npz path -> ``data.from_array``; a folder -> ``data.image_folder``.
+    Raises ValueError naming the valid forms.
+    """
+    from .. import data as D
+    if spec == "digits":
+        return D.digits(split)
+    if spec in D.TOYS:
+        return D.toy(spec, n=10000, seed=seed if split == "train" else seed + 1_000_003)
+    if os.path.isdir(spec):
+        return D.image_folder(spec)
+    if spec.lower().endswith((".npy", ".npz")):
+        return D.from_array(spec)
+    if os.path.exists(spec):
+        raise ValueError(f"data file {spec!r} is neither .npy / .npz nor a folder of images")
+    raise ValueError(f"unknown data {spec!r}; valid values are 'digits', {list(D.TOYS)}, or a path to a .npy / .npz "
+                     "file or an image folder")
+
+
+def make_sde(name: str, *, beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_max=None, num_scales=1000,
+             data=None):
+    """The SDE of ``--sde``; VE's default sigma_max is the largest pairwise data distance."""
+    from ..sde import VESDE, VPSDE, SubVPSDE
+    if name == "vp":
+        return VPSDE(beta_min, beta_max, num_scales)
+    if name == "vp-cosine":
+        return VPSDE(N=num_scales, schedule="cosine")
+    if name == "subvp":
+        return SubVPSDE(beta_min, beta_max, num_scales)
+    if name == "ve":
+        if sigma_max is None:
+            x = data.data.reshape(len(data), -1)[:2000].double() if data is not None else None
+            sigma_max = float(torch.cdist(x, x).max()) if x is not None and len(x) > 1 else 50.0
+            sigma_max = max(sigma_max, 2 * sigma_min)
+        return VESDE(sigma_min, sigma_max, num_scales)
+    raise ValueError(f"unknown sde {name!r}; valid values are ['vp', 'subvp', 've', 'vp-cosine']")
+
+
+def make_model(args_d: dict, shape, sde):
+    """(ScoreModel, objective) from the resolved train settings ``args_d``."""
+    from ..losses import dsm_loss
+    from ..models import UNet
+    from ..score import ScoreModel
+    from .nets import Dequantized, FlatMLP
+    objective = args_d["objective"]
+    discrete = objective in ("ddpm", "hybrid")
+    learn_variance = objective == "hybrid"
+    kind = args_d["model"]
+    if kind == "auto":
+        kind = "mlp" if math.prod(shape) <= 256 else "unet"
+    if kind == "mlp":
+        net = FlatMLP(shape, hidden=args_d["hidden"], num_layers=args_d["layers"], learn_variance=learn_variance)
+    else:
+        if len(shape) != 3 or shape[1] != shape[2]:
+            raise ValueError(f"--model unet needs square images (C, H, W); the data have shape {tuple(shape)}")
+        net = UNet(shape[0], shape[1], ch=args_d["channels"], ch_mult=(1, 2, 2) if shape[1] >= 16 else (1, 2),
+                   num_res_blocks=1 if shape[1] <= 16 else 2, attn_resolutions=(), learn_variance=learn_variance)
+    model = ScoreModel(net, sde, prediction=args_d["prediction"], discrete=discrete, learn_variance=learn_variance)
+    if objective in ("dsm", "dsm-likelihood"):
+        weighting = "likelihood" if objective == "dsm-likelihood" else "sigma2"
+        if args_d.get("dequantize") and args_d.get("num_levels"):
+            obj = Dequantized(dsm_loss, args_d["num_levels"], weighting=weighting)
+        else:
+            obj = {"loss": "dsm", "weighting": weighting}
+    else:
+        obj = objective
+    return model, obj
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint file from a file or a training folder; FileNotFoundError if there is none."""
+    from ..train import CHECKPOINT_NAME
+    if os.path.isdir(path):
+        f = os.path.join(path, CHECKPOINT_NAME)
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"no checkpoint in folder {path} (expected {CHECKPOINT_NAME})")
+        return f
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such checkpoint: {path}")
+    return path
+
+
+def load_run(path: str, *, device="cpu", quiet=False):
+    """(EMA score model in eval mode, sde, stored config, training Dataset or None) of a checkpoint."""
+    from ..checkpoint import load_checkpoint
+    from ..train import load_score_model
+    from .nets import build_net
+    path = resolve_checkpoint(path)
+    state = load_checkpoint(path)
+    cfg = state.get("config")
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict) or "net" not in cfg["model"]:
+        raise ValueError(f"{path} is a scoresde checkpoint without a model config")
+    net = build_net(cfg["model"]["net"])
+    del state
+    # quiet: the "using the EMA weights" notice would precede a later one-line error; the commands
+    # state the weights in their own output instead
+    model, sde, cfg = load_score_model(path, net=net, map_location=device, quiet=True)
+    from .. import data as D
+    try:
+        ds = D.load_dataset(cfg["data"])
+    except (ValueError, FileNotFoundError, KeyError):
+        ds = None
+    return model, sde, cfg, ds
+
+
+def _weights_note(cfg) -> str:
+    w = "EMA" if cfg.get("weights") == "ema" else "online (no EMA in the checkpoint)"
+    return f"scoresde: using the {w} weights of the checkpoint (step {cfg.get('step')})"
+
+
+def _check_shape(ds, cfg, what="data"):
+    want = list(cfg["data"].get("shape", []))
+    if want and list(ds.shape) != want:
+        raise ValueError(f"{what} have shape {list(ds.shape)} per sample but the model was trained on {want}")
+
+
+# ------------------------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    r = run_train(args)
+    msg = f"trained to step {r['step']} in {r['wall_s']:.1f} s; loss {r['loss']:.4f}" if r["loss"] is not None else \
+        f"step {r['step']} (already trained)"
+    if r["eval_loss"] is not None:
+        msg += f", test loss (EMA) {r['eval_loss']:.4f}"
+    print(f"{msg}; checkpoint {r['checkpoint']}")
+    return 0
+
+
+def run_train(args) -> dict:
+    """Train (or resume) as ``scoresde train`` does; returns a summary dict."""
+    from ..checkpoint import load_checkpoint
+    from ..train import CHECKPOINT_NAME, TrainConfig, train
+    _threads()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT_NAME
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    saved_path = out / TRAIN_ARGS
+    resumed_from = 0
+    if ckpt.exists():
+        state = load_checkpoint(ckpt)  # corrupt file -> one-line ValueError before anything else
+        resumed_from = int(state.get("step", 0))
+        if not saved_path.exists():
+            raise ValueError(f"{ckpt} was not written by 'scoresde train' (no {TRAIN_ARGS}); resume it from Python "
+                             "with scoresde.train.train")
+        saved = json.loads(saved_path.read_text())
+        changed = [k for k in saved if k not in _RESUME_FREE and k in settings and settings[k] != saved[k]
+                   and k not in ("quiet",)]
+        if changed:
+            _log(args, f"scoresde train: resuming {ckpt} (step {int(state.get('step', 0))}) with its saved settings; "
+                       f"ignoring {', '.join('--' + k.replace('_', '-') for k in changed)}")
+        else:
+            _log(args, f"scoresde train: resuming {ckpt} from step {int(state.get('step', 0))}")
+        for k in _RESUME_FREE:
+            saved[k] = settings[k]
+        saved["data"] = saved.get("data", args.data)
+        settings = saved
+        del state
+    ds = load_data(settings["data"], split="train", seed=0)
+    evald = load_data(settings["data"], split="test", seed=0) if settings["data"] == "digits" else None
+    settings.setdefault("dequantize", True)
+    settings["num_levels"] = ds.num_levels
+    sde = make_sde(settings["sde"], beta_min=settings["beta_min"], beta_max=settings["beta_max"],
+                   sigma_min=settings["sigma_min"], sigma_max=settings["sigma_max"],
+                   num_scales=settings["num_scales"], data=ds)
+    if settings["sde"] == "ve":
+        settings["sigma_max"] = sde.sigma_max if hasattr(sde, "sigma_max") else settings["sigma_max"]
+    if settings["objective"] in ("ddpm", "hybrid") and settings["sde"] not in ("vp", "vp-cosine"):
+        raise ValueError(f"--objective {settings['objective']} trains on the discrete DDPM chain and needs "
+                         f"--sde vp or vp-cosine; got {settings['sde']}")
+    model, objective = make_model(settings, ds.shape, sde)
+    if settings["batch_size"] > len(ds):
+        raise ValueError(f"--batch-size {settings['batch_size']} is larger than the data ({len(ds)} samples)")
+    cfg = TrainConfig.small(settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
+                            warmup=min(settings["warmup"], settings["steps"]), ema_decay=settings["ema"],
+                            seed=settings["seed"], out_dir=str(out), quiet=args.quiet,
+                            checkpoint_every=settings["checkpoint_every"], device=settings["device"],
+                            eval_every=settings.get("eval_every", max(settings["steps"] // 10, 1)))
+    with atomic_file(saved_path) as f:
+        json.dump(settings, f, indent=2, sort_keys=True)
+    _log(args, f"scoresde train: {ds.name} {tuple(ds.shape)} x {len(ds)}, {type(sde).__name__}, "
+               f"{type(model.net).__name__} ({sum(p.numel() for p in model.parameters()):,} parameters), "
+               f"objective {settings['objective']}, {settings['steps']} steps of batch {settings['batch_size']}")
+    t0 = time.perf_counter()
+    res = train(model, sde, objective, ds, cfg, eval_dataset=evald)
+    wall = time.perf_counter() - t0
+    loss = res.loss
+    if loss is None and res.checkpoint:  # nothing left to train: report the stored loss
+        loss = (load_checkpoint(res.checkpoint).get("metrics") or {}).get("loss")
+    return {"step": res.step, "loss": loss, "resumed_from": resumed_from, "eval_loss": res.eval_loss, "checkpoint": res.checkpoint,
+            "wall_s": wall, "n_params": sum(p.numel() for p in model.parameters()), "net": type(model.net).__name__,
+            "sde": type(sde).__name__, "settings": settings, "data": ds.name, "n_data": len(ds)}
+
+
+# ------------------------------------------------------------------------------------------ sample
+def sampler_options(method: str, args) -> dict:
+    """The options of ``scoresde.sample`` that ``method`` takes, from the command line."""
+    from ..sampling import METHODS
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; valid values are {list(METHODS)}")
+    if method == "pc":
+        return {"predictor": args.predictor, "corrector": args.corrector, "snr": args.snr,
+                "corrector_steps": args.corrector_steps}
+    if method == "sde":
+        return {"sde_method": args.sde_method}
+    if method == "ode":
+        return {"ode_method": args.ode_method, "rtol": args.rtol, "atol": args.atol}
+    if method == "ddpm":
+        return {"variance": args.variance} if args.variance else {}
+    if method == "ddim":
+        return {"eta": args.eta}
+    return {}
+
+
+def draw(model, sde, shape, *, method, steps, n, batch_size, seed, progress, eps=None, denoise=True, device="cpu",
+         **options):
+    """n samples in batches (batch b seeded with seed + b); returns (samples (n, *S) CPU, NFE per batch list)."""
+    from ..sampling import sample
+    outs, nfes = [], []
+    for b, start in enumerate(range(0, n, batch_size)):
+        m = min(batch_size, n - start)
+        g = torch.Generator(device).manual_seed(seed + b)
+        kw = dict(options)
+        if method not in ("ddpm", "ddim"):
+            kw["eps"] = eps
+        if method != "ode" or options.get("ode_method") not in (None, "dopri5", "dopri8", "bosh3", "adaptive_heun",
+                                                                 "fehlberg2"):
+            kw["steps"] = steps
+        x, info = sample(model, sde, (m, *shape), method=method, generator=g, progress=progress, return_info=True,
+                         denoise=denoise, device=device, **kw)
+        outs.append(x.cpu())
+        nfes.append(int(info.nfe))
+    return torch.cat(outs), nfes
+
+
+def save_samples_figure(x, ds_shape, path, data_range=(-1.0, 1.0), reference=None, title=None) -> bool:
+    """Image grid (images) or scatter plot (2-D points) of samples; False if neither applies."""
+    from ..plotting import save_image_grid, save_scatter
+    if len(ds_shape) == 3 and ds_shape[0] in (1, 3):
+        save_image_grid(x[:256], path, nrow=min(16, max(1, int(math.ceil(math.sqrt(min(len(x), 256)))))),
+                        data_range=data_range)
+        return True
+    if len(ds_shape) == 1 and ds_shape[0] == 2:
+        save_scatter(x, path, reference=reference, title=title)
+        return True
+    return False
+
+
+def cmd_sample(args) -> int:
+    from .. import data as D
+    _threads()
+    opts = sampler_options(args.method, args)
+    model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
+    _log(args, _weights_note(cfg))
+    shape = tuple(cfg["data"]["shape"])
+    t0 = time.perf_counter()
+    x, nfes = draw(model, sde, shape, method=args.method, steps=args.steps, n=args.num_samples,
+                   batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, eps=args.eps,
+                   denoise=not args.no_denoise, device=args.device, **opts)
+    wall = time.perf_counter() - t0
+    data_range = tuple(cfg["data"].get("data_range", (-1.0, 1.0)))
+    bounded = ds.bounded if ds is not None else True
+    if bounded:
+        x = x.clamp(*data_range)
+    out = Path(args.out)
+    if out.parent and not out.parent.exists():
+        raise FileNotFoundError(f"output folder {out.parent} does not exist")
+    arrays = {"samples": x.numpy().astype(np.float32)}
+    if cfg["data"].get("num_levels"):
+        arrays["levels"] = D.float_to_levels(x, int(cfg["data"]["num_levels"])).numpy().astype(np.int16)
+    npz = out.with_name(out.name + ".npz")
+    png = out.with_name(out.name + ".png")
+    ref = ds.data[:2000] if ds is not None and ds.shape == (2,) else None
+    title = f"{args.method}, {args.steps if args.method != 'ode' else 'adaptive'} steps, NFE {nfes[0]}"
+    made_png = save_samples_figure(x, shape, png, data_range, reference=ref, title=title)
+    with atomic_file(npz, "wb") as f:
+        np.savez(f, **arrays, method=args.method, nfe=np.array(nfes))
+    print(f"{len(x)} samples by {args.method} ({'NFE ' + str(nfes[0]) + ' per batch'}) in {wall:.2f} s -> {npz}"
+          + (f", {png}" if made_png else ""))
+    return 0
+
+
+# -------------------------------------------------------------------------------------- likelihood
+def eval_split(spec, split, cfg, ds, seed):
+    """The data set to evaluate: ``--data`` if given, else the checkpoint data's ``split``."""
+    from .. import data as D
+    if spec is not None:
+        return load_data(spec, split=split, seed=seed), f"{spec} ({split})"
+    dcfg = cfg["data"]
+    if dcfg.get("loader") == "digits":
+        return D.digits(split), f"digits {split} split"
+    if dcfg.get("loader") == "toy":
+        s = int(dcfg.get("seed", 0)) + (1_000_003 if split == "test" else 0)
+        return D.toy(dcfg["toy"], n=10000, seed=s), f"{dcfg['toy']} ({'fresh points' if split == 'test' else 'train'})"
+    if ds is None:
+        raise ValueError("the checkpoint's data cannot be rebuilt (in-memory array); pass --data")
+    return ds, f"{ds.name} (the training data: it has no {split} split)"
+
+
+def likelihood(model, sde, ds, *, n=0, divergence="hutchinson_rademacher", ode_method="dopri5", rtol=1e-5,
+               atol=1e-5, eps=1e-5, batch_size=500, seed=0, vlb=False, progress=True) -> dict:
+    """bits/dim of the data set ``ds`` by the PF-ODE (and optionally the DDPM bound); JSON-ready dict.
+
+    Quantized data (integer levels): :func:`scoresde.bits_per_dim` with uniform dequantization,
+    bits/dim of the discrete data (an upper bound in expectation). Continuous data:
+    -log2 p(x) / D of :func:`scoresde.log_likelihood` (bits/dim of the density; can be negative).
+    The standard error is std / sqrt(n) over the points.
+    """
+    from .. import bits_per_dim, log_likelihood
+    from ..sde import VPSDE, SubVPSDE
+    quantized = ds.levels is not None
+    xs = ds.levels if quantized else ds.data
+    if n and n > 0:
+        xs = xs[:n]
+    npts = len(xs)
+    opts = dict(eps=eps, method=ode_method, rtol=rtol, atol=atol, divergence=divergence)
+    chunks = list(range(0, npts, batch_size))
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=npts, desc="likelihood (PF-ODE)", unit="pt")
+    vals, nfes = [], []
+    t0 = time.perf_counter()
+    try:
+        for j, start in enumerate(chunks):
+            x = xs[start:start + batch_size]
+            g = torch.Generator().manual_seed(seed + j)
+            if quantized:
+                r = bits_per_dim(model, sde, x, data_range=ds.data_range, num_levels=ds.num_levels, generator=g,
+                                 **opts)
+                vals.append(r.bpd.double().cpu())
+            else:
+                r = log_likelihood(model, sde, x, generator=g, **opts)
+                vals.append((-r.logp.double().cpu() / (x[0].numel() * math.log(2.0))))
+            nfes.append(int(r.nfe))
+            if bar is not None:
+                bar.update(len(x))
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - t0
+    b = torch.cat(vals)
+    res = {"bpd": float(b.mean()), "bpd_se": float(b.std() / math.sqrt(len(b))) if len(b) > 1 else None,
+           "n_points": npts, "nfe_per_solve": nfes, "nfe_mean": float(np.mean(nfes)), "wall_s": round(wall, 2),
+           "kind": "bits/dim of the dequantized discrete data (PF-ODE)" if quantized else
+                   "bits/dim of the continuous density (PF-ODE), -log2 p(x) / D",
+           "num_levels": ds.num_levels, "data_range": list(ds.data_range), "divergence": divergence,
+           "ode_method": ode_method, "rtol": rtol, "atol": atol, "eps": eps}
+    if vlb:
+        if not isinstance(sde, (VPSDE, SubVPSDE)):
+            res["vlb"] = None
+            res["vlb_note"] = f"the DDPM variational bound needs a VP or sub-VP SDE, not {type(sde).__name__}"
+        elif not quantized:
+            res["vlb"] = None
+            res["vlb_note"] = "the DDPM variational bound needs integer-level data"
+        else:
+            res.update(vlb_bits(model, sde, xs, ds.num_levels, batch_size=batch_size, seed=seed))
+    return res
+
+
+def vlb_bits(model, sde, levels, num_levels, *, batch_size=500, seed=0, timesteps=None) -> dict:
+    """The DDPM variational bound (bits/dim) of integer-level points: mean, standard error, seconds."""
+    from .. import ddpm_vlb
+    t0 = time.perf_counter()
+    vals = []
+    for j, start in enumerate(range(0, len(levels), batch_size)):
+        r = ddpm_vlb(model, sde, levels[start:start + batch_size], num_levels=num_levels, timesteps=timesteps,
+                     generator=torch.Generator().manual_seed(seed + 10_000 + j))
+        vals.append(r.bpd.double().cpu())
+    b = torch.cat(vals)
+    return {"vlb": float(b.mean()), "vlb_se": float(b.std() / math.sqrt(len(b))) if len(b) > 1 else None,
+            "vlb_steps": int(len(r.timesteps)), "vlb_variance": r.variance,
+            "vlb_wall_s": round(time.perf_counter() - t0, 2)}
+
+
+def cmd_likelihood(args) -> int:
+    _threads()
+    model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
+    evd, desc = eval_split(args.data, args.split, cfg, ds, args.seed)
+    _check_shape(evd, cfg, f"--data {args.data}" if args.data else "the data")
+    _log(args, _weights_note(cfg))
+    if args.num_points < 0:
+        raise ValueError(f"--num-points must be >= 0; got {args.num_points}")
+    res = likelihood(model, sde, evd, n=args.num_points, divergence=args.divergence, ode_method=args.ode_method,
+                     rtol=args.rtol, atol=args.atol, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
+                     vlb=args.vlb, progress=not args.quiet)
+    res.update({"checkpoint": resolve_checkpoint(args.checkpoint), "data": desc, "sde": sde.config()})
+    out = Path(args.out)
+    with atomic_file(out) as f:
+        json.dump(res, f, indent=2)
+        f.write("\n")
+    se = f" ± {res['bpd_se']:.3f}" if res["bpd_se"] is not None else ""
+    print(f"bits/dim (PF-ODE {args.ode_method}, rtol {args.rtol:g}, {args.divergence}) on {desc}, "
+          f"{res['n_points']} points: {res['bpd']:.3f}{se} (standard error over the data); "
+          f"NFE {res['nfe_mean']:.0f} per solve; {res['wall_s']:.1f} s")
+    if args.vlb:
+        if res.get("vlb") is not None:
+            se = f" ± {res['vlb_se']:.3f}" if res["vlb_se"] is not None else ""
+            print(f"bits/dim (DDPM variational bound, {res['vlb_steps']} steps, {res['vlb_variance']}): "
+                  f"{res['vlb']:.3f}{se}")
+        else:
+            print(f"DDPM variational bound: not computed ({res['vlb_note']})")
+    print(f"-> {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- compare
+def cmd_compare(args) -> int:
+    from .compare import check_method_names, parse_methods, run_compare, write_compare
+    _threads()
+    check_method_names(args.methods)
+    if args.bpd_points < 0:
+        raise ValueError(f"--bpd-points must be >= 0; got {args.bpd_points}")
+    model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
+    if ds is None:
+        raise ValueError("the checkpoint's data cannot be rebuilt (in-memory array); compare needs them")
+    opts = {"predictor": args.predictor, "corrector": args.corrector, "snr": args.snr,
+            "corrector_steps": args.corrector_steps, "sde_method": args.sde_method, "ode_method": args.ode_method,
+            "eta": args.eta, "variance": args.variance}
+    runs, notes = parse_methods(args.methods, args.steps, args.ode_rtols, opts, sde)
+    _log(args, _weights_note(cfg))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_compare(model, sde, ds, runs, n=args.num_samples, seed=args.seed, bpd_points=args.bpd_points,
+                         progress=not args.quiet, device=args.device, log=lambda m: _log(args, m))
+    result["notes"] = notes
+    result["checkpoint"] = resolve_checkpoint(args.checkpoint)
+    paths = write_compare(result, out)
+    from .compare import markdown_table
+    print(markdown_table(result))
+    print(f"-> {paths['md']}, {paths['json']}, {paths['figure']}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    _threads()
+    return run_demo(args)
