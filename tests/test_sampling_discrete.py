@@ -238,3 +238,19 @@ def test_ddim_step_selections_and_clipping():
     assert float(clipped.abs().max()) <= 1.0 + 1e-9
     unclipped = sample(model(), SDE, (8, 2), method="ddim", steps=10, x_T=big)
     assert float(unclipped.abs().max()) > 1.5
+
+
+def test_cosine_chain_stops_at_t_max():
+    """Cosine VP (T = t_max = 0.9946): DDPM / DDIM use the table steps with (i + 1) / N <= T, i.e. 0..993."""
+    sde = VPSDE(schedule="cosine")
+    score = GaussianData(MU, STD, (2,)).score_fn(sde)
+    seen = []
+
+    def spy(x, t):
+        seen.append(float(t.max()))
+        return score(x, t)
+
+    _, info = sample(spy, sde, (4, 2), method="ddpm", return_info=True)
+    assert info.nfe == 994 and int(info.times[-1]) == 993 and max(seen) <= sde.T
+    with pytest.raises(ValueError, match="steps"):
+        sample(score, sde, (4, 2), method="ddim", steps=[0, 500, 999])

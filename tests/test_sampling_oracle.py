@@ -15,7 +15,7 @@ from scoresde.oracle import GaussianData
 MU, STD = (1.0, -0.5), (0.5, 1.5)
 DATA = GaussianData(mu=torch.tensor(MU), std=torch.tensor(STD), shape=(2,))
 N_SAMPLES = 20_000
-SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "vp_cosine": lambda: VPSDE(schedule="cosine")}
 
 # (method, options, SDEs it applies to); steps 200 unless the options or run() say otherwise
 CASES = [
@@ -36,6 +36,10 @@ CASES = [
     ("ddpm", {"steps": 500, "variance": "fixed_small"}, ("vp",)),
     ("ddpm", {"variance": "fixed_large"}, ("vp",)),
     ("ddim", {"eta": 0.0}, ("vp",)),
+    # the cosine VP uses table steps 0..993 (t <= T = 0.9946); "200" spreads 200 steps over all of
+    # them (Improved DDPM's respacing), whereas the leading stride 994 // 200 = 4 would stop at 796
+    ("ddpm", {"variance": "fixed_large", "steps": "200"}, ("vp_cosine",)),
+    ("ddim", {"eta": 0.0, "steps": "200"}, ("vp_cosine",)),
     ("ddim", {"eta": 0.5}, ("vp",)),
 ]
 PARAMS = [pytest.param(m, o, s, id=f"{m}-{'-'.join(f'{k}={v}' for k, v in o.items())}-{s}")

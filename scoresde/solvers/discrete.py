@@ -34,6 +34,7 @@ import torch
 
 from .._checks import check_choice
 from ..chain import VARIANCES, DiscreteChain
+from ..grids import select_timesteps
 from ..score import ScoreModel, to_eps
 from ..sde import VPSDE
 from .common import ScoreEval, randn
@@ -42,13 +43,23 @@ from .common import ScoreEval, randn
 def make_chain(sde, steps=None, skip: str = "uniform") -> DiscreteChain:
     """The chain a DDPM / DDIM sampler walks: all N steps (steps=None) or a selection.
 
+    For the cosine VP (T = t_max < 1) only the table steps with t_i = (i + 1) / N <= T are used
+    (994 of 1000 at the defaults), and a selection is taken among those.
+
     Raises: ValueError for an SDE other than :class:`scoresde.VPSDE` (sub-VP's marginals are not
     those of the DDPM table, VE has no such chain) and for bad ``steps`` / ``skip``.
     """
     if type(sde) is not VPSDE:
         raise ValueError(f"methods 'ddpm' and 'ddim' discretize the VP SDE (VPSDE); got {type(sde).__name__}. "
                          "Use 'ancestral', 'reverse_diffusion' or 'pc' for VESDE / SubVPSDE")
-    return DiscreteChain(sde, timesteps=steps, skip=skip)
+    # the cosine VP stops at T = t_max < 1: its last table steps (t_i = (i + 1) / N > T) are not used
+    n = int((sde.index_to_t(torch.arange(sde.N)) <= sde.T + 1e-12).sum())
+    if n == sde.N:
+        return DiscreteChain(sde, timesteps=steps, skip=skip)
+    if isinstance(steps, (list, tuple, torch.Tensor)) and max(int(i) for i in steps) >= n:
+        raise ValueError(f"steps: the table steps of this SDE end at index {n - 1} (t = T = {sde.T:g}); "
+                         f"got {steps}")
+    return DiscreteChain(sde, timesteps=select_timesteps(n, n if steps is None else steps, skip), skip=skip)
 
 
 def ddim_coefficients(chain: DiscreteChain, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,7 +87,7 @@ class _Eps:
         if self.variance == "learned_range" and not self.learned:
             raise ValueError("variance='learned_range' needs score_fn to be a scoresde.ScoreModel built with "
                              "learn_variance=True; use 'fixed_small' or 'fixed_large' otherwise")
-        self.times = torch.clamp(chain.times(), max=self.sde.T)
+        self.times = chain.times()
 
     def __call__(self, x: torch.Tensor, k: int):
         """(eps (B, *S), v or None, alpha_k, sigma_k); alpha_k, sigma_k as Python floats (one k per batch)."""
