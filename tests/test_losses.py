@@ -301,16 +301,10 @@ def _mixture(n, g, stratified=False):
     return centres[idx] + 0.1 * torch.randn(n, 2, generator=g)
 
 
-def _euler_maruyama(score, sde, n, g, steps=200, eps=1e-3):
-    x = sde.prior_sampling((n, 2), generator=g)
-    ts = torch.linspace(sde.T, eps, steps + 1, dtype=torch.float64)
-    rsde = sde.reverse(score)
-    with torch.no_grad():
-        for i in range(steps):
-            dt = (ts[i + 1] - ts[i]).item()
-            drift, gt = rsde.sde(x, ts[i].float().expand(n))
-            x = x + drift * dt + gt[:, None] * math.sqrt(-dt) * torch.randn(x.shape, generator=g)
-    return x
+def _em_samples(model, sde, n, seed):
+    """n samples by scoresde.sample's Euler-Maruyama predictor, 200 steps to eps = 1e-3."""
+    return scoresde.sample(model, sde, (n, 2), method="euler_maruyama", steps=200,
+                           generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("embedding", ["sinusoidal", "fourier"])
@@ -338,7 +332,7 @@ def test_mlp_trained_with_dsm_learns_a_2d_mixture(embedding):
     def sw(x):
         return sliced_wasserstein(x, fresh, n_projections=64, generator=torch.Generator().manual_seed(0))
 
-    sw0, l0 = sw(_euler_maruyama(model, sde, 1000, torch.Generator().manual_seed(2))), held_loss()
+    sw0, l0 = sw(_em_samples(model, sde, 1000, 2)), held_loss()
     opt = torch.optim.Adam(net.parameters(), lr=5e-3)
     for _ in range(400):
         loss = dsm_loss(model, sde, _mixture(256, g), generator=g)
@@ -346,8 +340,42 @@ def test_mlp_trained_with_dsm_learns_a_2d_mixture(embedding):
         loss.backward()
         opt.step()
     l1 = held_loss()
-    sw1 = sw(_euler_maruyama(model, sde, 1000, torch.Generator().manual_seed(2)))
+    sw1 = sw(_em_samples(model, sde, 1000, 2))
     cov = torch.cov(_mixture(20000, torch.Generator().manual_seed(9)).T)
     gauss = torch.randn(1000, 2, generator=torch.Generator().manual_seed(2)) @ torch.linalg.cholesky(cov).T
     assert l1 < 0.5 * l0, (l0, l1)
     assert sw1 < 0.3 < sw(gauss) and sw0 > 10, (sw1, sw(gauss), sw0)
+
+
+def test_hybrid_with_importance_sampling_trains_a_learned_variance_mlp():
+    """Improved DDPM end to end on the 2-D mixture (N = 100 steps): 400 Adam steps of L_hybrid with
+    t drawn by LossSecondMomentSampler (weights applied to the per-sample losses) lower the
+    importance-weighted loss (mean of the last 50 steps below 0.6 of the first 50); the sampler
+    leaves its uniform phase; the "ddpm" sampler with the learned-range variance, on all 100 steps
+    and on 25 respaced steps, gives a sliced Wasserstein distance to fresh data below 0.3 (measured
+    0.13-0.15; the moment-matched Gaussian scores ~0.43, see the test above)."""
+    torch.manual_seed(0)
+    sde = scoresde.VPSDE(N=100)
+    g = torch.Generator().manual_seed(0)
+    net = MLP(2, hidden=128, num_layers=3, embed_dim=64, learn_variance=True)
+    model = scoresde.ScoreModel(net, sde, discrete=True, learn_variance=True)
+    sampler = LossSecondMomentSampler(sde.N)
+    opt = torch.optim.Adam(net.parameters(), lr=5e-3)
+    history = []
+    for _ in range(400):
+        k, w = sampler.sample(256, g)
+        per = hybrid_loss(model, sde, _mixture(256, g), t_index=k, generator=g, per_sample=True)
+        loss = (per * w).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sampler.update(k, per.detach())
+        history.append(loss.item())
+    assert sampler.warmed_up()
+    assert np.mean(history[-50:]) < 0.6 * np.mean(history[:50]), (np.mean(history[:50]), np.mean(history[-50:]))
+    fresh = _mixture(4000, torch.Generator().manual_seed(3), stratified=True)
+    for steps in (None, 25):
+        x = scoresde.sample(model, sde, (1000, 2), method="ddpm", steps=steps, variance="learned_range",
+                            generator=torch.Generator().manual_seed(2))
+        d = sliced_wasserstein(x, fresh, n_projections=64, generator=torch.Generator().manual_seed(0))
+        assert d < 0.3, (steps, d)
