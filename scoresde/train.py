@@ -366,6 +366,8 @@ def _objective(objective) -> tuple[Callable, dict, dict]:
     name = spec.pop("loss", None)
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}; valid values are {list(OBJECTIVES)}")
+    if spec.get("importance_sampling") and name == "dsm":
+        raise ValueError("importance_sampling applies to the discrete objectives 'ddpm' and 'hybrid', not 'dsm'")
     bad = [k for k in spec if k in _RESERVED_LOSS_KWARGS]
     if bad:
         raise ValueError(f"objective options {bad} are set by the training loop; remove them")
@@ -453,6 +455,42 @@ def _seed_global(value: int, device: torch.device) -> None:
                                       torch.cuda.current_device()].manual_seed(value)
 
 
+def _sampler_state(sampler) -> dict:
+    if callable(getattr(sampler, "state_dict", None)):
+        return sampler.state_dict()
+    return {"losses": sampler._losses.clone(), "counts": sampler._counts.clone()}
+
+
+def _sampler_load(sampler, state: dict) -> None:
+    if callable(getattr(sampler, "load_state_dict", None)):
+        sampler.load_state_dict(state)
+    else:
+        sampler._losses.copy_(state["losses"])
+        sampler._counts.copy_(state["counts"])
+
+
+def _sampler_update(sampler, seen: list, mine: list, parts: int, world: int) -> None:
+    """Feed every part's (t_index, per-sample loss) to the importance sampler, in part order.
+
+    With several processes the parts are all-gathered first, so that every process holds the
+    same sampler state (improved-diffusion's ``update_with_local_losses`` does the same).
+    """
+    ks = torch.stack([k for k, _ in seen])
+    ls = torch.stack([loss.to(torch.float64) for _, loss in seen])
+    if world > 1:
+        all_k, all_l = [torch.empty_like(ks) for _ in range(world)], [torch.empty_like(ls) for _ in range(world)]
+        dist.all_gather(all_k, ks)
+        dist.all_gather(all_l, ls)
+        by_part = {}
+        for r in range(world):
+            for j, c in enumerate(range(r, parts, world)):
+                by_part[c] = (all_k[r][j], all_l[r][j])
+    else:
+        by_part = {c: (ks[j], ls[j]) for j, c in enumerate(mine)}
+    for c in range(parts):
+        sampler.update(by_part[c][0].cpu(), by_part[c][1].cpu())
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -512,6 +550,10 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
         objective: "dsm", "ddpm", "hybrid", a dict {"loss": name, **options of that loss} (e.g.
             {"loss": "dsm", "weighting": "likelihood"}), one of the functions of
             ``scoresde.losses``, or any callable (model, sde, x0, generator=) -> scalar loss.
+            {"loss": "hybrid" or "ddpm", "importance_sampling": True} draws the steps with
+            Improved DDPM's ``LossSecondMomentSampler`` and weights the per-sample losses by
+            1 / (N p_k); the sampler's history is stored in checkpoints and, with several
+            processes, fed with every process's losses (all-gathered) in micro-batch order.
         dataset: a :class:`scoresde.data.Dataset` (its ``data`` floats are used) or a float
             tensor (n, *S).
         config: a :class:`TrainConfig` or a dict of its fields.
@@ -541,6 +583,7 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
     if diff:
         raise ValueError("model.sde differs from sde: " + "; ".join(diff[:3]))
     loss_fn, loss_kwargs, objective_cfg = _objective(objective)
+    importance = bool(loss_kwargs.pop("importance_sampling", False))
     data = _data_tensor(dataset, "dataset")
     eval_data = _data_tensor(eval_dataset, "eval_dataset") if eval_dataset is not None else None
     if eval_data is not None and eval_data.shape[1:] != data.shape[1:]:
@@ -616,6 +659,13 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
         _set_rng_state(saved["rng"], device)
         window = saved.get("metrics", {}).get("window", [0.0, 0])
     outer_rng = _rng_state(device)
+    t_sampler = None
+    if importance:
+        from .losses import LossSecondMomentSampler
+
+        t_sampler = LossSecondMomentSampler(sde.N)
+        if saved is not None and saved.get("loss_sampler") is not None:
+            _sampler_load(t_sampler, saved["loss_sampler"])
 
     data = data.to(device)
     if eval_data is not None:
@@ -672,6 +722,7 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
             return None
         state = {"step": at, "model": model.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(),
                  "rng": outer_rng, "config": full_config,
+                 "loss_sampler": _sampler_state(t_sampler) if t_sampler is not None else None,
                  "metrics": {"loss": last_loss, "eval_loss": eval_loss,
                              "window": [float(window_loss), window_n]}}
         return save_checkpoint(ckpt_path, state)
@@ -684,13 +735,20 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
                 g["lr"] = lr
             opt.zero_grad(set_to_none=True)
             step_loss = torch.zeros((), dtype=torch.float64, device=device)
+            seen = []
             for j, c in enumerate(mine):
                 x0 = data[sharder.indices(s, c).to(device)]
                 gen.manual_seed(_seed(cfg.seed, "noise", s, c))
                 _seed_global(_seed(cfg.seed, "dropout", s, c), device)
                 sync = contextlib.nullcontext() if (ddp_net is None or j == len(mine) - 1) else ddp_net.no_sync()
                 with sync:
-                    loss = loss_fn(train_model, sde, x0, generator=gen, **loss_kwargs)
+                    if t_sampler is not None:
+                        k, w = t_sampler.sample(x0.shape[0], gen, device=device)
+                        per = loss_fn(train_model, sde, x0, t_index=k, generator=gen, per_sample=True, **loss_kwargs)
+                        loss = (per * w).mean()  # unbiased for the uniform-t objective
+                        seen.append((k, per.detach()))
+                    else:
+                        loss = loss_fn(train_model, sde, x0, generator=gen, **loss_kwargs)
                     if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                         raise TypeError("the objective must return a scalar tensor (the batch-mean loss)")
                     (loss * scale).backward()
@@ -704,6 +762,8 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
                                  f"the last checkpoint is intact: lower lr or check the data")
             opt.step()
             ema.update_parameters(model)
+            if t_sampler is not None:
+                _sampler_update(t_sampler, seen, mine, parts, world)
             step = s + 1
             window_loss += step_loss / parts
             window_n += 1

@@ -4,6 +4,8 @@ Numbers checked:
 - ``torchrun --nproc_per_node=2``, 6 updates: parameters bit-identical on both ranks (DDP) and
   equal to a one-process run with the same global batch (32) and micro_batches = 2 within
   float tolerance (atol 1e-6: only the summation order of the gradient differs).
+- The same with the hybrid loss and importance-sampled steps (the sampler's history is fed in
+  micro-batch order from every process): identical ranks, equal to one process, same draws.
 - Only rank 0 writes: one log line per step, one checkpoint.
 - shard_evaluate: each rank evaluates its own contiguous rows with a rank-dependent number of
   inner iterations (an adaptive solve) and no collective; the gathered result equals the
@@ -36,6 +38,18 @@ def _model(sde):
     return scoresde.ScoreModel(MLP(2, hidden=32, num_layers=2, embed_dim=16), sde)
 
 
+def _hybrid_run(out):
+    """Hybrid loss with importance sampling: the sampler is fed every process's losses (all-gather)."""
+    sde = scoresde.VPSDE(N=50)
+    torch.manual_seed(1)
+    model = scoresde.ScoreModel(MLP(2, hidden=16, num_layers=1, embed_dim=16, learn_variance=True), sde,
+                                discrete=True, learn_variance=True)
+    cfg = TrainConfig(steps=20, batch_size=32, lr=1e-3, warmup=0, log_every=0, eval_every=0, checkpoint_every=0,
+                      micro_batches=2, out_dir=str(out), quiet=True)
+    train(model, sde, {"loss": "hybrid", "importance_sampling": True}, toy("two_moons", 256), cfg)
+    return model.state_dict()
+
+
 def _rowfn(x, idx):
     return {"s": x.double().sum(1), "i": idx}
 
@@ -48,12 +62,13 @@ import torch.distributed as dist
 import scoresde
 from scoresde.data import toy
 from scoresde.train import train, shard_evaluate
-from test_distributed import _config, _model, _rowfn
+from test_distributed import _config, _hybrid_run, _model, _rowfn
 out, res = sys.argv[1], sys.argv[2]
 sde = scoresde.VPSDE()
 model = _model(sde)
 r = train(model, sde, "dsm", toy("two_moons", 256), _config(out), eval_dataset=toy("two_moons", 64, seed=1))
 rank = dist.get_rank()
+hybrid = _hybrid_run(out + "-hybrid")
 calls = []
 def fn(x, idx):
     calls.append(idx.clone())
@@ -63,7 +78,8 @@ def fn(x, idx):
     return _rowfn(y, idx)
 gathered = shard_evaluate(fn, toy("two_moons", 37).data, batch_size=5, with_indices=True)
 torch.save({{"model": model.state_dict(), "ema": r.ema_model.state_dict(), "loss": r.loss, "eval_loss": r.eval_loss,
-            "gathered": gathered, "calls": torch.cat(calls), "world": dist.get_world_size()}}, res + "." + str(rank))
+            "gathered": gathered, "calls": torch.cat(calls), "world": dist.get_world_size(),
+            "hybrid": hybrid}}, res + "." + str(rank))
 dist.destroy_process_group()
 """
 
@@ -98,6 +114,15 @@ def test_torchrun_two_processes_equals_one_process(tmp_path):
         torch.testing.assert_close(r0["ema"][k], v, atol=1e-6, rtol=1e-5)
     assert r0["loss"] == pytest.approx(single.loss, rel=1e-5)
     assert r0["eval_loss"] == pytest.approx(single.eval_loss, rel=1e-5)
+
+    hybrid = _hybrid_run(tmp_path / "single-hybrid")
+    for k, v in hybrid.items():
+        assert torch.equal(r0["hybrid"][k], r1["hybrid"][k])
+        torch.testing.assert_close(r0["hybrid"][k], v, atol=1e-6, rtol=1e-5)
+    ck = torch.load(tmp_path / "ddp-hybrid" / "checkpoint.pt", weights_only=True)
+    ck1 = torch.load(tmp_path / "single-hybrid" / "checkpoint.pt", weights_only=True)
+    assert torch.equal(ck["loss_sampler"]["counts"], ck1["loss_sampler"]["counts"])
+    torch.testing.assert_close(ck["loss_sampler"]["losses"], ck1["loss_sampler"]["losses"], atol=1e-5, rtol=1e-4)
 
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert [d["step"] for d in lines if "loss" in d] == [1, 2, 3, 4, 5, 6]  # rank 0 alone writes

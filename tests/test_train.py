@@ -395,3 +395,36 @@ def test_first_logged_loss_equals_the_objective_on_the_sampled_batch(tmp_path, o
     train(model, sde, objective, ds, cfg)
     first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1 and first["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_importance_sampling_state_resumes_exactly(tmp_path):
+    """Hybrid loss with LossSecondMomentSampler: the sampler's history goes through the checkpoint, so
+    20 + 20 updates in two calls give bit-identical weights and sampler state to 40 in one call."""
+    sde = scoresde.VPSDE(N=50)
+    obj = {"loss": "hybrid", "importance_sampling": True}
+
+    def run(out, steps):
+        torch.manual_seed(0)
+        model = scoresde.ScoreModel(MLP(2, hidden=16, num_layers=1, embed_dim=16, learn_variance=True), sde,
+                                    discrete=True, learn_variance=True)
+        cfg = TrainConfig(steps=steps, batch_size=32, lr=1e-3, warmup=0, checkpoint_every=20, log_every=0,
+                          eval_every=0, out_dir=str(out), quiet=True)
+        return train(model, sde, obj, toy("two_moons", 128), cfg)
+
+    a = run(tmp_path / "a", 40)
+    run(tmp_path / "b", 20)
+    b = run(tmp_path / "b", 40)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k])
+    sa, sb = load_checkpoint(tmp_path / "a" / "checkpoint.pt"), load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    for k in sa["loss_sampler"]:
+        assert torch.equal(sa["loss_sampler"][k], sb["loss_sampler"][k])
+    from scoresde.losses import LossSecondMomentSampler
+    from scoresde.train import _sampler_load
+
+    smp = LossSecondMomentSampler(50)
+    _sampler_load(smp, sa["loss_sampler"])
+    assert smp.warmed_up() and float(smp.weights().std()) > 0  # the weighted path was exercised
+    with pytest.raises(ValueError, match="importance_sampling applies"):
+        train(_mlp(sde), sde, {"loss": "dsm", "importance_sampling": True}, toy("two_moons", 64),
+              TrainConfig(steps=1, batch_size=8, quiet=True))
