@@ -428,3 +428,35 @@ def test_importance_sampling_state_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match="importance_sampling applies"):
         train(_mlp(sde), sde, {"loss": "dsm", "importance_sampling": True}, toy("two_moons", 64),
               TrainConfig(steps=1, batch_size=8, quiet=True))
+
+
+class _DropNet(_BNNet):
+    """BatchNorm buffers and dropout (global RNG) in one network."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x, time):
+        h = torch.cat([x, (time / 1000.0)[:, None]], 1)
+        return self.lin2(self.drop(torch.relu(self.bn(self.lin1(h)))))
+
+
+def test_resume_exact_with_dropout_and_buffers(tmp_path):
+    """Dropout draws and BatchNorm buffers survive a resume: 3 + 3 updates == 6 updates (torch.equal)."""
+    sde = scoresde.VPSDE()
+
+    def run(out, steps):
+        torch.manual_seed(0)
+        model = scoresde.ScoreModel(_DropNet(), sde)
+        cfg = TrainConfig(steps=steps, batch_size=16, lr=1e-2, warmup=2, ema_decay=0.5, log_every=1, eval_every=0,
+                          checkpoint_every=3, out_dir=str(out), quiet=True)
+        return train(model, sde, "dsm", toy("two_moons", 64), cfg)
+
+    a = run(tmp_path / "a", 6)
+    run(tmp_path / "b", 3)
+    b = run(tmp_path / "b", 6)
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    for k, v in a.ema_model.state_dict().items():
+        assert torch.equal(v, b.ema_model.state_dict()[k]), k
