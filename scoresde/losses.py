@@ -32,6 +32,7 @@ import torch
 from ._checks import as_time, bcast, check_choice, check_finite, check_positive
 from .chain import DiscreteChain, discretized_gaussian_log_likelihood, normal_kl
 from .score import ScoreModel, call_score, eps_to_x0, to_eps
+from .schedules import work_dtype
 from .sde import SDE, _VPFamily
 
 __all__ = ["dsm_loss", "ddpm_loss", "hybrid_loss", "LossSecondMomentSampler"]
@@ -108,7 +109,7 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
         raise ValueError(f"eps must lie in (0, T={sde.T:g}); got {eps}")
     if t is None:
         dev = generator.device if generator is not None else x0.device
-        u = torch.rand(x0.shape[0], generator=generator, device=dev, dtype=torch.float64).to(x0.device)
+        u = torch.rand(x0.shape[0], generator=generator, device=dev, dtype=work_dtype(dev)).to(x0.device)
         t = u * (sde.T - eps) + eps
     else:
         t = as_time(t, x0, sde.T)
@@ -161,7 +162,7 @@ def _discrete_setup(model, sde, x0, t_index, generator, noise, name):
     xk = chain.q_sample(x0, k, z)
     # step k sits at continuous time index_to_t(k): network_time maps it back to index k, label
     # (N - 1) t or sigma(t), whichever the model was built with
-    t = sde.index_to_t(k.cpu()).to(x0.device)
+    t = sde.index_to_t(k)
     return chain, k, z, xk, t
 
 
@@ -245,7 +246,7 @@ def hybrid_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch
     model_mean, _, _ = chain.q_posterior(x0_hat, xk, k)
     model_logvar = chain.model_log_variance(k, xk, "learned_range", v)
     true_mean, _, true_logvar = chain.q_posterior(x0, xk, k)
-    kl = _flat_mean(normal_kl(true_mean.to(torch.float64), true_logvar, model_mean.to(torch.float64), model_logvar))
+    kl = _flat_mean(normal_kl(true_mean, true_logvar, model_mean, model_logvar))
     nll = -_flat_mean(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar))
     vb = torch.where(k == 0, nll, kl) / math.log(2.0)
     per = l_simple + (vlb_weight * sde.N * vb).to(l_simple.dtype)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .._checks import check_choice, check_positive
+from ..schedules import work_dtype
 
 EMBEDDINGS = ("sinusoidal", "fourier")
 
@@ -72,9 +73,10 @@ class SinusoidalEmbedding(nn.Module):
         self.register_buffer("freqs", freqs.to(torch.float32), persistent=False)
 
     def forward(self, time: torch.Tensor) -> torch.Tensor:
-        # the phase is formed in float64: u f_k reaches 1e7 for labels, where float32 rounding
-        # of the product would already move the phase by ~1 radian
-        arg = time.to(torch.float64)[:, None] * self.freqs.to(torch.float64)[None, :]
+        # the phase is formed in float64 (float32 only where the device has no float64): u f_k
+        # reaches 1e7 for labels, where float32 rounding would move the phase by ~1 radian
+        wd = work_dtype(time.device)
+        arg = time.to(wd)[:, None] * self.freqs.to(wd)[None, :]
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(torch.float32)
 
 
@@ -106,8 +108,9 @@ class GaussianFourierEmbedding(nn.Module):
         self.dim, self.scale, self.min_input = int(dim), float(scale), float(min_input)
 
     def forward(self, time: torch.Tensor) -> torch.Tensor:
-        u = torch.log(time.to(torch.float64).clamp(min=self.min_input))
-        arg = 2 * math.pi * u[:, None] * self.W.to(torch.float64)[None, :]
+        wd = work_dtype(time.device)
+        u = torch.log(time.to(wd).clamp(min=self.min_input))
+        arg = 2 * math.pi * u[:, None] * self.W.to(wd)[None, :]
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1).to(torch.float32)
 
 
