@@ -188,6 +188,10 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         dtype = x_T.dtype if dtype is None else dtype
     device = torch.device(device) if device is not None else (generator_device(generator) or torch.device("cpu"))
     dtype = dtype or torch.float32
+    gdev = generator_device(generator)
+    if gdev is not None and gdev.type != device.type:
+        raise ValueError(f"generator is on {gdev} but the samples are on {device}; create the generator on the "
+                         f"sampling device: torch.Generator(device={str(device)!r})")
 
     if method in _DISCRETE:
         if eps is not None:
@@ -269,6 +273,7 @@ def _predictor_corrector(score, sde, x, grid, method, opts, generator, denoise):
     predictor = PREDICTORS[check_choice("predictor", name, tuple(PREDICTORS))](sde, score)
     corrector = None
     if method == "pc":
+        check_choice("corrector_norm", opts["corrector_norm"], ("batch", "sample"))
         cname = check_choice("corrector", opts["corrector"], (*CORRECTORS, "none"))
         if cname != "none":
             kw = {"norm": opts["corrector_norm"]} if cname == "langevin" else {}

@@ -160,6 +160,8 @@ BAD = [
     (dict(method="pc", predictor="foo"), ValueError, "predictor.*reverse_diffusion"),
     (dict(method="pc", corrector="foo"), ValueError, "corrector.*langevin.*ald.*none"),
     (dict(method="pc", corrector_norm="foo"), ValueError, "corrector_norm.*batch"),
+    (dict(method="pc", corrector="ald", corrector_norm="foo"), ValueError, "corrector_norm.*batch"),
+    (dict(method="euler_maruyama", device="meta"), ValueError, "generator"),
     (dict(method="sde", sde_method="foo"), ValueError, "sde_method.*milstein"),
     (dict(method="ode", ode_method="foo"), ValueError, "ode_method.*dopri5"),
     (dict(method="ddpm", variance="foo"), ValueError, "variance.*fixed_small"),
@@ -197,6 +199,7 @@ def test_bad_input(kwargs, exc, pattern):
     kwargs.setdefault("steps", 5)
     if kwargs["method"] == "ode" and "ode_method" not in kwargs and kwargs["steps"] == 5:
         kwargs["steps"] = None
+    kwargs.setdefault("generator", torch.Generator().manual_seed(0))
     with pytest.raises(exc, match=pattern):
         sample(DATA.score_fn(sde), sde, (4, 3), **kwargs)
 
