@@ -5,6 +5,7 @@ Public API (re-exported here): the SDEs :class:`VPSDE`, :class:`SubVPSDE`, :clas
 """
 from .grids import respaced_betas, select_timesteps, space_timesteps, time_grid
 from .losses import LossSecondMomentSampler, ddpm_loss, dsm_loss, hybrid_loss
+from .metrics import digit_frechet_distance, frechet_distance, sliced_wasserstein
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
 from .sampling import SampleInfo, sample
 from .schedules import CosineSchedule, LinearSchedule
@@ -24,4 +25,5 @@ __all__ = [
     "log_likelihood", "bits_per_dim", "encode", "decode", "LikelihoodResult", "BitsPerDimResult", "ddpm_vlb", "VLBResult",
     "dsm_loss", "ddpm_loss", "hybrid_loss", "LossSecondMomentSampler",
     "train", "TrainConfig", "load_score_model", "shard_evaluate",
+    "sliced_wasserstein", "frechet_distance", "digit_frechet_distance",
 ]
