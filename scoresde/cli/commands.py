@@ -310,13 +310,17 @@ def cmd_sample(args) -> int:
     if out.parent and not out.parent.exists():
         raise FileNotFoundError(f"output folder {out.parent} does not exist")
     arrays = {"samples": x.numpy().astype(np.float32)}
+    picture = x
     if cfg["data"].get("num_levels"):
-        arrays["levels"] = D.float_to_levels(x, int(cfg["data"]["num_levels"])).numpy().astype(np.int16)
+        L = int(cfg["data"]["num_levels"])
+        levels = D.float_to_levels(x, L)
+        arrays["levels"] = levels.numpy().astype(np.int16)
+        picture = D.levels_to_float(levels, L)  # what the data look like: rounded to the levels
     npz = out.with_name(out.name + ".npz")
     png = out.with_name(out.name + ".png")
     ref = ds.data[:2000] if ds is not None and ds.shape == (2,) else None
     title = f"{args.method}, {args.steps if args.method != 'ode' else 'adaptive'} steps, NFE {nfes[0]}"
-    made_png = save_samples_figure(x, shape, png, data_range, reference=ref, title=title)
+    made_png = save_samples_figure(picture, shape, png, data_range, reference=ref, title=title)
     with atomic_file(npz, "wb") as f:
         np.savez(f, **arrays, method=args.method, nfe=np.array(nfes))
     print(f"{len(x)} samples by {args.method} ({'NFE ' + str(nfes[0]) + ' per batch'}) in {wall:.2f} s -> {npz}"

@@ -165,6 +165,19 @@ class Quality:
                                           torch.Generator().manual_seed(self.seed))
 
 
+def to_data(x: torch.Tensor, ds) -> torch.Tensor:
+    """Samples as data: clamped to the data range if the data are bounded, and for integer-level
+    data rounded to the nearest level (as the reference code turns samples into uint8 images),
+    so that they are compared with, and look like, the real data. CPU tensor."""
+    from .. import data as D
+    x = x.detach().cpu()
+    if ds.bounded:
+        x = x.clamp(*ds.data_range)
+    if ds.levels is not None:
+        x = D.levels_to_float(D.float_to_levels(x, ds.num_levels), ds.num_levels)
+    return x
+
+
 def heldout_data(train):
     """The data that samples are compared with: the digits test split, fresh toy points, or None."""
     from .. import data as D
@@ -215,7 +228,6 @@ def run_compare(model, sde, train, runs: list[Run], *, n: int, seed: int, bpd_po
     heldout = heldout_data(train)
     quality = Quality(train, heldout, n, seed)
     test = heldout if heldout is not None and heldout.levels is not None else None
-    lo, hi = train.data_range
     shape = (n, *train.shape)
     x_T = sde.prior_sampling(shape, torch.Generator().manual_seed(seed), device=device)
     rows = []
@@ -226,7 +238,7 @@ def run_compare(model, sde, train, runs: list[Run], *, n: int, seed: int, bpd_po
         x, info = sample(model, sde, shape, method=method, generator=torch.Generator(device).manual_seed(seed + 1),
                          x_T=x_T.clone(), progress=progress, return_info=True, **kw)
         wall = time.perf_counter() - t0
-        x = x.cpu().clamp(lo, hi) if train.bounded else x.cpu()
+        x = to_data(x, train)
         q = quality(x)
         row = {"method": r.name, "label": r.label, "steps": r.steps, "tol": r.tol, "nfe": int(info.nfe),
                "wall_s": round(wall, 3), "quality": q, "bpd": None, "bpd_se": None, "bpd_kind": None}

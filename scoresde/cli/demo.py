@@ -30,7 +30,7 @@ from ..plotting import atomic_file, save_image_grid
 from .compare import markdown_table
 
 # Full demo: about 8-10 minutes on 2 CPU cores, dominated by training.
-FULL = {"hidden": 512, "layers": 4, "steps": 12000, "batch_size": 128, "lr": 2e-3,
+FULL = {"hidden": 512, "layers": 4, "steps": 10000, "batch_size": 128, "lr": 2e-3,
         "compare_steps": [10, 20, 50, 100], "ode_tols": [1e-2, 1e-3, 1e-5], "n_samples": 500,
         "bpd_points": 100, "lik_points": 0, "lik_tol": 1e-5}
 QUICK = {"hidden": 128, "layers": 2, "steps": 300, "batch_size": 64, "lr": 2e-3,
