@@ -63,13 +63,17 @@ def _noise(noise, x0, generator) -> torch.Tensor:
     return noise.to(device=x0.device, dtype=x0.dtype)
 
 
+def _net_kwargs(y) -> dict:
+    return {} if y is None else {"y": y}
+
+
 def _flat_mean(v: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape[0], -1).mean(dim=1)
 
 
 def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma2", eps: float = 1e-5,
              reduce: str = "mean", generator: torch.Generator | None = None, per_sample: bool = False,
-             t=None, noise: torch.Tensor | None = None) -> torch.Tensor:
+             t=None, noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
     """Continuous-time denoising score matching, Song et al. 2021, Eq. (7).
 
     t ~ U(eps, T), z ~ N(0, I), x_t = alpha(t) x0 + sigma(t) z (``sde.marginal_prob``), s = the
@@ -92,6 +96,7 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
         per_sample: return the (B,) values instead of their batch mean.
         t: optional fixed times (a number or (B,) tensor in (0, T]) instead of t ~ U(eps, T).
         noise: optional z (B, *S) instead of a draw.
+        y: optional class labels (B,), passed to the model as ``y=`` (class-conditional UNet).
     Returns:
         0-d tensor (batch mean) or (B,) tensor, in the dtype of the score.
     Raises:
@@ -120,7 +125,8 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
     sd = bcast(std, x0).to(x0.dtype)
     xt = mean + sd * z
     tin = t.to(x0.dtype) if x0.dtype == torch.float64 else t.float()
-    score = call_score(score_model, xt, tin)
+    fn = score_model if y is None else (lambda a, b: score_model(a, b, y=y))
+    score = call_score(fn, xt, tin)
     if weighting == "sigma2":
         sq = (score * sd + z) ** 2
     else:
@@ -168,7 +174,7 @@ def _discrete_setup(model, sde, x0, t_index, generator, noise, name):
 
 def ddpm_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch.Tensor | None = None,
               generator: torch.Generator | None = None, per_sample: bool = False,
-              noise: torch.Tensor | None = None) -> torch.Tensor:
+              noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
     """DDPM's L_simple: mean over dimensions of ||eps_hat(x_k, k) - eps||^2 at a discrete step k.
 
     k ~ U{0..N-1} (or ``t_index``), eps ~ N(0, I), x_k = sqrt(ab_k) x0 + sqrt(1 - ab_k) eps on the
@@ -186,6 +192,7 @@ def ddpm_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch.T
         generator: torch.Generator for k and eps.
         per_sample: return (B,) instead of the batch mean.
         noise: optional eps (B, *S) instead of a draw.
+        y: optional class labels (B,), passed to the network as ``y=``.
     Returns:
         0-d tensor or (B,) tensor.
     Raises:
@@ -195,14 +202,14 @@ def ddpm_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch.T
     Reference: Ho et al. 2020, Eq. (14), Alg. 1; reference ``losses.get_ddpm_loss_fn``.
     """
     chain, k, z, xk, t = _discrete_setup(model, sde, x0, t_index, generator, noise, "ddpm_loss")
-    eps_hat = model.predict(xk, t, "eps")
+    eps_hat = model.predict(xk, t, "eps", **_net_kwargs(y))
     per = _flat_mean((eps_hat - z) ** 2)
     return per if per_sample else per.mean()
 
 
 def hybrid_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch.Tensor | None = None,
                 vlb_weight: float = 0.001, generator: torch.Generator | None = None, per_sample: bool = False,
-                noise: torch.Tensor | None = None) -> torch.Tensor:
+                noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
     """Improved DDPM's L_hybrid = L_simple + vlb_weight * N * L_k with learned-range variance.
 
     At step k (uniform, or ``t_index``) with x_k as in :func:`ddpm_loss`:
@@ -222,7 +229,7 @@ def hybrid_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch
 
     Arguments:
         model: :class:`~scoresde.ScoreModel` with ``discrete=True`` and ``learn_variance=True``.
-        sde, x0, t_index, generator, per_sample, noise: as in :func:`ddpm_loss`.
+        sde, x0, t_index, generator, per_sample, noise, y: as in :func:`ddpm_loss`.
         vlb_weight: lambda >= 0 (0.001 in Improved DDPM).
     Returns:
         0-d tensor or (B,) tensor (L_simple in squared-eps units plus the weighted bits).
@@ -237,7 +244,7 @@ def hybrid_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch
         raise ValueError("hybrid_loss needs a model with learned variance: build the network with "
                          "learn_variance=True (2C output channels) and the ScoreModel with learn_variance=True")
     chain, k, z, xk, t = _discrete_setup(model, sde, x0, t_index, generator, noise, "hybrid_loss")
-    pred, v, t = model.raw(xk, t)
+    pred, v, t = model.raw(xk, t, **_net_kwargs(y))
     alpha, sigma = model.coefficients(t)
     eps_hat = to_eps(pred, model.prediction, xk, alpha, sigma)
     l_simple = _flat_mean((eps_hat - z) ** 2)
@@ -287,6 +294,23 @@ class LossSecondMomentSampler:
         self.num_timesteps, self.history, self.uniform_prob = int(num_timesteps), int(history), float(uniform_prob)
         self._losses = torch.zeros(self.num_timesteps, self.history, dtype=torch.float64)
         self._counts = torch.zeros(self.num_timesteps, dtype=torch.long)
+
+    def state_dict(self) -> dict:
+        """The kept losses (N, history) float64 and their counts (N,) long, copies (for checkpoints)."""
+        return {"losses": self._losses.clone(), "counts": self._counts.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output.
+
+        Raises: ValueError if the shapes do not match this sampler's (num_timesteps, history).
+        """
+        losses, counts = torch.as_tensor(state["losses"]), torch.as_tensor(state["counts"])
+        if losses.shape != self._losses.shape or counts.shape != self._counts.shape:
+            raise ValueError(f"state holds losses of shape {tuple(losses.shape)} and counts of shape "
+                             f"{tuple(counts.shape)}; this sampler needs {tuple(self._losses.shape)} and "
+                             f"{tuple(self._counts.shape)}")
+        self._losses.copy_(losses.to(torch.float64))
+        self._counts.copy_(counts.long())
 
     def warmed_up(self) -> bool:
         """True once every step holds ``history`` losses."""

@@ -283,6 +283,43 @@ def test_importance_sampler_is_unbiased():
     assert abs(lk.mean().item() - base.mean().item()) > 30 * se
 
 
+def test_importance_sampler_state_round_trip():
+    """state_dict / load_state_dict restore the same probabilities (for checkpoints)."""
+    s = LossSecondMomentSampler(4, history=2)
+    for _ in range(2):
+        s.update(torch.arange(4), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    s2 = LossSecondMomentSampler(4, history=2)
+    s2.load_state_dict(s.state_dict())
+    assert s2.warmed_up() and torch.equal(s2.weights(), s.weights())
+    with pytest.raises(ValueError, match="shape"):
+        LossSecondMomentSampler(5, history=2).load_state_dict(s.state_dict())
+
+
+def test_losses_pass_class_labels_to_the_network():
+    """y= reaches a class-conditional UNet in all three losses (the loss changes with y once the
+    output layer is non-zero)."""
+    torch.manual_seed(0)
+    from scoresde.models import UNet
+
+    sde = scoresde.VPSDE()
+    net = UNet(in_channels=1, image_size=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+               num_classes=3, learn_variance=True)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.1)
+    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    y0, y1 = torch.tensor([0, 0]), torch.tensor([2, 2])
+    disc = scoresde.ScoreModel(net, sde, discrete=True, learn_variance=True)
+    cont = scoresde.ScoreModel(net, sde, learn_variance=True)
+    k = torch.tensor([3, 800])
+    for f in (lambda y: dsm_loss(cont, sde, x0, t=0.5, generator=torch.Generator().manual_seed(0), y=y),
+              lambda y: ddpm_loss(disc, sde, x0, t_index=k, generator=torch.Generator().manual_seed(0), y=y),
+              lambda y: hybrid_loss(disc, sde, x0, t_index=k, generator=torch.Generator().manual_seed(0), y=y)):
+        assert abs(f(y0).item() - f(y1).item()) > 1e-4
+    with pytest.raises(ValueError, match="y"):
+        ddpm_loss(disc, sde, x0, t_index=k)
+
+
 def test_importance_sampler_bad_input():
     s = LossSecondMomentSampler(10)
     with pytest.raises(ValueError, match="t_index"):
