@@ -26,6 +26,7 @@ improved-diffusion's ``gaussian_diffusion.py`` / ``resample.py``.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -61,6 +62,17 @@ def _noise(noise, x0, generator) -> torch.Tensor:
         got = tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__
         raise ValueError(f"noise must be a tensor of x0's shape {tuple(x0.shape)}; got {got}")
     return noise.to(device=x0.device, dtype=x0.dtype)
+
+
+_CHAINS: "weakref.WeakKeyDictionary[SDE, DiscreteChain]" = weakref.WeakKeyDictionary()
+
+
+def _chain(sde) -> DiscreteChain:
+    """The full DiscreteChain of ``sde``, built once per SDE object (its device copies are cached too)."""
+    chain = _CHAINS.get(sde)
+    if chain is None:
+        chain = _CHAINS[sde] = DiscreteChain(sde)
+    return chain
 
 
 def _net_kwargs(y) -> dict:
@@ -134,8 +146,7 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
     flat = sq.reshape(sq.shape[0], -1)
     per = flat.mean(dim=1) if reduce == "mean" else 0.5 * flat.sum(dim=1)
     if weighting == "likelihood":
-        _, g = sde.sde(x0, t)
-        per = per * (g**2).to(per.dtype)
+        per = per * (sde.diffusion_coeff(t) ** 2).to(per.dtype)
     return per if per_sample else per.mean()
 
 
@@ -163,7 +174,7 @@ def _discrete_setup(model, sde, x0, t_index, generator, noise, name):
         if bool((t_index < 0).any()) or bool((t_index >= sde.N).any()):
             raise ValueError(f"t_index must lie in [0, N={sde.N}); got values in [{int(t_index.min())}, {int(t_index.max())}]")
         k = t_index.to(x0.device).long()
-    chain = DiscreteChain(sde)
+    chain = _chain(sde)
     z = _noise(noise, x0, generator)
     xk = chain.q_sample(x0, k, z)
     # step k sits at continuous time index_to_t(k): network_time maps it back to index k, label
