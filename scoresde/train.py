@@ -87,7 +87,8 @@ class TrainConfig:
             checkpoint and evaluation are always made at ``steps``).
         out_dir: folder for ``checkpoint.pt``, ``log.jsonl`` and ``config.json``; None: nothing
             is written.
-        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists (with False, an existing
+            checkpoint is an error rather than being overwritten).
         quiet: no progress bar.
         device: "cpu", "cuda", "cuda:1", ...; None: the model's device (under torchrun with
             CUDA: cuda:LOCAL_RANK).
@@ -359,7 +360,8 @@ def _objective(objective) -> tuple[Callable, dict, dict]:
         else:
             fn = objective
             qual = f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', type(fn).__name__)}"
-            return fn, {}, {"loss": "custom", "function": qual}
+            extra = fn.config() if callable(getattr(fn, "config", None)) else {}
+            return fn, {}, {"loss": "custom", "function": qual, **json.loads(json.dumps(extra))}
     else:
         raise TypeError(f"objective must be a name {list(OBJECTIVES)}, a dict with 'loss', or a callable; "
                         f"got {type(objective).__name__}")
@@ -406,7 +408,8 @@ class TrainResult:
         model: the online ScoreModel (trained in place).
         ema_model: the EMA ScoreModel (``ema.module`` of the AveragedModel); use it to sample.
         step: the number of updates done.
-        loss: mean training loss over the last logging window (or the last step).
+        loss: mean training loss over the last logging window (for a resumed run with nothing
+            left to do, the value stored in the checkpoint).
         eval_loss: the last evaluation loss of the EMA model (None without eval data).
         checkpoint: path of the last checkpoint written, or None.
         config: the full config stored with the checkpoint.
@@ -549,7 +552,8 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
         sde: the SDE; must equal ``model.sde`` (same config).
         objective: "dsm", "ddpm", "hybrid", a dict {"loss": name, **options of that loss} (e.g.
             {"loss": "dsm", "weighting": "likelihood"}), one of the functions of
-            ``scoresde.losses``, or any callable (model, sde, x0, generator=) -> scalar loss.
+            ``scoresde.losses``, or any callable (model, sde, x0, generator=) -> scalar loss
+            (its ``config()``, if it has one, is stored with the run and checked on resume).
             {"loss": "hybrid" or "ddpm", "importance_sampling": True} draws the steps with
             Improved DDPM's ``LossSecondMomentSampler`` and weights the per-sample losses by
             1 / (N p_k); the sampler's history is stored in checkpoints and, with several
@@ -611,6 +615,9 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
         raise ValueError(err)
 
     saved = None
+    if ckpt_path and not cfg.resume and os.path.exists(ckpt_path):
+        raise ValueError(f"{ckpt_path} exists and resume=False: a new run would overwrite it; use another out_dir "
+                         "or resume=True")
     if ckpt_path and cfg.resume and os.path.exists(ckpt_path):
         saved = load_checkpoint(ckpt_path, map_location=device)
         if parts is None:
@@ -690,6 +697,8 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
     # the running mean since the last log line, carried through checkpoints so logs resume exactly
     window_loss, window_n = torch.tensor(float(window[0]), dtype=torch.float64, device=device), int(window[1])
     last_loss, eval_loss, last_ckpt = None, None, (ckpt_path if saved is not None else None)
+    if saved is not None:  # the latest known values, until this run measures new ones
+        last_loss, eval_loss = saved.get("metrics", {}).get("loss"), saved.get("metrics", {}).get("eval_loss")
     t0 = time.time()
 
     def evaluate() -> float | None:

@@ -460,3 +460,13 @@ def test_resume_exact_with_dropout_and_buffers(tmp_path):
         assert torch.equal(v, b.model.state_dict()[k]), k
     for k, v in a.ema_model.state_dict().items():
         assert torch.equal(v, b.ema_model.state_dict()[k]), k
+
+
+def test_existing_checkpoint_never_overwritten_by_a_fresh_run(tmp_path):
+    _small_run(tmp_path)
+    raw = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ValueError, match="resume=False"):
+        _small_run(tmp_path, resume=False)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == raw
+    r = _small_run(tmp_path)  # nothing left to do: the stored loss is reported
+    assert r.step == 4 and r.loss == load_checkpoint(tmp_path / "checkpoint.pt")["metrics"]["loss"]
