@@ -22,7 +22,7 @@ from ..plotting import atomic_file
 
 TRAIN_ARGS = "train_args.json"
 #: train options that may change when a run is resumed
-_RESUME_FREE = ("steps", "quiet", "checkpoint_every", "out", "device", "command", "data")
+_RESUME_FREE = ("steps", "quiet", "checkpoint_every", "out", "device", "command")
 
 
 def _log(args, msg: str) -> None:
@@ -188,8 +188,13 @@ def run_train(args) -> dict:
             raise ValueError(f"{ckpt} was not written by 'scoresde train' (no {TRAIN_ARGS}); resume it from Python "
                              "with scoresde.train.train")
         saved = json.loads(saved_path.read_text())
+        if settings["data"] != saved.get("data"):
+            raise ValueError(f"{out} holds a run on --data {saved.get('data')}; train on {settings['data']} in "
+                             "another --out folder")
+        from . import build_parser
+        defaults = vars(build_parser().parse_args(["train", "--out", str(out)]))
         changed = [k for k in saved if k not in _RESUME_FREE and k in settings and settings[k] != saved[k]
-                   and k not in ("quiet",)]
+                   and settings[k] != defaults.get(k)]
         if changed:
             _log(args, f"scoresde train: resuming {ckpt} (step {int(state.get('step', 0))}) with its saved settings; "
                        f"ignoring {', '.join('--' + k.replace('_', '-') for k in changed)}")
@@ -197,9 +202,10 @@ def run_train(args) -> dict:
             _log(args, f"scoresde train: resuming {ckpt} from step {int(state.get('step', 0))}")
         for k in _RESUME_FREE:
             saved[k] = settings[k]
-        saved["data"] = saved.get("data", args.data)
         settings = saved
         del state
+    if not resumed_from:
+        settings["warmup"] = min(settings["warmup"], settings["steps"])  # fixed for the run's resumes
     ds = load_data(settings["data"], split="train", seed=0)
     evald = load_data(settings["data"], split="test", seed=0) if settings["data"] == "digits" else None
     settings.setdefault("dequantize", True)
@@ -216,7 +222,7 @@ def run_train(args) -> dict:
     if settings["batch_size"] > len(ds):
         raise ValueError(f"--batch-size {settings['batch_size']} is larger than the data ({len(ds)} samples)")
     cfg = TrainConfig.small(settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
-                            warmup=min(settings["warmup"], settings["steps"]), ema_decay=settings["ema"],
+                            warmup=settings["warmup"], ema_decay=settings["ema"],
                             seed=settings["seed"], out_dir=str(out), quiet=args.quiet,
                             checkpoint_every=settings["checkpoint_every"], device=settings["device"],
                             eval_every=settings.get("eval_every", max(settings["steps"] // 10, 1)))
@@ -260,6 +266,7 @@ def draw(model, sde, shape, *, method, steps, n, batch_size, seed, progress, eps
          **options):
     """n samples in batches (batch b seeded with seed + b); returns (samples (n, *S) CPU, NFE per batch list)."""
     from ..sampling import sample
+    from ..solvers.ode import ADAPTIVE_METHODS
     outs, nfes = [], []
     for b, start in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - start)
@@ -267,9 +274,8 @@ def draw(model, sde, shape, *, method, steps, n, batch_size, seed, progress, eps
         kw = dict(options)
         if method not in ("ddpm", "ddim"):
             kw["eps"] = eps
-        if method != "ode" or options.get("ode_method") not in (None, "dopri5", "dopri8", "bosh3", "adaptive_heun",
-                                                                 "fehlberg2"):
-            kw["steps"] = steps
+        if method != "ode" or options.get("ode_method", "dopri5") not in ADAPTIVE_METHODS:
+            kw["steps"] = steps  # adaptive ODE solvers choose their own steps
         x, info = sample(model, sde, (m, *shape), method=method, generator=g, progress=progress, return_info=True,
                          denoise=denoise, device=device, **kw)
         outs.append(x.cpu())
