@@ -4,20 +4,19 @@ A model is a ``score_fn(x, t)`` mapping x (B, *S) and t (B,) to grad_x log p_t(x
 the sampler knows nothing else about it. Methods, by name (``method=``), with the paper
 equation each discretizes and its cost in score evaluations (NFE):
 
-========================  ===============================================================  ==========================
-method                    what it integrates / samples                                      NFE
-========================  ===============================================================  ==========================
-``"euler_maruyama"``      reverse SDE, Song et al. 2021 Eq. (6), Euler-Maruyama            ``steps``
-``"reverse_diffusion"``   reverse SDE, the SDE's own discretization reversed, Eq. (46)-(47)  ``steps``
-``"ancestral"``           DDPM / SMLD ancestral step on the grid, Eq. (47), App. F (VP, VE)  ``steps``
-``"pc"``                  predictor-corrector, Alg. 1-5 (corrector then predictor)          ``steps (1 + corrector_steps)``
-``"sde"``                 reverse SDE through ``torchsde.sdeint`` (s = T - t)               ``a steps + b`` (euler: 1, 0)
-``"ode"``                 probability-flow ODE, Eq. (13), through torchdiffeq               adaptive (reported)
-``"ddpm"``                DDPM ancestral sampling, Ho et al. 2020 Alg. 2 (VP chain)         ``K`` = chain length
-``"ddim"``                DDIM, Song, Meng & Ermon 2021 Eq. (12) (VP chain)                ``K``
-========================  ===============================================================  ==========================
+- ``"euler_maruyama"``: the reverse SDE (Song et al. 2021, Eq. (6)) by Euler-Maruyama; NFE = steps.
+- ``"reverse_diffusion"``: the SDE's own discretization reversed, Eq. (46)-(47); NFE = steps.
+- ``"ancestral"``: the DDPM / SMLD ancestral step on the grid, Eq. (47), App. F (VP, VE);
+  NFE = steps.
+- ``"pc"``: predictor-corrector, Alg. 1-5 (corrector, then predictor, at each grid time);
+  NFE = steps (1 + corrector_steps).
+- ``"sde"``: the reverse SDE through ``torchsde.sdeint`` in s = T - t; NFE = a steps + b
+  (euler: a = 1, b = 0; see :data:`scoresde.solvers.sdeint.NFE`).
+- ``"ode"``: the probability-flow ODE, Eq. (13), through torchdiffeq; NFE adaptive, reported.
+- ``"ddpm"``: DDPM ancestral sampling on the VP chain, Ho et al. 2020, Alg. 2; NFE = K (chain length).
+- ``"ddim"``: DDIM on the VP chain, Song, Meng & Ermon 2021, Eq. (12); NFE = K.
 
-plus one NFE for ``denoise=True`` with ``"sde"`` and ``"ode"`` (see :func:`sample`).
+Plus one NFE for ``denoise=True`` with ``"sde"`` and ``"ode"`` (see :func:`sample`).
 
 Reference: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential
 Equations" (ICLR), Sec. 4 and App. D-G; Ho et al. 2020; Song, Meng & Ermon 2021 (DDIM).

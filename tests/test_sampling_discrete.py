@@ -167,7 +167,8 @@ def test_ddim_eta0_converges_at_first_order_to_the_pf_ode():
 
 
 def test_c06_ddim_sigma_hand_values():
-    """C06: linear T = 1000, 20 leading steps, step 500 -> 450: var 0.36189, eta 0.5 -> sigma^2 0.09047, coef 0.88526."""
+    """C06: linear T = 1000, 20 leading steps, step 500 -> 450: var 0.36189; eta 0.5: sigma^2 0.09047,
+    coefficient of eps 0.88526."""
     chain = DiscreteChain(SDE, timesteps=20)
     k = int((chain.timesteps == 500).nonzero())
     assert int(chain.timesteps[k - 1]) == 450

@@ -57,7 +57,8 @@ class ScoreEval:
         pred, v, _ = self.score_fn.raw(x, t)
         for name, val in (("prediction", pred), ("variance output", v)):
             if val is not None and not bool(torch.isfinite(val).all()):
-                raise ValueError(f"score_fn's {name} is NaN or inf at t in [{float(t.min()):.6g}, {float(t.max()):.6g}]")
+                raise ValueError(f"score_fn's {name} is NaN or inf at t in "
+                                 f"[{float(t.min()):.6g}, {float(t.max()):.6g}]")
         return pred.to(x.dtype), v
 
 
