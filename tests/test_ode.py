@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from scoresde.solvers.ode import ADAPTIVE_METHODS, ODESolution, ODESolverError, solve_ode
+from scoresde.solvers.ode import ADAPTIVE_METHODS, ODESolution, ODESolverError, rms_norm, solve_ode
 
 
 def _linear_field(A, log=None):
@@ -113,6 +113,22 @@ def test_min_step_passes_through():
     assert sol.nfe <= 2 + 6 * 10 + 6
 
 
+def test_norm_option():
+    # rms_norm of a tuple is the RMS of all elements together: sqrt((4 * 1 + 2 * 16) / 6) = sqrt(6)
+    y = (torch.ones(2, 2), torch.full((2,), 4.0))
+    assert float(rms_norm(y)) == pytest.approx(math.sqrt(6.0))
+    # a norm that ignores the second (fast, large) component lets dopri5 take fewer steps than the
+    # default max-over-parts norm; both reach the closed form of the first component
+    x0, c0 = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    f = lambda t, y: (-y[0], 100 * torch.cos(100 * t) * torch.ones_like(y[1]))  # noqa: E731
+    full = solve_ode(f, (x0, c0), 0.0, 1.0, rtol=1e-6, atol=1e-6)
+    first = solve_ode(f, (x0, c0), 0.0, 1.0, rtol=1e-6, atol=1e-6, norm=lambda y: y[0].abs().max())
+    assert first.nfe < full.nfe
+    assert abs(float(full.y[1][0]) - math.sin(100.0)) < 1e-4
+    for sol in (full, first):
+        assert abs(float(sol.y[0][0]) - math.exp(-1)) < 1e-5
+
+
 def test_bad_input():
     y0 = torch.ones(1)
     f = lambda t, y: -y  # noqa: E731
@@ -120,7 +136,8 @@ def test_bad_input():
         solve_ode(f, y0, 1.0, 0.0, method="rk45")
     for kw, word in [(dict(rtol=0.0), "rtol"), (dict(atol=-1.0), "atol"), (dict(method="euler"), "steps"),
                      (dict(method="euler", steps=0), "steps"), (dict(steps=10), "steps"),
-                     (dict(min_step=-1.0), "min_step"), (dict(method="rk4", steps=4, min_step=0.1), "min_step")]:
+                     (dict(min_step=-1.0), "min_step"), (dict(method="rk4", steps=4, min_step=0.1), "min_step"),
+                     (dict(method="rk4", steps=4, norm=rms_norm), "norm")]:
         with pytest.raises(ValueError, match=word):
             solve_ode(f, y0, 1.0, 0.0, **kw)
     with pytest.raises(ValueError, match="t0"):
@@ -131,4 +148,6 @@ def test_bad_input():
         solve_ode(f, y0, 1.0, 0.0, method="euler", steps=2.5)
     with pytest.raises(TypeError, match="y0"):
         solve_ode(f, [y0], 1.0, 0.0)
+    with pytest.raises(TypeError, match="norm"):
+        solve_ode(f, y0, 1.0, 0.0, norm="rms")
     assert "dopri5" in ADAPTIVE_METHODS and "rk4" not in ADAPTIVE_METHODS

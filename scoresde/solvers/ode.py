@@ -89,6 +89,19 @@ class _CountedField:
         return self.func(t, y)
 
 
+def rms_norm(y: State) -> torch.Tensor:
+    """Root mean square over every element of a tensor or of all tensors of a tuple together.
+
+    For a tuple (x, delta_logp) this is the norm of the reference likelihood code, which solves
+    the concatenated vector as one scipy system; torchdiffeq's default for tuples is the
+    (stricter) max over the parts.
+    """
+    parts = (y,) if isinstance(y, torch.Tensor) else y
+    total = sum(p.abs().pow(2).sum() for p in parts)
+    count = sum(p.numel() for p in parts)
+    return (total / count).sqrt()
+
+
 def _fixed_grid(steps: int):
     def grid_constructor(func, y0, t):
         grid = torch.linspace(float(t[0]), float(t[-1]), steps + 1, dtype=torch.float64, device=t.device)
@@ -100,7 +113,7 @@ def _fixed_grid(steps: int):
 
 def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = "dopri5", rtol: float = 1e-5,
               atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
-              min_step: float | None = None) -> ODESolution:
+              min_step: float | None = None, norm: Callable | None = None) -> ODESolution:
     """Integrate dy/dt = func(t, y) from t0 to t1 with torchdiffeq and count the evaluations.
 
     Arguments:
@@ -122,6 +135,10 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
         min_step: optional smallest step (> 0) of an adaptive method: steps are never shorter
             and a step at the minimum is accepted whatever its error estimate (torchdiffeq's
             ``min_step``); a way past "underflow in dt" at the price of accuracy.
+        norm: optional error norm of an adaptive method, a callable of a state shaped like
+            ``y0`` returning a 0-d tensor (torchdiffeq's ``norm`` option); default torchdiffeq's
+            RMS over all elements (for a tuple: the max over its parts of their RMS).
+            :func:`rms_norm` is the RMS over all elements of a tuple taken together.
     Returns:
         :class:`ODESolution` with ``y`` (the state at t1, shaped like ``y0``), ``nfe`` and
         ``method``.
@@ -163,12 +180,16 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
         if min_step is not None:
             check_positive("min_step", min_step)
             options["min_step"] = float(min_step)
+        if norm is not None:
+            if not callable(norm):
+                raise TypeError(f"norm must be callable (state) -> 0-d tensor; got {type(norm).__name__}")
+            options["norm"] = norm
     else:
         if steps is None:
             raise ValueError(f"the fixed-grid method {method!r} needs steps (an integer >= 1)")
         check_positive("steps", steps, integer=True)
-        if min_step is not None:
-            raise ValueError(f"min_step applies to the adaptive methods {list(ADAPTIVE_METHODS)}, not {method!r}")
+        if min_step is not None or norm is not None:
+            raise ValueError(f"min_step and norm apply to the adaptive methods {list(ADAPTIVE_METHODS)}, not {method!r}")
         options["grid_constructor"] = _fixed_grid(int(steps))
 
     field = _CountedField(func, t0, t1, max_nfe)
