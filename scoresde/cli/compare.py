@@ -235,8 +235,17 @@ def run_compare(model, sde, train, runs: list[Run], *, n: int, seed: int, bpd_po
         kw = dict(r.kwargs)
         method = kw.pop("method")
         t0 = time.perf_counter()
-        x, info = sample(model, sde, shape, method=method, generator=torch.Generator(device).manual_seed(seed + 1),
-                         x_T=x_T.clone(), progress=progress, return_info=True, **kw)
+        try:
+            x, info = sample(model, sde, shape, method=method,
+                             generator=torch.Generator(device).manual_seed(seed + 1), x_T=x_T.clone(),
+                             progress=progress, return_info=True, **kw)
+        except (ValueError, RuntimeError) as e:  # a sampler that diverges (NaN) or an ODE solve that gives up
+            msg = " ".join(str(e).split())
+            rows.append({"method": r.name, "label": r.label, "steps": r.steps, "tol": r.tol, "nfe": None,
+                         "wall_s": round(time.perf_counter() - t0, 3), "quality": None, "bpd": None,
+                         "bpd_se": None, "bpd_kind": None, "error": msg})
+            log(f"[{k + 1}/{len(runs)}] {r.label:<44} steps {str(r.steps or '-'):>4}  failed: {msg}")
+            continue
         wall = time.perf_counter() - t0
         x = to_data(x, train)
         q = quality(x)
@@ -276,6 +285,9 @@ def markdown_table(result: dict) -> str:
         bpd = ""
         if r["bpd"] is not None:
             bpd = f"{r['bpd']:.3f} ± {r['bpd_se']:.3f}" + (" (VLB)" if r["method"] == "ddpm" else " (ODE)")
+        if r.get("error"):
+            lines.append(f"| {r['label']} | {steps} | | {r['wall_s']:.2f} | failed: {r['error']} | |")
+            continue
         lines.append(f"| {r['label']} | {steps} | {r['nfe']} | {r['wall_s']:.2f} | {_fmt(r['quality'], '.3f')} | {bpd} |")
     lines.append(f"| real data (floor: {result['quality_floor_text']}) | | | | {result['quality_floor']:.3f} | |")
     return "\n".join(lines)
@@ -291,7 +303,8 @@ def write_compare(result: dict, out_dir, title: str = "Solver comparison") -> di
     with atomic_file(paths["json"]) as f:
         json.dump(result, f, indent=2, default=_json_default)
         f.write("\n")
-    plot_rows = [{"method": _series(r), "nfe": r["nfe"], "quality": r["quality"]} for r in result["rows"]]
+    plot_rows = [{"method": _series(r), "nfe": r["nfe"], "quality": r["quality"]} for r in result["rows"]
+                 if r["nfe"] is not None]
     save_quality_vs_nfe(plot_rows, paths["figure"], result["quality_metric"], floor=result["quality_floor"])
     notes = "".join(f"\n- {n}" for n in result.get("notes", []))
     text = (f"# {title}\n\n{result['n_samples']} samples per row, all rows from the same prior draw (seed "

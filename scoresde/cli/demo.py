@@ -95,7 +95,7 @@ def run_demo(args) -> int:
         f = out / f"samples_{name}.png"
         save_image_grid(x, f, nrow=10)
         budget = f"{run.steps} steps" if run.steps else f"tol {run.tol:g}"
-        nfe = next(r["nfe"] for r in reversed(result["rows"]) if r["method"] == name)
+        nfe = next((r["nfe"] for r in reversed(result["rows"]) if r["method"] == name and r["nfe"]), "?")
         pictures.append((f.name, f"{run.label}, {budget}, NFE {nfe}"))
 
     # 3. likelihood -------------------------------------------------------------------------
@@ -129,6 +129,13 @@ def _best(result):
     return min(rows, key=lambda r: r["quality"]) if rows else None
 
 
+def _best_text(best, result) -> str:
+    if best is None:
+        return "Every sampler failed (see the table)."
+    return (f"Best: {best['label']} ({best['steps'] or 'adaptive'} steps, NFE {best['nfe']}), Frechet distance "
+            f"{best['quality']:.2f} against the floor {result['quality_floor']:.2f}.")
+
+
 def _lik_line(lik):
     se = f" ± {lik['bpd_se']:.3f}" if lik.get("bpd_se") is not None else ""
     s = f"PF-ODE {lik['bpd']:.3f}{se}"
@@ -145,8 +152,8 @@ def _summary(args, p, tr, result, lik, total, out) -> str:
         f"{tr['n_params']:,} parameters, {tr['step']} training steps ({tr['time_text']})",
         f"bits/dim on the test split ({lik['n_points']} images, 17 levels): {_lik_line(lik)}",
         f"Frechet distance to the test split (digit-classifier features, {result['n_samples']} samples): "
-        f"best {best['quality']:.2f} by {best['label']} at NFE {best['nfe']}; real-data floor "
-        f"{result['quality_floor']:.2f}",
+        + (f"best {best['quality']:.2f} by {best['label']} at NFE {best['nfe']}; " if best else "every sampler failed; ")
+        + f"real-data floor {result['quality_floor']:.2f}",
         f"report: {out / 'report.md'} ({total / 60:.1f} min in all)",
     ]
     return "\n".join(lines)
@@ -203,8 +210,7 @@ Every sampler starts from the same prior draw. Left: the samples; the test split
 
 ![Frechet distance against NFE](quality_vs_nfe.png)
 
-Best: {best['label']} ({best['steps'] or 'adaptive'} steps, NFE {best['nfe']}), Frechet distance
-{best['quality']:.2f} against the floor {result['quality_floor']:.2f}. Full numbers: `compare.json`.
+{_best_text(best, result)} Full numbers: `compare.json`.
 
 ## Likelihood of the test split
 {lik['n_points']} test images, 17 levels, uniform dequantization; bits/dim of the discrete data (an upper
