@@ -271,7 +271,8 @@ class ReverseSDE:
         drift, g = self.forward_sde.sde(x, t)
         t = self.forward_sde._time(t, x)
         w = 0.5 if self.probability_flow else 1.0
-        drift = drift - bcast(g**2 * w, x).to(x.dtype) * self._score(x, t.to(x.dtype))
+        # t stays float64: a float32 t can land a discrete model one step off
+        drift = drift - bcast(g**2 * w, x).to(x.dtype) * self._score(x, t)
         return drift, (torch.zeros_like(g) if self.probability_flow else g)
 
     def discretize(self, x: torch.Tensor, t, t_next=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,7 +280,7 @@ class ReverseSDE:
         f, G = self.forward_sde.discretize(x, t, t_next)
         t = self.forward_sde._time(t, x)
         w = 0.5 if self.probability_flow else 1.0
-        f = f - bcast(G**2 * w, x).to(x.dtype) * self._score(x, t.to(x.dtype))
+        f = f - bcast(G**2 * w, x).to(x.dtype) * self._score(x, t)
         return f, (torch.zeros_like(G) if self.probability_flow else G)
 
 
@@ -300,6 +301,9 @@ class _VPFamily(SDE):
             self.schedule = CosineSchedule(s=s, t_max=t_max)
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
         self.discrete_betas = self.schedule.discrete_betas(self.N)
+        if not bool((self.discrete_betas < 1).all()):
+            raise ValueError(f"N={self.N} is too small for the linear DDPM table: its betas reach beta_max / N = "
+                             f"{self.beta_max / self.N:g} >= 1; use N > beta_max (= {self.beta_max:g})")
         self.alphas = 1.0 - self.discrete_betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.sqrt_alphas_cumprod = torch.sqrt(self.alphas_cumprod)

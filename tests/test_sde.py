@@ -238,6 +238,7 @@ def test_reverse_sde_and_probability_flow():
     (dict(beta_min=1.0, beta_max=1.0), "beta_min"),
     (dict(beta_min=-0.1), "beta_min"),
     (dict(N=0), "N"),
+    (dict(N=8), "N=8 is too small"),  # betas up to 20/8 = 2.5 would make alpha-bar negative
     (dict(schedule="quadratic"), "schedule"),
 ])
 def test_vp_constructor_errors(kwargs, match):
@@ -278,7 +279,7 @@ def test_time_and_state_validation():
 
 
 def test_config_round_trip():
-    for sde in (S.VPSDE(0.2, 15.0, 500), S.VPSDE(schedule="cosine", t_max=0.99), S.SubVPSDE(N=10), S.VESDE(0.02, 90, 7)):
+    for sde in (S.VPSDE(0.2, 15.0, 500), S.VPSDE(schedule="cosine", t_max=0.99), S.SubVPSDE(N=30), S.VESDE(0.02, 90, 7)):
         again = S.sde_from_config(sde.config())
         assert type(again) is type(sde) and again.config() == sde.config()
     with pytest.raises(ValueError, match="unknown sde"):
