@@ -98,7 +98,9 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rtol", type=_positive_float, default=1e-5, help="ode: relative tolerance")
     g.add_argument("--atol", type=_positive_float, default=1e-5, help="ode: absolute tolerance")
     g.add_argument("--eta", type=_unit_float, default=0.0, help="ddim: eta in [0, 1] (0 = deterministic)")
-    g.add_argument("--variance", default="fixed_small", help="ddpm: fixed_small or fixed_large")
+    g.add_argument("--variance", default=None,
+                   help="ddpm: fixed_small, fixed_large or learned_range; default: learned_range for a model "
+                        "with learned variance, else fixed_small")
     g.add_argument("--no-denoise", action="store_true", help="return the last noisy state, not its mean")
 
 
@@ -211,8 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="scoresde-demo", help="output folder")
     p.add_argument("--sde", choices=SDES, default="vp", help="forward SDE")
     p.add_argument("--quick", action="store_true", help="a tiny run (under 2 minutes) that checks the pipeline")
+    from .demo import FULL, QUICK
     p.add_argument("--train-steps", type=_positive_int, default=None,
-                   help="training steps; default 12000 (300 with --quick)")
+                   help=f"training steps; default {FULL['steps']} ({QUICK['steps']} with --quick)")
     _add_common(p)
     return parser
 

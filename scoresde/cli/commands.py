@@ -395,6 +395,7 @@ def likelihood(model, sde, ds, *, n=0, divergence="hutchinson_rademacher", ode_m
     wall = time.perf_counter() - t0
     b = torch.cat(vals)
     res = {"bpd": float(b.mean()), "bpd_se": float(b.std() / math.sqrt(len(b))) if len(b) > 1 else None,
+           "bpd_median": float(b.median()), "bpd_max": float(b.max()),
            "n_points": npts, "nfe_per_solve": nfes, "nfe_mean": float(np.mean(nfes)), "wall_s": round(wall, 2),
            "kind": "bits/dim of the dequantized discrete data (PF-ODE)" if quantized else
                    "bits/dim of the continuous density (PF-ODE), -log2 p(x) / D",
