@@ -191,3 +191,30 @@ def test_parser_defaults_match_issue():
     assert set(a.methods) >= {"euler_maruyama", "pc", "sde", "ode", "ddpm", "ddim"}
     assert a.ode_method == "dopri5" and a.predictor == "reverse_diffusion" and a.corrector == "langevin"
     assert p.parse_args(["demo"]).sde == "vp"
+
+
+def test_dequantized_objective_noise_is_uniform_in_the_bin():
+    # x0 + u with u ~ U(-1/L, 1/L): |u| <= 1/L, E[u] = 0, Var[u] = (1/L)^2 / 3 (uniform on a bin of width 2/L)
+    from scoresde.cli.nets import Dequantized
+
+    def identity_loss(model, sde, x0, generator=None):
+        return x0
+
+    identity_loss.__name__ = "identity_loss"
+    L = 17
+    x0 = torch.zeros(200000, 1)
+    u = Dequantized(identity_loss, L)(None, None, x0, generator=torch.Generator().manual_seed(0))
+    assert float(u.abs().max()) <= 1 / L
+    assert abs(float(u.mean())) < 4 * (1 / L) / (3 ** 0.5) / (200000 ** 0.5)
+    assert float(u.var()) == pytest.approx((1 / L) ** 2 / 3, rel=0.02)
+
+
+def test_flat_mlp_config_round_trip():
+    from scoresde.cli.nets import FlatMLP, build_net
+    net = FlatMLP((1, 8, 8), hidden=16, num_layers=2)
+    again = build_net(net.config())
+    again.load_state_dict(net.state_dict())
+    x, t = torch.randn(3, 1, 8, 8), torch.rand(3) * 999
+    assert torch.equal(net(x, t), again(x, t)) and net(x, t).shape == (3, 1, 8, 8)
+    with pytest.raises(ValueError, match="shape"):
+        net(torch.randn(3, 64), t)

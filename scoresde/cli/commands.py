@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import CLIError
 from ..plotting import atomic_file
 
 TRAIN_ARGS = "train_args.json"
