@@ -32,10 +32,13 @@ def check_positive(name: str, value, *, integer: bool = False, allow_zero: bool 
         raise ValueError(f"{name} must be finite and {bound}; got {value!r}")
 
 
-def check_finite(name: str, x: torch.Tensor) -> None:
-    """Raise ValueError if ``x`` holds NaN or infinity."""
+def check_finite(name: str, x: torch.Tensor, *, floating: bool = False) -> None:
+    """Raise ValueError if ``x`` holds NaN or infinity (TypeError if it is not a tensor, or,
+    with ``floating``, not a floating-point tensor)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor; got dtype {x.dtype}")
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
 
@@ -53,6 +56,8 @@ def as_time(t, x: torch.Tensor | None, T: float, *, name: str = "t", low: float 
             (a relative slack of 1e-6 absorbs float rounding of grid ends).
     """
     device = x.device if x is not None else None
+    if x is not None and x.dim() < 1:
+        raise ValueError(f"x must have a batch dimension, shape (B, ...); got shape {tuple(x.shape)}")
     if not isinstance(t, torch.Tensor):
         if isinstance(t, bool) or not isinstance(t, (int, float)):
             raise TypeError(f"{name} must be a number or a tensor; got {type(t).__name__}")
@@ -64,8 +69,6 @@ def as_time(t, x: torch.Tensor | None, T: float, *, name: str = "t", low: float 
     if t.dim() != 1:
         raise ValueError(f"{name} must have shape (B,) or be a scalar; got shape {tuple(t.shape)}")
     if x is not None:
-        if x.dim() < 1:
-            raise ValueError(f"x must have a batch dimension, shape (B, ...); got shape {tuple(x.shape)}")
         if t.shape[0] != x.shape[0]:
             raise ValueError(f"{name} has batch size {t.shape[0]} but x has batch size {x.shape[0]}")
         if t.device != x.device:

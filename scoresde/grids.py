@@ -120,7 +120,8 @@ def select_timesteps(N: int, steps, skip: str = "uniform") -> torch.Tensor:
         N: length of the chain.
         steps: an int K with ``skip`` "uniform" (stride N // K: 0, s, 2s, ..., (K-1)s, the DDIM
             paper's and diffusers' "leading" spacing) or "quadratic" (DDIM App. D.2:
-            int(linspace(0, sqrt(0.8 N), K)^2)); a respacing string as in
+            int(linspace(0, sqrt(0.8 N), K)^2), with repeated steps dropped, so K = 50 at N = 1000
+            gives 45 distinct steps); a respacing string as in
             :func:`space_timesteps` ("ddim50", "10,15,20"); or an explicit list of indices.
         skip: "uniform" or "quadratic" (only used with an int).
     Returns:
@@ -139,10 +140,9 @@ def select_timesteps(N: int, steps, skip: str = "uniform") -> torch.Tensor:
         if skip == "uniform":
             idx = [i * (N // steps) for i in range(steps)]
         else:
+            # int() repeats the first few steps for larger K (e.g. 0, 0, 1, ...); the DDIM code walks the
+            # repeats as no-op steps (alpha-bar unchanged), so dropping them leaves the samples unchanged
             idx = sorted(set(int(v) for v in np.linspace(0, np.sqrt(N * 0.8), steps) ** 2))
-            if len(idx) != steps:
-                raise ValueError(f"quadratic skip gives duplicate steps for steps={steps}, N={N}; use fewer steps "
-                                 "or skip='uniform'")
     elif isinstance(steps, (Sequence, torch.Tensor, np.ndarray)):
         idx = [int(i) for i in (steps.tolist() if hasattr(steps, "tolist") else steps)]
         if len(idx) == 0 or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) > N - 1:

@@ -29,8 +29,10 @@ def work_dtype(device: torch.device | None) -> torch.dtype:
     return torch.float64
 
 
-def as_work(t: torch.Tensor) -> torch.Tensor:
-    """``t`` cast to the schedule's working dtype (float64 where the device has it)."""
+def as_work(t) -> torch.Tensor:
+    """``t`` (a tensor or a number) cast to the working dtype (float64 where the device has it)."""
+    if not isinstance(t, torch.Tensor):
+        t = torch.as_tensor(t, dtype=torch.float64)
     return t.to(work_dtype(t.device))
 
 

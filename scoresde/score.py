@@ -150,6 +150,8 @@ class ScoreModel(nn.Module):
                  discrete: bool = False, learn_variance: bool = False):
         super().__init__()
         check_choice("prediction", prediction, PREDICTIONS)
+        if not callable(net):
+            raise TypeError(f"net must be a callable nn.Module net(x, time); got {type(net).__name__}")
         if discrete and not isinstance(sde, _VPFamily):
             raise ValueError("discrete=True needs a VP or sub-VP SDE (a DDPM table); got " + type(sde).__name__)
         if time_input is None:

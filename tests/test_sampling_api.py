@@ -41,11 +41,9 @@ def test_langevin_step_formula(sde_cls, norm):
     if norm == "batch":  # the reference code: per-sample norms averaged over the batch, one e
         zn, sn = zn.mean(), sn.mean()
     # alpha of the SDE's own discretization of the step t -> t_next (not a hard-coded 1000 steps)
-    if sde_cls is VPSDE:
+    if sde_cls in (VPSDE, SubVPSDE):  # alpha-bar(t) / alpha-bar(t_next): inside (0, 1] on any grid
         t64, tn64 = torch.tensor(t, dtype=torch.float64), torch.tensor(tn, dtype=torch.float64)
         alpha = torch.exp(sde.log_alpha_bar(t64) - sde.log_alpha_bar(tn64))
-    elif sde_cls is SubVPSDE:
-        alpha = 1 - sde.beta(torch.tensor(t, dtype=torch.float64)) * (t - tn)
     else:
         alpha = torch.tensor(1.0, dtype=torch.float64)
     e = 2 * alpha * (0.2 * zn / sn) ** 2

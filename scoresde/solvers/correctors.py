@@ -10,9 +10,9 @@ and its noise-free mean. Each update costs one score evaluation (``nfe_per_step 
   (Song & Ermon 2019, Alg. 1 with step size proportional to sigma^2).
 
 alpha is ``sde.discrete_alpha(t, t_next)``: 1 - beta_i of the SDE's own discretization of the
-step that follows (VP: alpha-bar(t) / alpha-bar(t_next) on the sampler's grid; sub-VP:
-1 - beta(t) (t - t_next); VE: 1), as in the reference code, which uses 1 - beta_i rather than the paper's product
-alpha-bar_i (score_sde_pytorch issue #73) and crashes on sub-VP (issue #8); here sub-VP works.
+step that follows (VP and sub-VP: alpha-bar(t) / alpha-bar(t_next) on the sampler's grid,
+1 - beta(t) (t - t_next) to first order but never negative on coarse grids; VE: 1), as in the
+reference code, which uses 1 - beta_i rather than the paper's product alpha-bar_i (score_sde_pytorch issue #73) and crashes on sub-VP (issue #8); here sub-VP works.
 
 Reference: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential
 Equations", Sec. 4.2, App. G, Alg. 4-5; Song & Ermon 2019, Alg. 1.
