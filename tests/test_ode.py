@@ -36,6 +36,14 @@ def test_adaptive_never_leaves_interval(method, t0, t1):
     assert lo in log or hi in log  # both ends are reached exactly (no interpolation beyond)
 
 
+def test_float32_state_stays_inside_float64_interval():
+    # torchdiffeq hands t in the state's dtype and float32(1e-5) < 1e-5: the bounds are rounded inwards
+    log = []
+    y0 = torch.ones(4, dtype=torch.float32)
+    solve_ode(lambda t, y: (log.append(float(t)), -y)[1], y0, 1.0, 1e-5, rtol=1e-3, atol=1e-3)
+    assert min(log) >= 1e-5 and max(log) <= 1.0
+
+
 @pytest.mark.parametrize("method", ["dopri5", "rk4"])
 def test_linear_ode_exact_and_nfe_counted(method):
     # closed form y(t1) = expm(A (t1 - t0)) y0; NFE == calls counted by a separate hook

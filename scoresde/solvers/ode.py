@@ -73,6 +73,20 @@ class _CountedField:
         self.lo, self.hi = min(t0, t1), max(t0, t1)
         self.nfe = 0
         self.t_reached = t0  # the evaluated time furthest along the direction t0 -> t1
+        self._cache: dict = {}
+
+    def _bounds(self, t: torch.Tensor):
+        """lo, hi in t's dtype, rounded inwards: float32(1e-5) < 1e-5, so a plain clamp could leave [lo, hi]."""
+        key = (t.dtype, t.device)
+        if key not in self._cache:
+            lo = torch.tensor(self.lo, dtype=t.dtype, device=t.device)
+            hi = torch.tensor(self.hi, dtype=t.dtype, device=t.device)
+            if float(lo) < self.lo:
+                lo = torch.nextafter(lo, hi)
+            if float(hi) > self.hi:
+                hi = torch.nextafter(hi, lo)
+            self._cache[key] = (lo, hi)
+        return self._cache[key]
 
     def __call__(self, t: torch.Tensor, y):
         if self.max_nfe is not None and self.nfe >= self.max_nfe:
@@ -81,7 +95,8 @@ class _CountedField:
                 f"(integrating from t0={self.t0:g}, the solve reached t={self.t_reached:.6g}); the ODE is "
                 "probably stiff there or the tolerances too tight: loosen rtol/atol, start the integration "
                 "further from t = 0 (a larger eps), use a fixed-grid method, or raise max_nfe")
-        t = t.clamp(self.lo, self.hi)
+        lo, hi = self._bounds(t)
+        t = torch.maximum(torch.minimum(t, hi), lo)
         self.nfe += 1
         tv = float(t)
         if abs(tv - self.t0) > abs(self.t_reached - self.t0):
