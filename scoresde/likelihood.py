@@ -193,7 +193,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         ODESolverError: max_nfe exceeded or step-size underflow (stiff field near t = 0).
     Reference:
         Song et al. 2021, Sec. 4.3, Eq. (13), (39), App. D.2; Grathwohl et al. 2019 (FFJORD),
-        Eq. (4) and Sec. 3.1 (Hutchinson's estimator with a fixed probe per solve).
+        Sec. 3.1 (Hutchinson's estimator with a fixed probe per solve).
     """
     eps = _check_common(sde, x, eps)
     check_choice("divergence", divergence, DIVERGENCES)
@@ -315,7 +315,7 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
         TypeError: unknown keyword arguments; non-floating x with dequantize=False.
     Reference:
         Song et al. 2021, App. D.2 (bpd with uniform dequantization, offset 7 - inverse_scaler(-1));
-        Theis et al. 2016, Sec. 3.1; Papamakarios et al. 2017, App. E.2 (bits/dim and scaling).
+        Theis et al. 2016, Sec. 3.1 (uniform dequantization bounds the discrete log-likelihood).
     """
     check_positive("num_levels", num_levels, integer=True)
     if num_levels < 2:
