@@ -218,3 +218,20 @@ def test_flat_mlp_config_round_trip():
     assert torch.equal(net(x, t), again(x, t)) and net(x, t).shape == (3, 1, 8, 8)
     with pytest.raises(ValueError, match="shape"):
         net(torch.randn(3, 64), t)
+
+
+def test_train_defaults_build_the_demo_unet():
+    # `scoresde train --data digits` (model auto) builds the demo's network: the 8x8 UNet with base
+    # channels 16, multipliers (1, 2), one residual block, no attention: 163,985 parameters
+    from scoresde import VPSDE
+    from scoresde.cli.commands import make_model
+    from scoresde.cli.demo import FULL
+    from scoresde.cli.nets import Dequantized
+    settings = vars(build_parser().parse_args(["train", "--out", "x"]))
+    assert (settings["channels"], settings["steps"], settings["lr"]) == (FULL["channels"], FULL["steps"], FULL["lr"])
+    model, objective = make_model({**settings, "num_levels": 17, "dequantize": True}, (1, 8, 8), VPSDE())
+    assert type(model.net).__name__ == "UNet"
+    assert sum(p.numel() for p in model.parameters()) == 163985
+    assert isinstance(objective, Dequantized) and objective.num_levels == 17
+    model, objective = make_model({**settings, "num_levels": None}, (2,), VPSDE())
+    assert type(model.net).__name__ == "FlatMLP" and objective == {"loss": "dsm", "weighting": "sigma2"}

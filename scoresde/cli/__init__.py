@@ -81,6 +81,10 @@ def _unit_float(text: str) -> float:
 def _add_common(p: argparse.ArgumentParser, seed: int = 0) -> None:
     p.add_argument("--seed", type=int, default=seed, help="random seed (sampling noise, data split draws)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0: torch's default). One thread is the fast and safe choice for "
+                        "the small networks of the demo: with 2 threads on a busy 2-core machine each step "
+                        "waits for the second thread (measured 60x slower)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -131,18 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="VE: sigma_max; default: the largest pairwise data distance (Song & Ermon 2020)")
     g.add_argument("--num-scales", type=_positive_int, default=1000, help="N, steps of the discrete chain")
     g = p.add_argument_group("model and objective")
-    g.add_argument("--model", choices=MODELS, default="auto", help="network; auto: MLP for vectors, UNet for images")
+    g.add_argument("--model", choices=MODELS, default="auto", help="network; auto: UNet for square images of side >= 8, else the MLP (on flattened samples)")
     g.add_argument("--hidden", type=_positive_int, default=512, help="MLP width")
     g.add_argument("--layers", type=_positive_int, default=4, help="MLP hidden layers")
-    g.add_argument("--channels", type=_positive_int, default=32, help="UNet base channels")
+    g.add_argument("--channels", type=_positive_int, default=16, help="UNet base channels (a multiple of 4)")
     g.add_argument("--objective", choices=OBJECTIVES, default="dsm",
                    help="dsm (continuous-time DSM, sigma^2 weighting), dsm-likelihood (g^2 weighting), "
                         "ddpm (L_simple), hybrid (Improved DDPM, learned variance)")
     g.add_argument("--prediction", choices=("eps", "score", "x0", "v"), default="eps", help="network target")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--steps", type=_positive_int, default=20000, help="training steps")
+    g.add_argument("--steps", type=_positive_int, default=3000, help="training steps")
     g.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")
-    g.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
+    g.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (after warm-up)")
     g.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
     g.add_argument("--ema", type=_unit_float, default=0.999, help="EMA decay")
     g.add_argument("--checkpoint-every", type=_positive_int, default=2000, help="steps between checkpoints")

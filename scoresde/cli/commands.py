@@ -30,11 +30,15 @@ def _log(args, msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def _threads():
-    # The CLI runs on laptops: use the cores torch sees, but no more than the machine has.
-    n = os.cpu_count() or 1
-    if torch.get_num_threads() > n:
+def _threads(args=None):
+    """Apply ``--threads`` (0 keeps torch's default, capped at the machine's cores)."""
+    n = getattr(args, "threads", 0) if args is not None else 0
+    if n < 0:
+        raise ValueError(f"--threads must be >= 0; got {n}")
+    if n > 0:
         torch.set_num_threads(n)
+    elif torch.get_num_threads() > (os.cpu_count() or 1):
+        torch.set_num_threads(os.cpu_count() or 1)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -90,7 +94,7 @@ def make_model(args_d: dict, shape, sde):
     learn_variance = objective == "hybrid"
     kind = args_d["model"]
     if kind == "auto":
-        kind = "mlp" if math.prod(shape) <= 256 else "unet"
+        kind = "unet" if len(shape) == 3 and shape[1] == shape[2] and shape[1] >= 8 else "mlp"
     if kind == "mlp":
         net = FlatMLP(shape, hidden=args_d["hidden"], num_layers=args_d["layers"], learn_variance=learn_variance)
     else:
@@ -173,7 +177,7 @@ def run_train(args) -> dict:
     """Train (or resume) as ``scoresde train`` does; returns a summary dict."""
     from ..checkpoint import load_checkpoint
     from ..train import CHECKPOINT_NAME, TrainConfig, train
-    _threads()
+    _threads(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT_NAME
@@ -297,7 +301,7 @@ def save_samples_figure(x, ds_shape, path, data_range=(-1.0, 1.0), reference=Non
 
 def cmd_sample(args) -> int:
     from .. import data as D
-    _threads()
+    _threads(args)
     opts = sampler_options(args.method, args)
     model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
     _log(args, _weights_note(cfg))
@@ -428,7 +432,7 @@ def vlb_bits(model, sde, levels, num_levels, *, batch_size=500, seed=0, timestep
 
 
 def cmd_likelihood(args) -> int:
-    _threads()
+    _threads(args)
     model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
     evd, desc = eval_split(args.data, args.split, cfg, ds, args.seed)
     _check_shape(evd, cfg, f"--data {args.data}" if args.data else "the data")
@@ -461,7 +465,7 @@ def cmd_likelihood(args) -> int:
 # ----------------------------------------------------------------------------------------- compare
 def cmd_compare(args) -> int:
     from .compare import check_method_names, parse_methods, run_compare, write_compare
-    _threads()
+    _threads(args)
     check_method_names(args.methods)
     if args.bpd_points < 0:
         raise ValueError(f"--bpd-points must be >= 0; got {args.bpd_points}")
@@ -489,5 +493,5 @@ def cmd_compare(args) -> int:
 # -------------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    _threads()
+    _threads(args)
     return run_demo(args)
