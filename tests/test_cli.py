@@ -122,6 +122,7 @@ def test_likelihood_json_and_standard_error(demo, tmp_path):
     (["train", "--steps", "-3", "--out", "x"], ["--steps", "positive integer"]),
     (["train", "--sde", "foo", "--out", "x"], ["--sde", "invalid choice"]),
     (["sample", "does/not/exist.pt"], ["no such checkpoint"]),
+    (["train", "--data", "nosuch", "--out", "x"], ["unknown data 'nosuch'", "digits"]),
     (["frobnicate"], ["invalid choice"]),
 ])
 def test_bad_arguments_one_line(argv, fragments, tmp_path):

@@ -179,7 +179,8 @@ def run_train(args) -> dict:
     from ..train import CHECKPOINT_NAME, TrainConfig, train
     _threads(args)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
     ckpt = out / CHECKPOINT_NAME
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     saved_path = out / TRAIN_ARGS
@@ -229,6 +230,7 @@ def run_train(args) -> dict:
                             seed=settings["seed"], out_dir=str(out), quiet=args.quiet,
                             checkpoint_every=settings["checkpoint_every"], device=settings["device"],
                             eval_every=settings.get("eval_every", max(settings["steps"] // 10, 1)))
+    out.mkdir(parents=True, exist_ok=True)  # only now: bad data or settings leave no folder behind
     with atomic_file(saved_path) as f:
         json.dump(settings, f, indent=2, sort_keys=True)
     _log(args, f"scoresde train: {ds.name} {tuple(ds.shape)} x {len(ds)}, {type(sde).__name__}, "
@@ -478,11 +480,11 @@ def cmd_compare(args) -> int:
     runs, notes = parse_methods(args.methods, args.steps, args.ode_rtols, opts, sde)
     _log(args, _weights_note(cfg))
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = run_compare(model, sde, ds, runs, n=args.num_samples, seed=args.seed, bpd_points=args.bpd_points,
                          progress=not args.quiet, device=args.device, log=lambda m: _log(args, m))
     result["notes"] = notes
     result["checkpoint"] = resolve_checkpoint(args.checkpoint)
+    out.mkdir(parents=True, exist_ok=True)  # after the work: a failed run leaves no folder
     paths = write_compare(result, out)
     from .compare import markdown_table
     print(markdown_table(result))
