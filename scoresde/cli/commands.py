@@ -222,6 +222,7 @@ def run_train(args) -> dict:
     if settings["objective"] in ("ddpm", "hybrid") and settings["sde"] not in ("vp", "vp-cosine"):
         raise ValueError(f"--objective {settings['objective']} trains on the discrete DDPM chain and needs "
                          f"--sde vp or vp-cosine; got {settings['sde']}")
+    torch.manual_seed(settings["seed"])  # the network's initial weights (train() seeds data order and noise)
     model, objective = make_model(settings, ds.shape, sde)
     if settings["batch_size"] > len(ds):
         raise ValueError(f"--batch-size {settings['batch_size']} is larger than the data ({len(ds)} samples)")
