@@ -159,3 +159,22 @@ def test_bad_input():
     with pytest.raises(TypeError, match="norm"):
         solve_ode(f, y0, 1.0, 0.0, norm="rms")
     assert "dopri5" in ADAPTIVE_METHODS and "rk4" not in ADAPTIVE_METHODS
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+def test_half_precision_state_is_solved_in_float32(dtype, tol):
+    # break-test: torchdiffeq's dopri5 step control in float16 rounds t and overflows the error norm
+    # (NaN t); the state is upcast, so the result is the closed form expm(A (t1 - t0)) y0 up to the
+    # rounding of the half-precision input and output (half eps 9.8e-4, bfloat16 7.8e-3, |y| < 2)
+    seen = []
+    y0 = torch.tensor([[1.0, 0.5], [0.3, -2.0]], dtype=dtype)
+    f = _linear_field(A.float())
+    sol = solve_ode(lambda t, y: (seen.append(y.dtype), f(t, y))[1], y0, 1.0, 1e-3, rtol=1e-5, atol=1e-5)
+    exact = y0.double() @ torch.linalg.matrix_exp(A * (1e-3 - 1.0)).T
+    assert sol.y.dtype == dtype and set(seen) == {torch.float32}
+    assert float((sol.y.double() - exact).abs().max()) < tol
+    # a tuple (the likelihood's (x, delta_logp)): each half part solved in float32, cast back
+    sol2 = solve_ode(lambda t, y: (seen.append(y[1].dtype), (f(t, y[0]), -y[1]))[1],
+                     (y0, torch.ones(2, dtype=dtype)), 1.0, 1e-3)
+    assert sol2.y[0].dtype == dtype and sol2.y[1].dtype == dtype and set(seen) == {torch.float32}
+    assert abs(float(sol2.y[1][0]) - math.exp(1.0 - 1e-3)) < tol  # y' = -y backwards: y(t1) = e^(t0 - t1)

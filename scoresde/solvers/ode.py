@@ -12,7 +12,10 @@ probability-flow sampler, :func:`scoresde.log_likelihood`, :func:`scoresde.encod
 * the number of function evaluations (NFE) is counted exactly, every call of ``func``;
 * ``max_nfe`` turns a run-away adaptive solve (stiff field, tolerance too tight) into an
   :class:`ODESolverError` that says how far it got, and torchdiffeq's "underflow in dt"
-  assertion becomes an :class:`ODESolverError` with advice.
+  assertion becomes an :class:`ODESolverError` with advice;
+* float16 / bfloat16 states are integrated in float32 (the state is upcast, ``func`` sees and
+  returns float32, the result is cast back): torchdiffeq's step control in half precision
+  rounds the times and overflows the error norm, and the solve ends in NaN.
 
 Adaptive methods (step size from ``rtol`` / ``atol``): ``dopri5`` (default), ``dopri8``,
 ``bosh3``, ``fehlberg2``, ``adaptive_heun``. Fixed-grid methods (``steps`` equal steps from
@@ -43,6 +46,10 @@ State = Union[torch.Tensor, tuple]
 METHODS = tuple(m for m in SOLVERS if m != "scipy_solver")
 ADAPTIVE_METHODS = tuple(m for m in METHODS if issubclass(SOLVERS[m], RKAdaptiveStepsizeODESolver))
 FIXED_METHODS = tuple(m for m in METHODS if m not in ADAPTIVE_METHODS)
+
+
+#: dtypes solved in float32 (see :func:`solve_ode`)
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class ODESolverError(RuntimeError):
@@ -134,7 +141,8 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
     Arguments:
         func: callable (t, y) -> dy/dt; t is a 0-d float tensor (the dtype of the state) inside
             [min(t0, t1), max(t0, t1)]; y and the output are shaped like ``y0`` (a tensor of any
-            shape, or a tuple of tensors).
+            shape, or a tuple of tensors). A float16 / bfloat16 state is solved in float32:
+            ``func`` then gets (and should return) float32 tensors.
         y0: initial state at t0, a tensor or a tuple of tensors (e.g. (x, delta_logp)).
         t0, t1: start and end times (floats, finite, t0 != t1); t0 > t1 integrates backwards.
         method: an adaptive method ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -155,8 +163,8 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
             RMS over all elements (for a tuple: the max over its parts of their RMS).
             :func:`rms_norm` is the RMS over all elements of a tuple taken together.
     Returns:
-        :class:`ODESolution` with ``y`` (the state at t1, shaped like ``y0``), ``nfe`` and
-        ``method``.
+        :class:`ODESolution` with ``y`` (the state at t1, shaped and typed like ``y0``: a float16 /
+        bfloat16 part is computed in float32 and cast back), ``nfe`` and ``method``.
     Raises:
         ValueError: unknown method (the message lists the valid ones), rtol / atol / min_step
             <= 0, steps missing / < 1 for a fixed-grid method or given for an adaptive one,
@@ -185,6 +193,10 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
     if not isinstance(tensors, tuple) or not tensors or not all(isinstance(v, torch.Tensor) for v in tensors):
         raise TypeError(f"y0 must be a tensor or a non-empty tuple of tensors; got {type(y0).__name__}")
     device = tensors[0].device
+    dtypes = tuple(v.dtype for v in tensors)
+    if any(d in HALF_DTYPES for d in dtypes):  # torchdiffeq's step control breaks down in half precision
+        up = tuple(v.float() if v.dtype in HALF_DTYPES else v for v in tensors)
+        y0 = up if isinstance(y0, tuple) else up[0]
 
     options: dict = {}
     if method in ADAPTIVE_METHODS:
@@ -222,5 +234,7 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
             raise ODESolverError(f"{method}: the state became NaN/inf near t={field.t_reached:.6g} after "
                                  f"{field.nfe} evaluations (integrating {t0:g} -> {t1:g})") from err
         raise ODESolverError(f"{method}: {msg}") from err
-    y = tuple(v[-1] for v in ys) if isinstance(y0, tuple) else ys[-1]
+    ys = ys if isinstance(y0, tuple) else (ys,)
+    y = tuple(v[-1].to(d) for v, d in zip(ys, dtypes))
+    y = y if isinstance(y0, tuple) else y[0]
     return ODESolution(y=y, nfe=field.nfe, method=method)
