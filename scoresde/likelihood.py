@@ -51,7 +51,7 @@ from .grids import check_eps
 from .score import call_score
 from .schedules import as_work
 from .sde import SDE
-from .solvers.ode import ADAPTIVE_METHODS, rms_norm, solve_ode
+from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, rms_norm, solve_ode
 
 DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
 
@@ -125,6 +125,11 @@ def _check_common(sde: SDE, x: torch.Tensor, eps: float, name: str = "x") -> flo
     return check_eps(eps, sde)
 
 
+def _check_generator(generator) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+
+
 def _draw_probes(kind: str, shape, x: torch.Tensor, generator) -> torch.Tensor:
     device = generator.device if generator is not None else x.device
     if kind == "hutchinson_rademacher":
@@ -181,15 +186,17 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         n_probes: number of Hutchinson probes (>= 1) averaged per evaluation; each costs one
             vector-Jacobian product, the network runs once.
         generator: ``torch.Generator`` the probes are drawn from, once per call
-            (shape (n_probes, B, *S)).
+            (shape (n_probes, B, *S)), or None (torch's global generator).
     Returns:
         :class:`LikelihoodResult` with logp (B,) in nats per sample, prior_logp (B,),
-        delta_logp (B,), z (B, *S) the latent at T, and nfe (score evaluations).
+        delta_logp (B,), z (B, *S) the latent at T, and nfe (score evaluations); in x's dtype,
+        except that float16 / bfloat16 x is solved in float32 (``score_fn`` sees float32) and
+        logp and its parts stay float32 (z is cast back to x's dtype).
     Raises:
         ValueError: eps outside (0, T); unknown divergence or method (the message lists the
             valid names); rtol / atol <= 0; n_probes < 1; NaN / inf in x; x without a data
             dimension; a score of the wrong shape or with NaN / inf.
-        TypeError: integer x, a non-SDE ``sde``.
+        TypeError: integer x, a non-SDE ``sde``, a ``generator`` that is not a torch.Generator.
         ODESolverError: max_nfe exceeded or step-size underflow (stiff field near t = 0).
     Reference:
         Song et al. 2021, Sec. 4.3, Eq. (13), (39), App. D.2; Grathwohl et al. 2019 (FFJORD),
@@ -200,6 +207,10 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     check_positive("n_probes", n_probes, integer=True)
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
+    _check_generator(generator)
+    in_dtype = x.dtype
+    if in_dtype in HALF_DTYPES:  # see solve_ode: adaptive step control fails in half precision
+        x = x.float()
     B = x.shape[0]
     probes = None if divergence == "exact" else _draw_probes(divergence, (n_probes, *x.shape), x, generator)
 
@@ -220,7 +231,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         sol = solve_ode(field, (x, delta0), eps, sde.T, **options)
         z, delta = sol.y
         prior = sde.prior_logp(z).to(x.dtype)
-    return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z, nfe=sol.nfe)
+    return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z.to(in_dtype), nfe=sol.nfe)
 
 
 def _check_range(data_range) -> tuple[float, float]:
@@ -262,6 +273,7 @@ def uniform_dequantize(x: torch.Tensor, *, num_levels: int = 256, data_range=(-1
         The noise variance is (w / L)^2 / 12 (1.27e-6 for L = 256 on [0, 1]; case C11).
     Raises:
         ValueError: levels outside [0, L - 1], non-integer or NaN values, bad data_range.
+        TypeError: a ``generator`` that is not a torch.Generator.
     Reference: Theis et al. 2016, Sec. 3.1; Ho et al. 2019 (Flow++), Sec. 3.1.
     """
     check_positive("num_levels", num_levels, integer=True)
@@ -269,6 +281,7 @@ def uniform_dequantize(x: torch.Tensor, *, num_levels: int = 256, data_range=(-1
         raise ValueError(f"num_levels must be >= 2; got {num_levels}")
     low, high = _check_range(data_range)
     _check_levels(x, num_levels)
+    _check_generator(generator)
     device = generator.device if generator is not None else x.device
     u = torch.rand(x.shape, generator=generator, device=device, dtype=dtype).to(x.device)
     return low + (high - low) * (x.to(dtype) + u) / num_levels
@@ -363,7 +376,8 @@ def encode(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, 
         x: (B, *S) floating data at time eps. eps, method, rtol, atol, steps, max_nfe, min_step:
             as in :func:`log_likelihood`.
     Returns:
-        z (B, *S), the state at time T (the same z :func:`log_likelihood` returns).
+        z (B, *S), the state at time T (the same z :func:`log_likelihood` returns), in x's dtype
+        (float16 / bfloat16 x is solved in float32 and cast back, see :func:`solve_ode`).
     Raises:
         ValueError: eps outside (0, T), unknown method, rtol / atol <= 0, NaN in x.
         ODESolverError: max_nfe exceeded or step-size underflow.
@@ -383,7 +397,7 @@ def decode(score_fn: Callable, sde: SDE, z: torch.Tensor, *, eps: float = 1e-5, 
         z: (B, *S) floating latent at time T. eps, method, rtol, atol, steps, max_nfe, min_step:
             as in :func:`log_likelihood`.
     Returns:
-        x (B, *S), the state at time eps.
+        x (B, *S), the state at time eps, in z's dtype (float16 / bfloat16 solved in float32).
     Raises:
         ValueError: eps outside (0, T), unknown method, rtol / atol <= 0, NaN in z.
         ODESolverError: max_nfe exceeded or step-size underflow.

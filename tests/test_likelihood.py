@@ -224,6 +224,24 @@ def test_float32_model_path():
     assert float((r.logp.double() - data.pf_logp(sde, x.double(), EPS)).abs().max()) / 8 < 1e-3
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_input_is_solved_in_float32(dtype):
+    # break-test: float16 x ended in "t contains NaN"; now solved in float32: logp (float32) equals
+    # the closed form at the rounded input within 1e-3 nats per dimension, z (cast back) equals
+    # GaussianData.flow within the dtype's rounding (|z| < 4: half 2e-3, bfloat16 1.6e-2)
+    sde, data = VPSDE(), GaussianData(0.5, 0.1, (4,))
+    x = data.sample(3, torch.Generator().manual_seed(0)).to(dtype)
+    score = data.score_fn(sde)
+    r = log_likelihood(score, sde, x, divergence="exact")
+    assert r.logp.dtype == torch.float32 and r.z.dtype == dtype
+    assert float((r.logp.double() - data.pf_logp(sde, x.double(), EPS)).abs().max()) / 4 < 1e-3
+    tol = 4e-3 if dtype == torch.float16 else 3.2e-2
+    z = encode(score, sde, x)
+    assert z.dtype == dtype
+    assert float((z.double() - data.flow(sde, x.double(), EPS, sde.T)).abs().max()) < tol
+    assert decode(score, sde, z).dtype == dtype
+
+
 def test_bad_input():
     sde, data = VPSDE(), _anisotropic(4)
     score = data.score_fn(sde)
@@ -235,6 +253,10 @@ def test_bad_input():
             log_likelihood(score, sde, x, **kw)
     with pytest.raises(ValueError, match="hutchinson_rademacher"):  # lists the valid names
         log_likelihood(score, sde, x, divergence="bogus")
+    with pytest.raises(TypeError, match="generator"):  # break-test: was AttributeError
+        log_likelihood(score, sde, x, generator=5)
+    with pytest.raises(TypeError, match="generator"):
+        bits_per_dim(score, sde, torch.tensor([[0, 5, 255, 3]]), generator=5)
     xn = x.clone()
     xn[0, 0] = float("nan")
     with pytest.raises(ValueError, match="x"):
