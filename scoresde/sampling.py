@@ -23,12 +23,14 @@ Equations" (ICLR), Sec. 4 and App. D-G; Ho et al. 2020; Song, Meng & Ermon 2021 
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
 
 from ._checks import bcast, check_choice, check_positive
 from .grids import SPACINGS, check_eps, time_grid
+from .likelihood import pf_drift
 from .sde import SDE
 from .solvers.common import ScoreEval, check_generator, generator_device
 from .solvers.correctors import CORRECTORS
@@ -72,6 +74,31 @@ class SampleInfo:
     method: str
     steps: int | None
     times: torch.Tensor | None
+
+
+def _check_shape(shape) -> tuple:
+    """``shape`` as a tuple of positive ints (B, *S); TypeError / ValueError naming ``shape``."""
+    try:
+        if not isinstance(shape, (tuple, list, torch.Size)) or any(isinstance(s, bool) for s in shape):
+            raise TypeError
+        shape = tuple(operator.index(s) for s in shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints (B, *S), e.g. (16, 1, 8, 8) or (B, D); got {shape!r}") from None
+    if len(shape) < 1 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be a non-empty tuple of positive sizes (B, ...); got {shape}")
+    return shape
+
+
+def _check_device(device) -> torch.device:
+    """``device`` as a torch.device that this torch can allocate on; ValueError naming ``device``."""
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"device {str(device)!r} is not usable here ({reason}); "
+                         f"torch.cuda.is_available() = {torch.cuda.is_available()}") from None
+    return device
 
 
 def _prior(sde: SDE, shape, generator, device, dtype) -> torch.Tensor:
@@ -121,7 +148,9 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
             through the batch-averaged Langevin step and the shared adaptive ODE steps), or
             None (torch's global generator).
         device, dtype: of the sample; default the device of ``x_T`` or of ``generator`` (else
-            CPU) and float32 (``x_T``'s dtype if given).
+            CPU) and float32 (``x_T``'s dtype if given). dtype must be floating; "ode" solves a
+            float16 / bfloat16 state in float32 (score_fn then sees float32) and casts the
+            result back, since adaptive step control fails in half precision.
         denoise: return the noise-free mean of the last step (grid methods: the predictor's
             mean at eps; "sde" / "ode": Tweedie's E[x_0 | x_eps] = (x + sigma(eps)^2 s) / alpha(eps),
             one extra NFE). "ddpm" / "ddim" always end without noise, so it changes nothing there.
@@ -154,10 +183,12 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
     Raises:
         ValueError: unknown method / predictor / corrector / sde_method / ode_method / variance /
             skip / spacing (the message lists the valid names); steps < 1; eps outside (0, T);
-            eta outside [0, 1]; snr, rtol or atol <= 0; a bad shape or ``x_T``; "ddpm" / "ddim"
+            eta outside [0, 1]; snr, rtol or atol <= 0; a bad shape or ``x_T``; a ``device``
+            this torch cannot use (e.g. "cuda" without CUDA); "ddpm" / "ddim"
             with an SDE other than VPSDE; "ancestral" with sub-VP; a ``score_fn`` output whose
             shape differs from x, or that is NaN / inf (the message gives the time).
-        TypeError: an option the method does not take; non-callable score_fn; bad generator.
+        TypeError: an option the method does not take; non-callable score_fn; bad generator;
+            ``shape`` not a tuple of ints; ``dtype`` not a floating torch.dtype.
         ODESolverError: the adaptive ODE solve did not finish (``max_nfe``, step underflow).
     Reference:
         Song et al. 2021, Sec. 4.1-4.3, Eq. (6), (13), (46)-(47), Alg. 1-5; Ho et al. 2020,
@@ -173,9 +204,9 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
     if unknown:
         raise TypeError(f"method {method!r} does not take {unknown}; its options are {sorted(OPTIONS[method])}")
     opts = {**OPTIONS[method], **options}
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 1 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be a non-empty tuple of positive sizes (B, ...); got {shape}")
+    shape = _check_shape(shape)
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, ...); got {dtype!r}")
     for name, flag in (("denoise", denoise), ("progress", progress), ("return_info", return_info)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False; got {flag!r}")
@@ -183,9 +214,9 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape or not x_T.is_floating_point():
             got = tuple(x_T.shape) if isinstance(x_T, torch.Tensor) else type(x_T).__name__
             raise ValueError(f"x_T must be a floating tensor of shape {shape}; got {got}")
-        device = x_T.device if device is None else torch.device(device)
+        device = x_T.device if device is None else _check_device(device)
         dtype = x_T.dtype if dtype is None else dtype
-    device = torch.device(device) if device is not None else (generator_device(generator) or torch.device("cpu"))
+    device = _check_device(device) if device is not None else (generator_device(generator) or torch.device("cpu"))
     dtype = dtype or torch.float32
     gdev = generator_device(generator)
     if gdev is not None and gdev.type != device.type:
@@ -290,13 +321,14 @@ def _predictor_corrector(score, sde, x, grid, method, opts, generator, denoise):
 
 
 def _ode(score, sde, x, eps, steps, opts):
-    """Probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (Song et al. 2021, Eq. (13)) from T to eps."""
+    """Probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (Song et al. 2021, Eq. (13)) from T to eps.
+
+    The drift is :func:`scoresde.likelihood.pf_drift`; :func:`solve_ode` keeps t inside [eps, T]
+    and solves float16 / bfloat16 states in float32 (the result comes back in x's dtype).
+    """
 
     def field(t, y):
-        # torchdiffeq hands t in the state's dtype: a float32 eps may round below eps
-        tb = score.time(t, y).clamp(eps, sde.T)
-        drift, g = sde.sde(y, tb)
-        return drift - 0.5 * bcast(g**2, y).to(y.dtype) * score(y, tb)
+        return pf_drift(score, sde, y, t.reshape(1).expand(y.shape[0]))
 
     method = opts["ode_method"]
     if method not in ADAPTIVE_METHODS and steps is None:

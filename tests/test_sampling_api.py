@@ -220,3 +220,35 @@ def test_bad_score_and_shape():
         sample(None, sde, (4, 3), method="euler_maruyama", steps=3)
     with pytest.raises(TypeError, match="sde"):
         sample(DATA.score_fn(sde), "vp", (4, 3), method="euler_maruyama", steps=3)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 3e-3), (torch.bfloat16, 1.6e-2)])
+@pytest.mark.parametrize("sde_cls", [VPSDE, VESDE])
+def test_ode_in_half_precision_matches_the_exact_flow(sde_cls, dtype, tol):
+    """Break-test: method="ode" with dtype float16 ended in "t contains NaN"; the solve now runs in
+    float32 and the sample (cast back to dtype) equals GaussianData.flow from x_T within the rounding
+    of the dtype (values < 2: half spacing <= 9.8e-4, bfloat16 <= 7.8e-3)."""
+    sde, data = sde_cls(), GaussianData(0.5, 0.1, (4,))
+    x_T = sde.prior_sampling((3, 4), torch.Generator().manual_seed(0), "cpu", torch.float32).to(dtype)
+    x = sample(data.score_fn(sde), sde, (3, 4), method="ode", x_T=x_T, denoise=False)
+    assert x.dtype == dtype
+    exact = data.flow(sde, x_T.double(), sde.T, sde.default_eps)
+    assert float((x.double() - exact).abs().max()) < tol
+
+
+def test_bad_dtype_shape_device():
+    """Break-test: integer dtype, shape=4 and an unavailable device raised raw torch errors; now named ones."""
+    sde = VPSDE()
+    score = DATA.score_fn(sde)
+    with pytest.raises(TypeError, match="dtype must be a floating"):
+        sample(score, sde, (4, 3), method="euler_maruyama", steps=3, dtype=torch.int64)
+    with pytest.raises(TypeError, match="shape must be a tuple"):
+        sample(score, sde, 4, method="euler_maruyama", steps=3)
+    with pytest.raises(TypeError, match="shape"):
+        sample(score, sde, (4, 3.5), method="euler_maruyama", steps=3)
+    assert sample(score, sde, torch.Size([2, 3]), method="euler_maruyama", steps=2).shape == (2, 3)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device 'cuda'"):
+            sample(score, sde, (4, 3), method="euler_maruyama", steps=3, device="cuda")
+    with pytest.raises(ValueError, match="device"):
+        sample(score, sde, (4, 3), method="euler_maruyama", steps=3, device="nodevice")
