@@ -106,7 +106,8 @@ def ddpm_vlb(eps_model: Callable, sde: SDE, x: torch.Tensor, *, num_levels: int 
         :class:`VLBResult` with bpd (B,), prior_bpd (B,), terms (B, K) in bits per dimension
         (nats / (D ln 2)), timesteps (K,) and the variance used.
     Raises:
-        ValueError: a VE SDE; x outside [0, L - 1], non-integer or NaN; num_levels < 2; unknown
+        ValueError: a VE SDE; x not of shape (B, *S) (at least 2-d), outside [0, L - 1],
+            non-integer or NaN; num_levels < 2; unknown
             variance (the message lists them); "learned_range" without a variance output;
             an eps prediction of the wrong shape or with NaN / inf; bad timesteps.
         TypeError: eps_model not callable.
@@ -120,6 +121,9 @@ def ddpm_vlb(eps_model: Callable, sde: SDE, x: torch.Tensor, *, num_levels: int 
     if num_levels < 2:
         raise ValueError(f"num_levels must be >= 2; got {num_levels}")
     _check_levels(x, num_levels)
+    if x.dim() < 2:
+        raise ValueError(f"x must have shape (B, *S) with a batch dimension and at least one data dimension; got "
+                         f"shape {tuple(x.shape)} (a single sample needs x[None])")
     learned = isinstance(eps_model, ScoreModel) and eps_model.learn_variance
     if variance is None:
         variance = "learned_range" if learned else "fixed_small"

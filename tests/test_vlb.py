@@ -162,3 +162,5 @@ def test_bad_input():
         ddpm_vlb(lambda x, t: x * float("nan"), sde, k, num_levels=L, timesteps=5)
     with pytest.raises(TypeError, match="callable"):
         ddpm_vlb(3, sde, k, num_levels=L)
+    with pytest.raises(ValueError, match=r"shape \(B, \*S\)"):  # break-test: 1-d x was a broadcast RuntimeError
+        ddpm_vlb(eps0, sde, torch.tensor([1, 2, 3]), num_levels=L)
