@@ -103,10 +103,15 @@ def save_checkpoint(path, state: dict) -> str:
             "version" and "torch_version" are added.
     Returns: the absolute path written.
     Raises:
-        TypeError: state holds another kind of object (named with its location).
-        ValueError: the folder is not writable.
+        TypeError: state is not a dict or holds another kind of object (named with its location).
+        ValueError: ``path`` is an existing folder (give a file name in it, e.g.
+            ``<folder>/checkpoint.pt``); the folder is not writable.
+        OSError: the write itself failed (e.g. disk full); ``path`` is left as it was.
     """
     path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint path {path} is a folder; give a file name, e.g. "
+                         f"{os.path.join(path, 'checkpoint.pt')}")
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict; got {type(state).__name__}")
     full = {"format": FORMAT, "version": VERSION, "torch_version": str(torch.__version__), **state}
@@ -167,7 +172,9 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             warnings.simplefilter("ignore")  # pickle-protocol notices from the weights-only unpickler
             state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = re.search(r"Unsupported global: (GLOBAL \S+|\S+)", str(e))
+        # torch < 2.13: "Unsupported global: GLOBAL mod.name ..."; torch 2.13: "Trying to load
+        # unsupported GLOBAL posix.system whose module posix is blocked"
+        unsafe = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", str(e), re.IGNORECASE)
         if unsafe:
             raise ValueError(f"{path} is not a scoresde checkpoint: it holds Python objects that are unsafe to "
                              f"load ({unsafe.group(1)}; refused by weights_only=True)") from None

@@ -74,6 +74,29 @@ def test_corrupt_or_foreign_files_give_one_line_errors(tmp_path, kind):
     assert "\n" not in str(e.value) and str(p) in str(e.value)
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def test_pickled_code_is_reported_unsafe(tmp_path):
+    # break-test: torch 2.13 words the refusal "Trying to load unsupported GLOBAL posix.system ...";
+    # it was reported as a corrupt file instead of "unsafe to load"
+    p = tmp_path / "evil.pt"
+    torch.save({"x": _RunsCode()}, p)
+    with pytest.raises(ValueError, match=r"unsafe to load \((posix|nt)\.system") as e:
+        load_checkpoint(p)
+    assert "\n" not in str(e.value)
+
+
+def test_save_to_a_folder_is_a_clear_error(tmp_path):
+    # break-test: IsADirectoryError from os.replace; the folder is left as it was
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="is a folder; give a file name"):
+        save_checkpoint(tmp_path, _state())
+    assert os.listdir(tmp_path) == ["keep.txt"]
+
+
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_checkpoint("/nonexistent/c.pt")
