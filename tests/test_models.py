@@ -123,6 +123,19 @@ def test_documented_parameter_counts():
     assert _nparams(MLP(2)) == 429_058
 
 
+def test_default_attention_resolution_adapts_to_the_image_size():
+    # break-test: docs/training.md's UNet(in_channels=1, image_size=8) failed (default (16,) not reachable);
+    # the default is now 16 where reached, else the largest side below the image (4 at side 8)
+    net = UNet(in_channels=1, image_size=8)
+    assert net.attn_resolutions == (4,) and list(net.config()["attn_resolutions"]) == [4]
+    assert sum(isinstance(m, scoresde.models.unet.AttnBlock) for m in net.modules()) == 2 + 3 + 1  # down, up, mid
+    assert UNet(image_size=32).attn_resolutions == (16,) and UNet(image_size=16).attn_resolutions == (16,)
+    assert UNet(image_size=256, ch=32).attn_resolutions == (32,)
+    assert UNet(image_size=8, ch=32, ch_mult=(1,)).attn_resolutions == ()
+    # the round trip rebuilds the same network
+    assert _nparams(model_from_config(json.loads(json.dumps(net.config())))) == _nparams(net)
+
+
 @pytest.mark.parametrize("make", [lambda: UNet(image_size=8, num_classes=4, embedding="fourier", **SMALL | {"attn_resolutions": (4,)}),
                                   lambda: MLP(2, hidden=32, embedding="fourier", learn_variance=True)])
 def test_config_round_trip(make):

@@ -116,7 +116,11 @@ class UNet(nn.Module):
         ch_mult: channel multipliers per resolution level (one level per entry).
         num_res_blocks: residual blocks per level on the way down (one more on the way up).
         attn_resolutions: sides at which self-attention is applied; each must be one of the
-            sides the network reaches (s, s/2, ...).
+            sides the network reaches (s, s/2, ...). Default None: (16,) if the network
+            reaches side 16 (DDPM's choice; s = 16 ... 128 with the default ch_mult), else the
+            largest side it reaches below min(s, 16) (4 for s = 8 with the default ch_mult),
+            else the smallest side it reaches below s (32 for s = 256), else () (a single
+            level). The resolved tuple is what ``self.attn_resolutions`` and ``config()`` hold.
         dropout: dropout probability inside the residual blocks, in [0, 1).
         embedding: "sinusoidal" or "fourier" (see :mod:`scoresde.models.embeddings`).
         num_classes: None, or the number of classes of a class-conditional model (forward then
@@ -136,7 +140,7 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 32, ch: int = 128, ch_mult=(1, 2, 2, 2),
-                 num_res_blocks: int = 2, attn_resolutions=(16,), dropout: float = 0.0, embedding: str = "sinusoidal",
+                 num_res_blocks: int = 2, attn_resolutions=None, dropout: float = 0.0, embedding: str = "sinusoidal",
                  num_classes: int | None = None, learn_variance: bool = False):
         super().__init__()
         check_positive("in_channels", in_channels, integer=True)
@@ -162,6 +166,10 @@ class UNet(nn.Module):
             raise ValueError(f"image_size must lie in [8, 256] and be divisible by 2^(len(ch_mult) - 1) = {down} "
                              f"(the down-sampling of ch_mult={ch_mult}); got {image_size}")
         sides = [image_size // 2**lvl for lvl in range(len(ch_mult))]
+        if attn_resolutions is None:
+            below = [r for r in sides if r < image_size]
+            small = [r for r in below if r < 16]
+            attn_resolutions = (16,) if 16 in sides else (max(small),) if small else (min(below),) if below else ()
         attn_resolutions = tuple(int(r) for r in attn_resolutions)
         bad = [r for r in attn_resolutions if r not in sides]
         if bad:
