@@ -824,6 +824,26 @@ def _load_weights(module: nn.Module, state: dict, path) -> None:
 
 
 # ------------------------------------------------------------------------------------- loading
+def resolve_checkpoint(path) -> str:
+    """The checkpoint file named by ``path``: the file itself, or ``checkpoint.pt`` in a run folder.
+
+    Arguments:
+        path: a checkpoint file, or a folder (a run's ``out_dir``) holding ``checkpoint.pt``.
+    Returns: the file path (str).
+    Raises:
+        FileNotFoundError: a folder without ``checkpoint.pt``, or no such file or folder.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        f = os.path.join(path, CHECKPOINT_NAME)
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"no checkpoint in folder {path} (expected {CHECKPOINT_NAME})")
+        return f
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    return path
+
+
 def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None, sde: SDE | None = None,
                      map_location="cpu", quiet: bool = False) -> tuple[ScoreModel, SDE, dict]:
     """Rebuild the score model of a checkpoint for sampling or likelihood: EMA weights by default.
@@ -832,7 +852,8 @@ def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None
     "scoresde: using the EMA weights (1000 updates, decay 0.999) of run/checkpoint.pt".
 
     Arguments:
-        path: a checkpoint written by :func:`train`.
+        path: a checkpoint written by :func:`train`, or the run folder (``out_dir``) holding
+            it as ``checkpoint.pt``.
         use_ema: load the EMA weights (default; the weights samples and likelihoods should
             use) or the online ones. A checkpoint without EMA falls back to online (and says so).
         net: the network to load into; default: built by
@@ -845,10 +866,12 @@ def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None
         (score_model in eval mode, sde, config) — config is the stored config plus
         "weights": "ema" or "online" and "step".
     Raises:
-        FileNotFoundError: no such file. ValueError (one line): corrupt / foreign file, a config
+        FileNotFoundError: no such file (or a folder without ``checkpoint.pt``). ValueError (one
+        line): corrupt / foreign file, a config
         that does not match ``net`` or ``sde``, weights that do not fit the network, a custom
         network without ``net=``.
     """
+    path = resolve_checkpoint(path)
     state = load_checkpoint(path, map_location=map_location)
     cfg = state.get("config")
     if not isinstance(cfg, dict) or "model" not in cfg or "sde" not in cfg:

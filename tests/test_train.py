@@ -360,6 +360,19 @@ def test_load_score_model_mismatch(tmp_path):
     assert isinstance(m, scoresde.ScoreModel) and s is sde and not m.training
 
 
+def test_load_score_model_accepts_the_run_folder(tmp_path):
+    # break-test: the CLI takes run folders but load_score_model raised FileNotFoundError on one;
+    # the folder loads checkpoint.pt: the same weights as the file, bit for bit
+    _small_run(tmp_path)
+    m_dir, _, c_dir = load_score_model(tmp_path, quiet=True)
+    m_file, _, c_file = load_score_model(str(tmp_path / "checkpoint.pt"), quiet=True)
+    assert c_dir == c_file
+    assert all(torch.equal(v, m_file.state_dict()[k]) for k, v in m_dir.state_dict().items())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="checkpoint.pt"):
+        load_score_model(tmp_path / "empty", quiet=True)
+
+
 def test_small_config_scaling():
     """TrainConfig.small: warm-up steps // 20 (at most 5000), EMA horizon 1/(1-0.999) = 1000 updates."""
     c = TrainConfig.small(2000)
