@@ -46,11 +46,9 @@ from typing import Callable
 
 import torch
 
-from ._checks import bcast, check_choice, check_finite, check_positive
+from ._checks import check_choice, check_finite, check_positive
 from .grids import check_eps
-from .score import call_score
-from .schedules import as_work
-from .sde import SDE
+from .sde import SDE, reverse_drift
 from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, rms_norm, solve_ode
 
 DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
@@ -108,10 +106,7 @@ def pf_drift(score_fn: Callable, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> 
         ValueError: the score has the wrong shape or holds NaN / inf (from ``call_score``).
     Reference: Song et al. 2021, Eq. (13); the same drift as ``sde.reverse(score_fn, True).sde``.
     """
-    tw = as_work(t)
-    f = bcast(sde.drift_coeff(tw), x).to(x.dtype)
-    g2 = bcast(sde.diffusion_coeff(tw) ** 2, x).to(x.dtype)
-    return f * x - 0.5 * g2 * call_score(score_fn, x, t.to(x.dtype))
+    return reverse_drift(sde, score_fn, x, t, probability_flow=True)
 
 
 def _check_common(sde: SDE, x: torch.Tensor, eps: float, name: str = "x") -> float:

@@ -47,7 +47,7 @@ def _check_x0(x0) -> None:
         raise TypeError(f"x0 must be a torch.Tensor of shape (B, ...); got {type(x0).__name__}")
     if x0.dim() < 2 or x0.shape[0] < 1:
         raise ValueError(f"x0 must have shape (B, *S) with a batch dimension and data dimensions; got {tuple(x0.shape)}")
-    check_finite("x0", x0)
+    check_finite("x0", x0, floating=True)
 
 
 def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:

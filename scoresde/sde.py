@@ -241,6 +241,30 @@ class SDE(abc.ABC):
         return self._cache[key]
 
 
+def reverse_drift(sde: "SDE", score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor,
+                  probability_flow: bool = False) -> torch.Tensor:
+    """Drift of the reverse-time SDE, f(t) x - g(t)^2 score(x, t), or with ``probability_flow``
+    of the probability-flow ODE, f(t) x - 1/2 g(t)^2 score(x, t).
+
+    The one implementation used by :class:`ReverseSDE`, the ODE sampler and the likelihood code.
+    It does not validate t (it sits in solvers' inner loops); the score receives t in float64
+    (so that discrete models map it to the right table step) and is checked for shape and NaN.
+
+    Arguments:
+        score_fn: callable (x (B, *S), t (B,)) -> (B, *S). x: (B, *S). t: (B,) times in [0, T].
+    Returns: (B, *S) in x's dtype (one call of ``score_fn``).
+    Raises: ValueError when the score has the wrong shape or holds NaN / inf.
+    Reference: Song et al. 2021, Eq. (6) and Eq. (13).
+    """
+    from .score import call_score  # score.py imports this module
+
+    tw = as_work(t)
+    f = bcast(sde.drift_coeff(tw), x).to(x.dtype)
+    g2 = bcast(sde.diffusion_coeff(tw) ** 2, x).to(x.dtype)
+    w = 0.5 if probability_flow else 1.0
+    return f * x - w * g2 * call_score(score_fn, x, tw).to(x.dtype)
+
+
 class ReverseSDE:
     """Reverse-time SDE dx = [f - g^2 score] dt + g dw-bar, or the probability-flow ODE.
 
@@ -270,15 +294,14 @@ class ReverseSDE:
     def _score(self, x, t):
         from .score import call_score  # score.py imports this module
 
-        return call_score(self.score_fn, x, t)
+        return call_score(self.score_fn, x, t).to(x.dtype)
 
     def sde(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reverse drift (B, *S) and diffusion (B,) at time t."""
-        drift, g = self.forward_sde.sde(x, t)
+        """Reverse drift (B, *S) and diffusion (B,) at time t (validated)."""
+        check_finite("x", x, floating=True)
         t = self.forward_sde._time(t, x)
-        w = 0.5 if self.probability_flow else 1.0
-        # t stays float64: a float32 t can land a discrete model one step off
-        drift = drift - bcast(g**2 * w, x).to(x.dtype) * self._score(x, t)
+        drift = reverse_drift(self.forward_sde, self.score_fn, x, t, self.probability_flow)
+        g = self.forward_sde.diffusion_coeff(t).to(_out_dtype(x))
         return drift, (torch.zeros_like(g) if self.probability_flow else g)
 
     def discretize(self, x: torch.Tensor, t, t_next=None) -> tuple[torch.Tensor, torch.Tensor]:

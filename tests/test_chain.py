@@ -2,7 +2,6 @@
 (cases C02, C03, C08; golden values of diffusers' scheduler tests)."""
 import math
 
-import numpy as np
 import pytest
 import torch
 

@@ -416,3 +416,9 @@ def test_hybrid_with_importance_sampling_trains_a_learned_variance_mlp():
                             generator=torch.Generator().manual_seed(2))
         d = sliced_wasserstein(x, fresh, n_projections=64, generator=torch.Generator().manual_seed(0))
         assert d < 0.3, (steps, d)
+
+
+def test_integer_x0_is_a_type_error_naming_x0():
+    sde = scoresde.VPSDE()
+    with pytest.raises(TypeError, match="x0"):
+        scoresde.dsm_loss(lambda x, t: -x, sde, torch.ones(4, 2, dtype=torch.long))

@@ -1,5 +1,4 @@
 """Score parameterizations and the one t -> network-input map (issue 2, item 4; cases C02, C09)."""
-import numpy as np
 import pytest
 import torch
 from torch import nn
