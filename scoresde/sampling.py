@@ -31,6 +31,7 @@ import torch
 from ._checks import bcast, check_choice, check_positive
 from .grids import SPACINGS, check_eps, time_grid
 from .likelihood import pf_drift
+from .score import ScoreModel
 from .sde import SDE
 from .solvers.common import ScoreEval, check_generator, generator_device
 from .solvers.correctors import CORRECTORS
@@ -50,8 +51,8 @@ OPTIONS = {
            "corrector_norm": "batch", "spacing": "uniform"},
     "sde": {"sde_method": "euler"},
     "ode": {"ode_method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "max_nfe": None, "min_step": None},
-    "ddpm": {"variance": None, "skip": "uniform", "clip_x0": False},
-    "ddim": {"eta": 0.0, "skip": "uniform", "clip_x0": False},
+    "ddpm": {"variance": None, "skip": "uniform", "clip_x0": False, "alphas": None},
+    "ddim": {"eta": 0.0, "skip": "uniform", "clip_x0": False, "alphas": None},
 }
 _DISCRETE = ("ddpm", "ddim")
 
@@ -174,8 +175,11 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
                 "dopri5"), ``rtol``, ``atol`` (> 0, default 1e-5), ``max_nfe``, ``min_step``.
             "ddpm": ``variance`` ("fixed_small", "fixed_large", "learned_range"; default
                 "learned_range" for a ScoreModel with ``learn_variance=True``, else
-                "fixed_small"), ``skip`` ("uniform", "quadratic"), ``clip_x0`` (False).
-            "ddim": ``eta`` in [0, 1] (default 0), ``skip``, ``clip_x0`` (False).
+                "fixed_small"), ``skip`` ("uniform", "quadratic"), ``clip_x0`` (False), ``alphas``
+                ("table": the DDPM table, the default for a ``ScoreModel(discrete=True)``;
+                "continuous": alpha-bar(t_i) of the continuous SDE, the default for any other
+                score, so that the chain matches the alpha, sigma the score was formed with).
+            "ddim": ``eta`` in [0, 1] (default 0), ``skip``, ``clip_x0`` (False), ``alphas``.
     Returns:
         The samples, a (B, *S) tensor (at eps for the continuous methods, at alpha-bar = 1 for
         "ddpm" / "ddim"); with ``return_info=True`` the pair (samples, :class:`SampleInfo`).
@@ -226,7 +230,10 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
     if method in _DISCRETE:
         if eps is not None:
             raise ValueError(f"eps does not apply to method {method!r}: it ends on alpha-bar = 1 (t = 0)")
-        chain = make_chain(sde, steps, opts["skip"])
+        alphas = opts["alphas"]
+        if alphas is None:  # the alpha-bar the model's score was formed with
+            alphas = "table" if isinstance(score_fn, ScoreModel) and score_fn.discrete else "continuous"
+        chain = make_chain(sde, steps, opts["skip"], alphas)
         if method == "ddim":
             eta = opts["eta"]
             check_positive("eta", eta, allow_zero=True)

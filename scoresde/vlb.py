@@ -81,7 +81,7 @@ def _eps_and_v(eps_model, x_k: torch.Tensor, t: torch.Tensor, ab: torch.Tensor, 
 
 def ddpm_vlb(eps_model: Callable, sde: SDE, x: torch.Tensor, *, num_levels: int = 256, timesteps=None,
              variance: str | None = None, clip_denoised: bool = False,
-             generator: torch.Generator | None = None) -> VLBResult:
+             generator: torch.Generator | None = None, alphas: str | None = None) -> VLBResult:
     """The DDPM / Improved DDPM variational bound on -log2 p(x) per dimension.
 
     Arguments:
@@ -102,6 +102,9 @@ def ddpm_vlb(eps_model: Callable, sde: SDE, x: torch.Tensor, *, num_levels: int 
         clip_denoised: clamp x0_hat to [-1, 1] before forming the posterior mean (as
             improved-diffusion's ``image_nll.py`` does by default); off by default.
         generator: ``torch.Generator`` for the draws of x_k.
+        alphas: "table" (the SDE's DDPM table) or "continuous" (alpha-bar(t_i) of the continuous
+            SDE; see :class:`~scoresde.chain.DiscreteChain`). Default: "continuous" for a
+            ``ScoreModel`` that is not ``discrete`` (a continuous-time model), else "table".
     Returns:
         :class:`VLBResult` with bpd (B,), prior_bpd (B,), terms (B, K) in bits per dimension
         (nats / (D ln 2)), timesteps (K,) and the variance used.
@@ -128,7 +131,9 @@ def ddpm_vlb(eps_model: Callable, sde: SDE, x: torch.Tensor, *, num_levels: int 
     if variance is None:
         variance = "learned_range" if learned else "fixed_small"
     check_choice("variance", variance, VARIANCES)
-    chain = DiscreteChain(sde, timesteps)
+    if alphas is None:  # the alpha-bar the model's eps was formed with
+        alphas = "continuous" if isinstance(eps_model, ScoreModel) and not eps_model.discrete else "table"
+    chain = DiscreteChain(sde, timesteps, alphas=alphas)
     K = len(chain)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     x0 = levels_to_float(x.long(), num_levels).to(device=x.device, dtype=dtype)

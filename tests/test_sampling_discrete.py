@@ -22,7 +22,7 @@ import torch
 from scoresde import ScoreModel, VPSDE, sample
 from scoresde.chain import DiscreteChain
 from scoresde.oracle import GaussianData
-from scoresde.solvers.discrete import ddim_coefficients
+from scoresde.solvers.discrete import ddim_coefficients, make_chain
 from scoresde.solvers.ode import solve_ode
 
 SDE = VPSDE()
@@ -255,3 +255,25 @@ def test_cosine_chain_stops_at_t_max():
     assert info.nfe == 994 and int(info.times[-1]) == 993 and max(seen) <= sde.T
     with pytest.raises(ValueError, match="steps"):
         sample(score, sde, (4, 2), method="ddim", steps=[0, 500, 999])
+
+
+def test_ddim_with_a_continuous_score_uses_the_continuous_alpha_bar():
+    """A continuous-time score walks the chain with alpha-bar(t_i) of the SDE (alphas="continuous",
+    the default for anything but a ScoreModel(discrete=True)): DDIM(eta=0) then converges at first
+    order to the exact probability flow of the Gaussian oracle from t = 1 to t = 0."""
+    from scoresde.oracle import GaussianData
+
+    sde = VPSDE()
+    data = GaussianData(0.5, 0.3, (2,))
+    score = data.score_fn(sde)
+    x_T = torch.randn((512, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = data.flow(sde, x_T, 1.0, 0.0)
+    errs = []
+    for K in (25, 50, 100, 200):
+        idx = [(k + 1) * (1000 // K) - 1 for k in range(K)]  # all start at step 999, t = 1
+        x, info = sample(score, sde, (512, 2), method="ddim", steps=idx, x_T=x_T, return_info=True)
+        errs.append(float((x - exact).abs().max()))
+    assert all(1.7 < errs[i] / errs[i + 1] < 2.3 for i in range(3)), errs
+    chain_cont = make_chain(sde, 50, alphas="continuous")
+    assert torch.allclose(chain_cont.alphas_cumprod, sde.alpha_bar(sde.index_to_t(chain_cont.timesteps)))
+    assert not torch.allclose(make_chain(sde, 50).alphas_cumprod, chain_cont.alphas_cumprod, rtol=1e-3)

@@ -40,7 +40,7 @@ from ..sde import VPSDE
 from .common import ScoreEval, randn
 
 
-def make_chain(sde, steps=None, skip: str = "uniform") -> DiscreteChain:
+def make_chain(sde, steps=None, skip: str = "uniform", alphas: str = "table") -> DiscreteChain:
     """The chain a DDPM / DDIM sampler walks: all N steps (steps=None) or a selection.
 
     For the cosine VP (T = t_max < 1) only the table steps with t_i = (i + 1) / N <= T are used
@@ -55,11 +55,12 @@ def make_chain(sde, steps=None, skip: str = "uniform") -> DiscreteChain:
     # the cosine VP stops at T = t_max < 1: its last table steps (t_i = (i + 1) / N > T) are not used
     n = int((sde.index_to_t(torch.arange(sde.N)) <= sde.T + 1e-12).sum())
     if n == sde.N:
-        return DiscreteChain(sde, timesteps=steps, skip=skip)
+        return DiscreteChain(sde, timesteps=steps, skip=skip, alphas=alphas)
     if isinstance(steps, (list, tuple, torch.Tensor)) and max(int(i) for i in steps) >= n:
         raise ValueError(f"steps: the table steps of this SDE end at index {n - 1} (t = T = {sde.T:g}); "
                          f"got {steps}")
-    return DiscreteChain(sde, timesteps=select_timesteps(n, n if steps is None else steps, skip), skip=skip)
+    return DiscreteChain(sde, timesteps=select_timesteps(n, n if steps is None else steps, skip), skip=skip,
+                         alphas=alphas)
 
 
 def ddim_coefficients(chain: DiscreteChain, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
