@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import _umask
+
 __all__ = ["atomic_file", "image_grid", "save_image_grid", "save_scatter", "save_quality_vs_nfe"]
 
 
@@ -30,6 +32,7 @@ def atomic_file(path, mode: str = "w"):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get ordinary permissions
         if mode == "path":
             os.close(fd)
             yield tmp

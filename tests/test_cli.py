@@ -247,3 +247,24 @@ def test_train_is_reproducible(tmp_path):
                      "--layers", "1", "--batch-size", "32", "--quiet"]) == 0
         states.append(torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["ema"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_device_is_checked_before_any_work(capsys, tmp_path):
+    """--device names itself: an unknown device or missing CUDA is not reported as a bad checkpoint."""
+    for dev, fragment in (("foo", "not a torch device"), ("cuda:7" if not torch.cuda.is_available() else "foo",
+                                                          "not")):
+        assert main(["sample", str(tmp_path), "--device", dev]) == 2
+        err = capsys.readouterr().err
+        assert "--device" in err and fragment in err and "checkpoint" not in err.split("--device")[1]
+
+
+def test_outputs_have_ordinary_permissions(tmp_path):
+    from scoresde.plotting import atomic_file
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "a.json") as f:
+            f.write("{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644

@@ -78,9 +78,24 @@ def _unit_float(text: str) -> float:
     return v
 
 
+def _device(text: str) -> str:
+    """A torch device this machine has (checked before any work, so the error names --device)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    return text
+
+
 def _add_common(p: argparse.ArgumentParser, seed: int = 0) -> None:
     p.add_argument("--seed", type=int, default=seed, help="random seed (sampling noise, data split draws)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: torch's default). One thread is the fast and safe choice for "
                         "the small networks of the demo: with 2 threads on a busy 2-core machine each step "
@@ -123,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a score model. If --out already holds a checkpoint, training resumes "
                                    "from it (its saved config wins over the model/SDE options here).")
     p.add_argument("--data", default="digits",
-                   help="'digits' (scikit-learn 8x8), a 2-D toy name (e.g. swiss_roll, moons, "
+                   help="'digits' (scikit-learn 8x8), a 2-D toy name (e.g. swiss_roll, two_moons, "
                         "8gaussians, checkerboard), or a path to .npy / .npz / an image folder")
     p.add_argument("--out", required=True, help="output folder (checkpoint, config, training log)")
     g = p.add_argument_group("SDE")
