@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..plotting import atomic_file
+from ..train import resolve_checkpoint
 
 TRAIN_ARGS = "train_args.json"
 #: train options that may change when a run is resumed
@@ -115,19 +116,6 @@ def make_model(args_d: dict, shape, sde):
 
 
 # ------------------------------------------------------------------------------------- checkpoints
-def resolve_checkpoint(path: str) -> str:
-    """A checkpoint file from a file or a training folder; FileNotFoundError if there is none."""
-    from ..train import CHECKPOINT_NAME
-    if os.path.isdir(path):
-        f = os.path.join(path, CHECKPOINT_NAME)
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"no checkpoint in folder {path} (expected {CHECKPOINT_NAME})")
-        return f
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such checkpoint: {path}")
-    return path
-
-
 def load_run(path: str, *, device="cpu", quiet=False):
     """(EMA score model in eval mode, sde, stored config, training Dataset or None) of a checkpoint."""
     from ..checkpoint import load_checkpoint
