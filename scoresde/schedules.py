@@ -82,6 +82,7 @@ class LinearSchedule:
         return torch.linspace(self.beta_min / N, self.beta_max / N, N, dtype=torch.float64)
 
     def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable), with "schedule": "linear"."""
         return {"schedule": "linear", "beta_min": self.beta_min, "beta_max": self.beta_max}
 
 
@@ -147,6 +148,7 @@ class CosineSchedule:
         return betas.clamp(max=self.max_beta)
 
     def config(self) -> dict:
+        """Constructor arguments (JSON-serialisable), with "schedule": "cosine"."""
         return {"schedule": "cosine", "s": self.s, "t_max": self.t_max}
 
 

@@ -43,7 +43,7 @@ def score_to_eps(score, sigma):
 
 
 def x0_to_eps(x0, x, alpha, sigma):
-    """eps = (x - alpha x0) / sigma."""
+    """eps = (x - alpha x0) / sigma, from x = alpha x0 + sigma eps. x0, x (B, *S); alpha, sigma (B,)."""
     return (x - bcast(alpha, x).to(x.dtype) * x0) / bcast(sigma, x).to(x.dtype)
 
 

@@ -133,6 +133,7 @@ class TrainConfig:
         return cls(**base)
 
     def to_dict(self) -> dict:
+        """The settings as a JSON-serialisable dict (stored in every checkpoint)."""
         d = dataclasses.asdict(self)
         d["adam_betas"] = list(d["adam_betas"])
         return d
