@@ -123,7 +123,9 @@ class TrainConfig:
         averaging horizon of 1/(1 - decay) = 1 000 updates instead of 10 000, so the EMA is
         not dominated by early weights, case C20), checkpoints and evaluations every
         max(steps // 10, 1) updates. Clip 1.0 and batch 128 are kept. ``overrides`` replace
-        any field.
+        any field. The warm-up depends on ``steps``: to resume a run for longer, pass the run's
+        warm-up explicitly (``small(2 * n, warmup=<saved warm-up>)``), since resuming requires
+        the same schedule.
         """
         check_positive("steps", steps, integer=True)
         every = max(steps // 10, 1)

@@ -175,6 +175,9 @@ def test_train_toy_and_resume(tmp_path):
     assert step1 == 40
     assert main(["train", "--data", "two_moons", "--out", str(out), "--steps", "50", "--quiet"]) == 0
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 50
+    # a setting that cannot change on resume is an error (as in the Python API), not silently ignored
+    assert main(["train", "--data", "two_moons", "--out", str(out), "--steps", "60", "--lr", "0.5", "--quiet"]) == 1
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 50
     assert main(["compare", str(out), "--methods", "euler_maruyama", "ode", "--steps", "5", "--ode-rtols", "1e-2",
                  "-n", "50", "--quiet", "--out", str(tmp_path / "cmp")]) == 0
     res = json.loads((tmp_path / "cmp" / "compare.json").read_text())

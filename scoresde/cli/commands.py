@@ -187,11 +187,11 @@ def run_train(args) -> dict:
         defaults = vars(build_parser().parse_args(["train", "--out", str(out)]))
         changed = [k for k in saved if k not in _RESUME_FREE and k in settings and settings[k] != saved[k]
                    and settings[k] != defaults.get(k)]
-        if changed:
-            _log(args, f"scoresde train: resuming {ckpt} (step {int(state.get('step', 0))}) with its saved settings; "
-                       f"ignoring {', '.join('--' + k.replace('_', '-') for k in changed)}")
-        else:
-            _log(args, f"scoresde train: resuming {ckpt} from step {int(state.get('step', 0))}")
+        if changed:  # as the Python API: a resumed run keeps its settings, so a different request is an error
+            diffs = ", ".join(f"--{k.replace('_', '-')} {settings[k]} (saved {saved[k]})" for k in changed)
+            raise ValueError(f"{out} holds a run whose settings cannot change on resume: {diffs}; omit them to "
+                             "resume, or train in another --out folder")
+        _log(args, f"scoresde train: resuming {ckpt} from step {int(state.get('step', 0))}")
         for k in _RESUME_FREE:
             saved[k] = settings[k]
         settings = saved

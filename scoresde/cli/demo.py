@@ -218,7 +218,8 @@ cell shows "the same" sample under each solver). Real test digits for comparison
 {result['n_reference']} test images in the 64 hidden features of a small digit classifier trained
 (seeded, in seconds) on the train split (`scoresde.metrics.digit_classifier`). Floor: the same distance between
 {result['quality_floor_text']}: **{result['quality_floor']:.2f}**. Bits/dim columns: PF-ODE rows on
-{result['bpd_points']} test images at that row's tolerance; DDPM rows by the variational bound of that chain.
+{result['bpd_points']} test images at that row's tolerance; DDPM rows by the variational bound of that (respaced)
+chain: an upper bound that is loose for short chains (it can exceed log2(levels), the bits/dim of a uniform model).
 
 {markdown_table(result)}
 
