@@ -46,6 +46,18 @@ def atomic_file(path, mode: str = "w"):
         raise
 
 
+def _save_png(fig, path) -> None:
+    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    try:
+        with atomic_file(path, "path") as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
+
+
 def image_grid(x, nrow: int | None = None, data_range=(-1.0, 1.0), pad: int = 1,
                pad_value: float = 1.0) -> np.ndarray:
     """Tile images into one array for display.
@@ -114,12 +126,7 @@ def save_scatter(x, path, reference=None, title: str | None = None) -> None:
     ax.legend(loc="upper right", fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        with atomic_file(path, "path") as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    _save_png(fig, path)
 
 
 def save_quality_vs_nfe(rows, path, quality_name: str, floor: float | None = None) -> None:
@@ -153,9 +160,4 @@ def save_quality_vs_nfe(rows, path, quality_name: str, floor: float | None = Non
     ax.set_ylabel(quality_name)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    try:
-        with atomic_file(path, "path") as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    _save_png(fig, path)
