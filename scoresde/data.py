@@ -35,6 +35,21 @@ import torch
 
 from ._checks import check_choice, check_positive
 
+__all__ = [
+    "Dataset",
+    "digits",
+    "digits_split",
+    "toy",
+    "from_array",
+    "image_folder",
+    "load_dataset",
+    "levels_to_float",
+    "float_to_levels",
+    "DIGITS_LEVELS",
+    "TOYS",
+    "TOY_RANGE",
+]
+
 DIGITS_LEVELS = 17
 DIGITS_N = 1797
 DIGITS_TRAIN = 1500

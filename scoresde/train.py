@@ -57,6 +57,21 @@ from .checkpoint import check_config, check_writable, config_diff, load_checkpoi
 from .score import ScoreModel
 from .sde import SDE, sde_from_config
 
+__all__ = [
+    "train",
+    "TrainConfig",
+    "TrainResult",
+    "load_score_model",
+    "resolve_checkpoint",
+    "shard_evaluate",
+    "setup_distributed",
+    "ema_model",
+    "ema_decay",
+    "model_config",
+    "CHECKPOINT_NAME",
+    "OBJECTIVES",
+]
+
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"
