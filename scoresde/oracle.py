@@ -5,6 +5,12 @@ p_t = N(alpha(t) mu, diag(v(t))), v(t) = alpha(t)^2 s^2 + sigma(t)^2, hence an e
 -(x - alpha mu) / v, an exact eps-predictor, an exact probability-flow map (the standardized
 coordinate (x - alpha mu) / sqrt(v) is constant along the flow) and an exact log-density.
 
+For a Gaussian mixture x_0 ~ sum_k w_k N(mu_k, diag(s_k^2)) (:class:`GaussianMixture`) the
+marginal stays a mixture, p_t = sum_k w_k N(alpha(t) mu_k, diag(alpha(t)^2 s_k^2 + sigma(t)^2)),
+so the score, E[x_0 | x_t] and log p_t are exact while the score is non-linear in x; the
+probability-flow map has no closed form and is solved to tight tolerance (the reference solution
+that fast ODE / SDE samplers are measured against).
+
 Reference: Song et al. 2021, App. D.1 (probability flow) and Sec. 4.3 (likelihood).
 """
 from __future__ import annotations
@@ -13,7 +19,7 @@ import math
 
 import torch
 
-from ._checks import as_time, bcast
+from ._checks import as_time, bcast, check_positive
 from .sde import SDE
 
 
@@ -110,3 +116,205 @@ class GaussianData:
         _, ve, _, _ = self._coef(sde, x, eps)
         dlogp = 0.5 * torch.log(vT / ve).expand(x.shape).reshape(x.shape[0], -1).sum(1)
         return sde.prior_logp(xT).to(torch.float64) + dlogp
+
+
+class GaussianMixture:
+    """Data sum_k w_k N(mu_k, diag(s_k^2)), K components in a trailing shape S.
+
+    Under the linear-Gaussian forward kernel N(alpha(t) x_0, sigma(t)^2 I) of every SDE here a
+    mixture stays a mixture: p_t = sum_k w_k N(alpha(t) mu_k, diag(alpha(t)^2 s_k^2 + sigma(t)^2)).
+    Hence exact scores (responsibility-weighted component scores, the responsibilities taken with
+    logsumexp), exact E[x_0 | x_t] (Tweedie) and exact log p_t; the probability-flow map is
+    non-linear and :meth:`flow` solves it numerically to tight tolerance.
+
+    Arguments:
+        weights: (K,) positive mixture weights, normalised internally.
+        means: (K, *S) component means; S = ``means.shape[1:]``, e.g. (K, 2) for 2-D data.
+        stds: component standard deviations (> 0): a number (shared), a (K,) tensor (isotropic
+            per component) or a (K, *S) tensor (diagonal).
+    Raises:
+        ValueError: ``weights`` not 1-D of length K, not finite or not all > 0; ``means`` with no
+            data dimension or non-finite; ``stds`` of another shape, non-finite or not all > 0.
+    Attributes:
+        weights (K,), means (K, *S), stds (K, *S): float64 tensors (weights normalised).
+    All methods compute in float64; ``score_fn`` / ``x0_fn`` / ``flow`` / ``marginal_sample``
+    return the dtype of their x input (or ``dtype``), ``logp`` returns float64.
+    Reference: Song et al. 2021, App. D.1 (probability flow), Eq. (13).
+    """
+
+    def __init__(self, weights, means, stds):
+        means = torch.as_tensor(means, dtype=torch.float64)
+        if means.dim() < 2:
+            raise ValueError(f"means must have shape (K, *S) with at least one data dimension (use (K, 1) for 1-D "
+                             f"data); got shape {tuple(means.shape)}")
+        if not bool(torch.isfinite(means).all()):
+            raise ValueError("means contains NaN or infinite values")
+        K, shape = means.shape[0], tuple(means.shape[1:])
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        if w.dim() != 1 or w.shape[0] != K:
+            raise ValueError(f"weights must have shape (K,) = ({K},) to match means {tuple(means.shape)}; "
+                             f"got shape {tuple(w.shape)}")
+        if not bool(torch.isfinite(w).all()) or not bool((w > 0).all()):
+            raise ValueError(f"weights must be finite and > 0; got {w.tolist()}")
+        s = torch.as_tensor(stds, dtype=torch.float64)
+        if s.dim() == 0:
+            s = s.expand(K, *shape)
+        elif s.dim() == 1 and s.shape[0] == K:
+            s = s.reshape(K, *([1] * len(shape))).expand(K, *shape)
+        elif tuple(s.shape) != (K, *shape):
+            raise ValueError(f"stds must be a number, shape (K,) = ({K},) or (K, *S) = {(K, *shape)}; "
+                             f"got shape {tuple(s.shape)}")
+        if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+            raise ValueError("stds must be finite and > 0")
+        self._shape = shape
+        self.weights = w / w.sum()
+        self.means = means.clone()
+        self.stds = s.clone()
+        self._logw = torch.log(self.weights)
+
+    @property
+    def shape(self) -> tuple:
+        """S, the shape of one sample."""
+        return self._shape
+
+    @property
+    def dim(self) -> int:
+        """D, the number of elements of one sample."""
+        return math.prod(self._shape)
+
+    @property
+    def K(self) -> int:
+        """The number of components."""
+        return int(self.weights.shape[0])
+
+    # ---- sampling ---------------------------------------------------------------------------
+    def sample(self, n: int, generator=None, dtype=torch.float64) -> torch.Tensor:
+        """n exact data samples, shape (n, *S), in ``dtype`` (on the generator's device, CPU by default)."""
+        check_positive("n", n, integer=True)
+        device = generator.device if generator is not None else None
+        k = torch.multinomial(self.weights.to(device), n, replacement=True, generator=generator)
+        z = torch.randn((n, *self._shape), generator=generator, dtype=torch.float64, device=device)
+        return (self.means.to(device)[k] + self.stds.to(device)[k] * z).to(dtype)
+
+    def marginal_sample(self, sde: SDE, t, n: int, generator=None, dtype=torch.float64) -> torch.Tensor:
+        """n exact samples of p_t, shape (n, *S): alpha(t) x_0 + sigma(t) z with x_0 from :meth:`sample`.
+
+        Arguments: t: a number or an (n,) tensor of times in [0, T].
+        Raises: ValueError for t outside [0, T] or of the wrong batch size.
+        """
+        x0 = self.sample(n, generator=generator, dtype=torch.float64)
+        t = as_time(t, x0, sde.T).to(torch.float64)
+        a, s = sde.mean_coeff(t).to(torch.float64), sde.marginal_std(t).to(torch.float64)
+        z = torch.randn(x0.shape, generator=generator, dtype=torch.float64, device=x0.device)
+        return (bcast(a, x0) * x0 + bcast(s, x0) * z).to(dtype)
+
+    # ---- exact marginal quantities ----------------------------------------------------------
+    def _check_x(self, x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point torch.Tensor; got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self._shape or x.dim() < 1:
+            raise ValueError(f"x must have shape (B, *S) = (B, {', '.join(map(str, self._shape))}); "
+                             f"got {tuple(x.shape)}")
+
+    def _coef(self, sde: SDE, x, t, name="t"):
+        t = as_time(t, x, sde.T, name=name).to(torch.float64)
+        return t, sde.mean_coeff(t).to(torch.float64), sde.marginal_std(t).to(torch.float64)
+
+    def _components(self, xd, a, s):
+        """Per-component log-densities (B, K) and the exact score (B, *S), for float64 x (B, *S)
+        and per-sample alpha, sigma (B,)."""
+        B, K = xd.shape[0], self.K
+        ones = [1] * len(self._shape)
+        a_, s_ = a.reshape(B, 1, *ones), s.reshape(B, 1, *ones)
+        mu, var0 = self.means.to(xd.device), self.stds.to(xd.device) ** 2
+        var = a_**2 * var0 + s_**2  # (B, K, *S)
+        diff = xd.unsqueeze(1) - a_ * mu
+        logn = -0.5 * (torch.log(2 * math.pi * var) + diff**2 / var).reshape(B, K, -1).sum(-1)
+        logits = self._logw.to(xd.device) + logn  # (B, K)
+        r = torch.softmax(logits, dim=1).reshape(B, K, *ones)
+        score = -(r * diff / var).sum(1)
+        return logits, score
+
+    def score_fn(self, sde: SDE):
+        """Exact score grad_x log p_t(x): (x (B, *S), t (B,) or number) -> (B, *S) in x's dtype.
+
+        At t = 0 with sigma(0) = 0 it is the data score (component variances s_k^2 > 0).
+        Raises (when called): ValueError for t outside [0, T] or x of the wrong shape.
+        """
+
+        def score(x, t):
+            self._check_x(x)
+            _, a, s = self._coef(sde, x, t)
+            return self._components(x.to(torch.float64), a, s)[1].to(x.dtype)
+
+        return score
+
+    def x0_fn(self, sde: SDE):
+        """Exact E[x_0 | x_t] = (x + sigma(t)^2 score(x, t)) / alpha(t) (Tweedie):
+        (x (B, *S), t (B,) or number) -> (B, *S) in x's dtype."""
+
+        def x0(x, t):
+            self._check_x(x)
+            _, a, s = self._coef(sde, x, t)
+            xd = x.to(torch.float64)
+            sc = self._components(xd, a, s)[1]
+            return ((xd + bcast(s**2, xd) * sc) / bcast(a, xd)).to(x.dtype)
+
+        return x0
+
+    def logp(self, sde: SDE, x: torch.Tensor, t) -> torch.Tensor:
+        """Exact log p_t(x) in nats per sample, shape (B,), float64 (differentiable in x).
+
+        Raises: ValueError for t outside [0, T] or x of the wrong shape.
+        """
+        self._check_x(x)
+        _, a, s = self._coef(sde, x, t)
+        logits, _ = self._components(x.to(torch.float64), a, s)
+        return torch.logsumexp(logits, dim=1)
+
+    # ---- reference probability flow ---------------------------------------------------------
+    def flow(self, sde: SDE, x: torch.Tensor, t0, t1, rtol: float = 1e-10, atol: float = 1e-10) -> torch.Tensor:
+        """Probability-flow map of x from time t0 to t1 (either direction), the reference solution.
+
+        Integrates dx/dt = f(t) x - 1/2 g(t)^2 score(x, t) with the exact score in float64 by
+        ``scipy.integrate.solve_ivp(method="DOP853", rtol=rtol, atol=atol)`` on the flattened
+        batch (one system, so the step size is shared by all samples). It has no closed form.
+
+        Arguments:
+            x: (B, *S) states at t0. t0, t1: numbers, or (B,) tensors holding one value.
+            rtol, atol: solver tolerances (> 0).
+        Returns: (B, *S) at t1, in x's dtype and on x's device.
+        Raises:
+            ValueError: t0 / t1 outside [0, T] or not one value per batch; x of the wrong shape.
+            RuntimeError: solve_ivp fails (the message names its status).
+        Reference: Song et al. 2021, Eq. (13) and App. D.1.
+        """
+        from scipy.integrate import solve_ivp
+
+        self._check_x(x)
+        check_positive("rtol", rtol)
+        check_positive("atol", atol)
+        ta, tb = (self._coef(sde, x, t, name=nm)[0] for t, nm in ((t0, "t0"), (t1, "t1")))
+        for tt, nm in ((ta, "t0"), (tb, "t1")):
+            if bool((tt != tt[0]).any()):
+                raise ValueError(f"{nm} must take one value for the whole batch (one ODE solve)")
+        ta, tb = float(ta[0]), float(tb[0])
+        xd = x.detach().to(device="cpu", dtype=torch.float64)
+        if ta == tb:
+            return xd.to(device=x.device, dtype=x.dtype)
+        B = xd.shape[0]
+
+        def rhs(t, y):
+            xt = torch.from_numpy(y).reshape(xd.shape)
+            tt = torch.full((B,), t, dtype=torch.float64)
+            a, s = sde.mean_coeff(tt).to(torch.float64), sde.marginal_std(tt).to(torch.float64)
+            f = float(sde.drift_coeff(tt[:1])[0])
+            g2 = float(sde.diffusion_coeff(tt[:1])[0]) ** 2
+            dx = f * xt - 0.5 * g2 * self._components(xt, a, s)[1]
+            return dx.reshape(-1).numpy()
+
+        sol = solve_ivp(rhs, (ta, tb), xd.reshape(-1).numpy(), method="DOP853", rtol=rtol, atol=atol, t_eval=[tb])
+        if sol.status != 0 or not sol.success:
+            raise RuntimeError(f"solve_ivp (DOP853) failed with status {sol.status}: {sol.message}")
+        out = torch.from_numpy(sol.y[:, -1].copy()).reshape(xd.shape)
+        return out.to(device=x.device, dtype=x.dtype)
