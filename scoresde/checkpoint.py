@@ -8,10 +8,21 @@ Windows), so the checkpoint name always holds either the previous complete file 
 complete file, never a partial one, even if the process is killed mid-write.
 
 Layout written by :func:`save_checkpoint` (the training loop fills it, see ``scoresde.train``):
-    {"format": "scoresde-checkpoint", "version": 1, "torch_version": str, ...the caller's keys}
+    {"format": "scoresde-checkpoint", "version": 1, "torch_version": str, ...the caller's keys,
+     "digests": {"algorithm": "sha256", "tensors": {entry: hex}, "structure": hex}}
+
+Integrity: "digests" holds the sha256 of every tensor (its dtype, shape and raw bytes, keyed by
+its location such as ``state['ema']['module.net.mlp.0.weight']``) and of everything else (the
+nesting, keys, numbers and strings). :func:`load_checkpoint` recomputes them and raises
+:class:`CheckpointError` naming the file and the first entry that differs, so a bit flipped on
+disk (torch's zip records carry no checksum that ``torch.load`` verifies) is an error instead of
+weights of size 1e37. It also refuses NaN / inf in the weights ("model", "ema"). Files without
+"digests" (written by scoresde before digests were added) still load, with a
+:class:`CheckpointWarning` that their integrity cannot be checked.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import re
@@ -23,7 +34,101 @@ import torch
 
 FORMAT = "scoresde-checkpoint"
 VERSION = 1
+DIGEST_KEY = "digests"
+#: the entries whose floating tensors must be finite on load (the online and EMA weights)
+WEIGHT_KEYS = ("model", "ema")
 _PLAIN = (int, float, bool, str, type(None))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be trusted: corrupt, truncated, foreign, unsafe, a newer
+    format, a tensor that does not match its stored digest, or non-finite weights. The message
+    is one line naming the file (and, for a digest mismatch, the first bad entry)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint loaded without an integrity check (it was written without digests)."""
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    """sha256 of a tensor's dtype, shape and raw (C-contiguous, CPU) bytes."""
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        flat = t.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+        h.update(memoryview(flat.view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def _walk(obj, where: str, tensors: list, parts: list) -> None:
+    """Collect (location, tensor) pairs and a canonical text of everything that is not a tensor."""
+    if isinstance(obj, torch.Tensor):
+        tensors.append((where, obj))
+        parts.append("T")
+    elif isinstance(obj, dict):
+        parts.append("{")
+        for k, v in obj.items():
+            parts.append(f"{type(k).__name__}:{k!r}=")
+            _walk(v, f"{where}[{k!r}]", tensors, parts)
+            parts.append(",")
+        parts.append("}")
+    elif isinstance(obj, (list, tuple)):
+        parts.append("[" if isinstance(obj, list) else "(")
+        for i, v in enumerate(obj):
+            _walk(v, f"{where}[{i}]", tensors, parts)
+            parts.append(",")
+        parts.append("]" if isinstance(obj, list) else ")")
+    else:
+        parts.append(f"{type(obj).__name__}:{obj!r}")
+
+
+def state_digests(state: dict) -> dict:
+    """The "digests" entry of a checkpoint: sha256 of every tensor and of the non-tensor content.
+
+    Returns: {"algorithm": "sha256", "tensors": {location: hex}, "structure": hex}; locations
+    read like ``state['model']['net.mlp.0.weight']``.
+    """
+    tensors, parts = [], []
+    _walk(state, "state", tensors, parts)
+    return {"algorithm": "sha256", "tensors": {w: _tensor_digest(t) for w, t in tensors},
+            "structure": hashlib.sha256("".join(parts).encode()).hexdigest()}
+
+
+def _verify(path: str, state: dict) -> None:
+    """Raise CheckpointError unless ``state`` matches its digests and its weights are finite."""
+    stored = state.pop(DIGEST_KEY, None)
+    if stored is None:
+        warnings.warn(f"{path} has no tensor digests (written by an older scoresde): its integrity cannot be "
+                      "checked; save it again (e.g. resume training) to add them", CheckpointWarning, stacklevel=3)
+    else:
+        if not (isinstance(stored, dict) and stored.get("algorithm") == "sha256"
+                and isinstance(stored.get("tensors"), dict) and isinstance(stored.get("structure"), str)):
+            raise CheckpointError(f"{path} is corrupt: its '{DIGEST_KEY}' entry is damaged")
+        tensors, parts = [], []
+        _walk(state, "state", tensors, parts)
+        want = stored["tensors"]
+        for where, t in tensors:
+            if where not in want:
+                raise CheckpointError(f"{path} is corrupt: tensor {where} has no stored digest (first bad entry)")
+            if _tensor_digest(t) != want[where]:
+                raise CheckpointError(f"{path} is corrupt: tensor {where} does not match the sha256 digest stored "
+                                      "when the file was written (first bad entry)")
+        found = {w for w, _ in tensors}
+        missing = [w for w in want if w not in found]
+        if missing:
+            raise CheckpointError(f"{path} is corrupt: tensor {missing[0]} is missing (first bad entry)")
+        if hashlib.sha256("".join(parts).encode()).hexdigest() != stored["structure"]:
+            raise CheckpointError(f"{path} is corrupt: its non-tensor content (step, config, keys) does not match "
+                                  "the sha256 digest stored when the file was written")
+    tensors = []
+    for key in WEIGHT_KEYS:
+        if key in state:
+            _walk(state[key], f"state[{key!r}]", tensors, [])
+    for where, t in tensors:
+        if t.is_floating_point() or t.is_complex():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise CheckpointError(f"{path} holds non-finite weights: {where} has {bad} NaN / inf value(s) of "
+                                      f"{t.numel()}")
 
 
 def _check_plain(obj, where: str = "state") -> None:
@@ -100,7 +205,8 @@ def save_checkpoint(path, state: dict) -> str:
     Arguments:
         path: target file name.
         state: dict of tensors, dicts, lists, numbers, strings, None. The keys "format",
-            "version" and "torch_version" are added.
+            "version" and "torch_version" are added, and "digests" (:func:`state_digests`, the
+            sha256 of every tensor and of the rest), which :func:`load_checkpoint` verifies.
     Returns: the absolute path written.
     Raises:
         TypeError: state is not a dict or holds another kind of object (named with its location).
@@ -114,8 +220,11 @@ def save_checkpoint(path, state: dict) -> str:
                          f"{os.path.join(path, 'checkpoint.pt')}")
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict; got {type(state).__name__}")
+    if DIGEST_KEY in state:
+        raise ValueError(f"state key {DIGEST_KEY!r} is reserved (save_checkpoint adds it)")
     full = {"format": FORMAT, "version": VERSION, "torch_version": str(torch.__version__), **state}
     _check_plain(full)
+    full[DIGEST_KEY] = state_digests(full)
     folder = os.path.dirname(path)
     check_writable(folder)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=folder)
@@ -157,12 +266,19 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     Arguments:
         path: the file.
         map_location: passed to ``torch.load`` (default "cpu").
-    Returns: the state dict (including "format", "version", "torch_version").
+    Returns: the state dict as saved (including "format", "version", "torch_version"; the
+        verified "digests" entry is removed).
     Raises:
         FileNotFoundError: no such file.
-        ValueError (one line): the file is corrupt or truncated, is not a torch file, holds
-            objects other than tensors and plain containers (unsafe to load), or is a torch
-            file that is not a scoresde checkpoint (foreign), or has a newer format version.
+        CheckpointError (a ValueError; one line naming the file): the file is corrupt or
+            truncated, is not a torch file, holds objects other than tensors and plain containers
+            (unsafe to load), is a torch file that is not a scoresde checkpoint (foreign), has a
+            newer format version, has a tensor (named: the first bad entry) or other content
+            that does not match the sha256 digests stored when it was written, or holds NaN /
+            inf in its weights ("model", "ema").
+    Warns:
+        CheckpointWarning: the file has no digests (written before they were added); it is
+        loaded without the integrity check.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -176,16 +292,17 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         # unsupported GLOBAL posix.system whose module posix is blocked"
         unsafe = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", str(e), re.IGNORECASE)
         if unsafe:
-            raise ValueError(f"{path} is not a scoresde checkpoint: it holds Python objects that are unsafe to "
+            raise CheckpointError(f"{path} is not a scoresde checkpoint: it holds Python objects that are unsafe to "
                              f"load ({unsafe.group(1)}; refused by weights_only=True)") from None
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt, or not a torch file: {_reason(e)})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, or not a torch file: {_reason(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as e:
-        raise ValueError(f"{path} is not a readable checkpoint (corrupt or truncated file: {_reason(e)})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated file: {_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is a torch file but not a scoresde checkpoint (no 'format': {FORMAT!r} entry)")
+        raise CheckpointError(f"{path} is a torch file but not a scoresde checkpoint (no 'format': {FORMAT!r} entry)")
     if not isinstance(state.get("version"), int) or state["version"] > VERSION:
-        raise ValueError(f"{path} has checkpoint format version {state.get('version')!r}; this scoresde reads "
-                         f"versions <= {VERSION}")
+        raise CheckpointError(f"{path} has checkpoint format version {state.get('version')!r}; this scoresde "
+                              f"reads versions <= {VERSION}")
+    _verify(path, state)
     return state
 
 

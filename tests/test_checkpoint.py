@@ -4,15 +4,19 @@ Numbers checked: a write killed (SIGKILL) mid-write or just before the rename le
 checkpoint loadable and byte-identical under the checkpoint name (issue 6).
 """
 import os
+import re
 import signal
+import struct
 import subprocess
 import sys
+import warnings
+import zipfile
 
 import pytest
 import torch
 
-from scoresde.checkpoint import (FORMAT, check_config, check_writable, config_diff, load_checkpoint,
-                                 save_checkpoint)
+from scoresde.checkpoint import (FORMAT, CheckpointError, CheckpointWarning, check_config, check_writable,
+                                 config_diff, load_checkpoint, save_checkpoint)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -177,3 +181,119 @@ def test_config_diff_and_check():
         check_config(saved, {"sde": {"sde": "VPSDE", "beta_max": 10.0}, "net": {"hidden": 64, "layers": [1, 2]},
                              "b": 2}, "c.pt")
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------------ integrity (issue 10, item 2)
+def _real_checkpoint(folder):
+    """A checkpoint written by scoresde.train: model, EMA, Adam state, RNG state, config."""
+    import scoresde
+    from scoresde.data import toy
+    from scoresde.models import MLP
+    from scoresde.train import TrainConfig, train
+
+    sde = scoresde.VPSDE()
+    torch.manual_seed(0)
+    model = scoresde.ScoreModel(MLP(2, hidden=8, num_layers=1, embed_dim=8), sde)
+    res = train(model, sde, "dsm", toy("two_moons", 64),
+                TrainConfig(steps=2, batch_size=8, quiet=True, log_every=1, out_dir=str(folder)))
+    return res.checkpoint, res
+
+
+def _tensor_records(path):
+    """(name, byte offset, size) of every tensor data record in a torch.save zip file."""
+    out = []
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        for info in z.infolist():
+            if re.fullmatch(r"[^/]+/data/\d+", info.filename) and info.file_size:
+                assert info.compress_type == zipfile.ZIP_STORED  # torch stores records uncompressed
+                f.seek(info.header_offset)
+                head = f.read(30)  # the local file header; its name / extra lengths at bytes 26..29
+                assert head[:4] == b"PK\x03\x04"
+                name_len, extra_len = struct.unpack("<HH", head[26:30])
+                out.append((info.filename, info.header_offset + 30 + name_len + extra_len, info.file_size))
+    return out
+
+
+def test_flipped_bit_in_every_tensor_record_is_a_checkpoint_error(tmp_path):
+    """Before: one flipped exponent bit in any record loaded silently (72 of 72). After: each is named."""
+    path, _ = _real_checkpoint(tmp_path / "run")
+    raw = open(path, "rb").read()
+    records = _tensor_records(path)
+    assert len(records) >= 20  # model, EMA, Adam moments, step counters, RNG state
+    bad = tmp_path / "flipped.pt"
+    named = set()
+    for name, offset, size in records:
+        data = bytearray(raw)
+        # byte 2, bit 7 of the first element: the lowest exponent bit of a little-endian float32
+        # (the value doubles or halves, staying finite); another bit for shorter records
+        pos, mask = (offset + 2, 0x80) if size >= 4 else (offset, 0x01)
+        data[pos] ^= mask
+        bad.write_bytes(bytes(data))
+        # torch.load itself reads the damaged file without complaint (it checks no CRC)
+        with pytest.raises(CheckpointError) as e:
+            load_checkpoint(bad)
+        msg = str(e.value)
+        assert "\n" not in msg and str(bad) in msg, msg
+        m = re.search(r"tensor (state\[.+?\]) does not match the sha256 digest", msg)
+        assert m, (name, msg)
+        named.add(m.group(1))
+    assert any("['ema']" in n for n in named) and any("['model']" in n for n in named)
+    assert any("['optimizer']" in n for n in named) and any("['rng']" in n for n in named)
+
+
+def test_untouched_file_loads_bit_identically(tmp_path):
+    path, res = _real_checkpoint(tmp_path / "run")
+    raw = open(path, "rb").read()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning for a file with digests
+        state = load_checkpoint(path)
+    assert open(path, "rb").read() == raw and "digests" not in state
+    for name, ref in [("model", res.model.state_dict())]:
+        assert list(state[name]) == list(ref)
+        for k, v in ref.items():
+            assert state[name][k].dtype == v.dtype and torch.equal(state[name][k], v), k
+    plain = torch.load(path, weights_only=True)
+    assert set(plain) == set(state) | {"digests"}
+    for k in ("ema", "optimizer", "rng"):
+        assert repr(plain[k]) == repr(state[k])
+
+
+def test_old_format_file_without_digests_loads_with_a_warning(tmp_path):
+    p = tmp_path / "old.pt"
+    old = {"format": FORMAT, "version": 1, "torch_version": str(torch.__version__), **_state(3.0)}
+    torch.save(old, p)  # what save_checkpoint wrote before digests were added
+    with pytest.warns(CheckpointWarning, match="no tensor digests") as rec:
+        s = load_checkpoint(p)
+    assert str(p) in str(rec[0].message)
+    assert torch.equal(s["model"]["w"], torch.full((3,), 3.0)) and s["step"] == 3
+
+
+def test_non_finite_weights_are_refused(tmp_path):
+    for value, key in ((float("nan"), "model"), (float("inf"), "ema")):
+        st = _state()
+        st[key] = {"module.w": torch.tensor([1.0, value, 2.0])} if key == "ema" else {"w": torch.tensor([value])}
+        p = save_checkpoint(tmp_path / f"{key}.pt", st)  # digests are valid: the weights were saved so
+        with pytest.raises(CheckpointError, match=rf"non-finite weights: state\['{key}'\]\['(module\.)?w'\] "
+                                                  r"has 1 NaN / inf"):
+            load_checkpoint(p)
+    old = tmp_path / "old.pt"  # also without digests
+    torch.save({"format": FORMAT, "version": 1, "model": {"w": torch.tensor([float("inf")])}}, old)
+    with pytest.warns(CheckpointWarning), pytest.raises(CheckpointError, match="non-finite"):
+        load_checkpoint(old)
+
+
+def test_changed_non_tensor_content_is_detected(tmp_path):
+    p = save_checkpoint(tmp_path / "c.pt", _state())
+    raw = torch.load(p, weights_only=True)
+    raw["step"] = 4  # e.g. a flip inside the pickle that still unpickles
+    torch.save(raw, p)
+    with pytest.raises(CheckpointError, match="non-tensor content"):
+        load_checkpoint(p)
+    raw = torch.load(p, weights_only=True)
+    raw["step"] = 3
+    raw["model"]["extra"] = torch.zeros(1)
+    torch.save(raw, p)
+    with pytest.raises(CheckpointError, match=r"tensor state\['model'\]\['extra'\] has no stored digest"):
+        load_checkpoint(p)
+    with pytest.raises(ValueError, match="reserved"):
+        save_checkpoint(tmp_path / "d.pt", {"digests": {}})
