@@ -22,8 +22,8 @@ import torch
 from ._checks import check_choice, check_positive
 from .sde import SDE
 
-SPACINGS = ("uniform", "quadratic", "logsnr")
-SKIPS = ("uniform", "quadratic")
+SPACINGS = ("uniform", "quadratic", "logsnr", "karras")
+SKIPS = ("uniform", "quadratic", "leading")
 
 
 def check_eps(eps: float, sde: SDE) -> float:
@@ -34,8 +34,8 @@ def check_eps(eps: float, sde: SDE) -> float:
     return float(eps)
 
 
-def time_grid(sde: SDE, steps: int, eps: float | None = None, spacing: str = "uniform", *, device=None,
-              dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def time_grid(sde: SDE, steps: int, eps: float | None = None, spacing: str = "uniform", *, rho: float = 7.0,
+              device=None, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Descending grid of ``steps + 1`` continuous times from T to eps.
 
     Arguments:
@@ -43,14 +43,18 @@ def time_grid(sde: SDE, steps: int, eps: float | None = None, spacing: str = "un
         steps: number of steps (>= 1).
         eps: last time, in (0, T); default ``sde.default_eps``.
         spacing: "uniform" in t; "quadratic" in t (dense near eps: t_k = eps + (T - eps)(1 - k/steps)^2);
-            "logsnr" uniform in log-SNR (DPM-Solver's choice).
+            "logsnr" uniform in log-SNR (DPM-Solver's choice); "karras": EDM's rho-schedule in
+            sigma-tilde = sigma / alpha = exp(-lambda), sigma-tilde_k = (s_T^(1/rho) + k / steps
+            (s_eps^(1/rho) - s_T^(1/rho)))^rho (Karras et al. 2022, Eq. (5)); rho -> inf is "logsnr".
+        rho: the "karras" exponent (> 0, default 7); ignored by the other spacings.
         device, dtype: of the result (float64 by default, so that grid ends are exact).
     Returns:
         (steps + 1,) tensor with grid[0] == T and grid[-1] == eps exactly, strictly decreasing.
     Raises:
-        ValueError: steps < 1, eps outside (0, T), unknown spacing.
+        ValueError: steps < 1, eps outside (0, T), unknown spacing, rho <= 0.
     """
     check_positive("steps", steps, integer=True)
+    check_positive("rho", rho)
     eps = check_eps(sde.default_eps if eps is None else eps, sde)
     check_choice("spacing", spacing, SPACINGS)
     T = sde.T
@@ -59,9 +63,13 @@ def time_grid(sde: SDE, steps: int, eps: float | None = None, spacing: str = "un
         grid = T + (eps - T) * u
     elif spacing == "quadratic":
         grid = eps + (T - eps) * (1.0 - u) ** 2
-    else:
+    elif spacing == "logsnr":
         lam = sde.log_snr(torch.tensor([T, eps], dtype=torch.float64))
         grid = sde.t_from_log_snr(lam[0] + (lam[1] - lam[0]) * u)
+    else:  # karras: sigma-tilde = exp(-lambda) = exp(-log_snr / 2)
+        log_st = -0.5 * sde.log_snr(torch.tensor([T, eps], dtype=torch.float64))
+        lo, hi = torch.exp(log_st[1] / rho), torch.exp(log_st[0] / rho)
+        grid = sde.t_from_log_snr(-2.0 * rho * torch.log(hi + (lo - hi) * u))
     grid[0], grid[-1] = T, eps
     if not bool((grid[1:] < grid[:-1]).all()):
         raise ValueError(f"the {spacing!r} grid with steps={steps} and eps={eps} is not strictly decreasing "
@@ -72,9 +80,14 @@ def time_grid(sde: SDE, steps: int, eps: float | None = None, spacing: str = "un
 def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
     """Improved DDPM's respacing: which of ``num_timesteps`` steps to keep.
 
-    ``section_counts`` is "ddimK" (DDIM's integer stride giving exactly K steps), "K" or
-    "K1,K2,..." (equal sections of [0, N), each strided evenly with rounding), or a list of ints
-    of the latter kind. Returns the sorted kept indices.
+    ``section_counts`` is "ddimK" (DDIM's integer stride giving exactly K steps: 0, s, 2s, ...,
+    kept exactly as improved-diffusion has it, for reproducing published numbers; like
+    ``skip="leading"`` it does not start at step N - 1 unless the stride divides N - 1), "K" or
+    "K1,K2,..." (equal sections of [0, N), each strided evenly with rounding from its first to its
+    last step, so the last section always ends on N - 1), or a list of ints of the latter kind.
+    A section of count 1 keeps its last step (improved-diffusion keeps its first, which for "1"
+    would be step 0, a chain that never leaves the data end), so "1" is [N - 1]. Returns the
+    sorted kept indices.
 
     Raises: ValueError when a section cannot hold its count or no DDIM stride gives K steps.
     Reference: Nichol & Dhariwal 2021, Sec. 4; improved-diffusion ``space_timesteps``.
@@ -107,8 +120,11 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
         size = size_per + (1 if i < extra else 0)
         if size < count:
             raise ValueError(f"steps spec {section_counts!r}: cannot take {count} steps from a section of {size}")
-        frac = 1.0 if count <= 1 else (size - 1) / (count - 1)
-        kept += [start + round(j * frac) for j in range(count)]
+        if count == 1:  # one step from the section's top (improved-diffusion takes its bottom)
+            kept.append(start + size - 1)
+        else:
+            frac = (size - 1) / (count - 1)
+            kept += [start + round(j * frac) for j in range(count)]
         start += size
     return sorted(set(kept))
 
@@ -116,19 +132,39 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
 def select_timesteps(N: int, steps, skip: str = "uniform") -> torch.Tensor:
     """Integer steps of the N-step discrete chain that a DDPM / DDIM sampler visits.
 
+    Every selection made from an int K (except ``skip="leading"``) or a respacing string "K" /
+    "K1,K2,..." holds the last step N - 1, so the sampler starts at alpha-bar[N - 1], the end of
+    the forward chain that the prior N(0, I) approximates; K = 1 is the single step N - 1, a
+    one-step jump from T to alpha-bar = 1 (x0-prediction from the prior draw).
+
     Arguments:
         N: length of the chain.
-        steps: an int K with ``skip`` "uniform" (stride N // K: 0, s, 2s, ..., (K-1)s, the DDIM
-            paper's and diffusers' "leading" spacing) or "quadratic" (DDIM App. D.2:
-            int(linspace(0, sqrt(0.8 N), K)^2), with repeated steps dropped, so K = 50 at N = 1000
-            gives 45 distinct steps); a respacing string as in
-            :func:`space_timesteps` ("ddim50", "10,15,20"); or an explicit list of indices.
-        skip: "uniform" or "quadratic" (only used with an int).
+        steps: an int K with ``skip``:
+            "uniform" (default): diffusers' "trailing" spacing, round(N - j N / K) - 1 for
+                j = 0..K-1 (N - 1, N - 1 - N / K, ...; equal gaps of N / K, rounded);
+            "quadratic": the trailing form of DDIM App. D.2's quadratic selection, with gaps
+                growing quadratically towards T: round(N ((j + 1) / K)^2) - 1 for j = 0..K-1
+                (at least 0, repeats dropped, so K = 500 at N = 1000 gives fewer distinct steps);
+                K = 10 at N = 1000: 9, 39, 89, ..., 809, 999. DDIM's own
+                int(linspace(0, sqrt(0.8 N), K)^2) stops at step 0.8 N (800); pass that list
+                explicitly to reproduce it. (Shifting it up to end on N - 1 instead would make the
+                last jump one from step 0.2 N to the data: measured on N(5, 0.5^2) at K = 10 its
+                std error is -0.222, against -0.077 for this selection);
+            "leading": the DDIM paper's stride N // K, 0, s, 2s, ..., (K - 1) s (diffusers'
+                ``timestep_spacing="leading"`` with ``steps_offset=0``): it never holds N - 1
+                (K = 10 at N = 1000 starts at step 900, K = 1 is step 0, pure noise); only for
+                reproducing published numbers;
+            or a respacing string as in :func:`space_timesteps` ("250", "10,15,20", or "ddim50",
+            improved-diffusion's DDIM stride, which like "leading" is kept as published); or an
+            explicit list of indices (used as given).
+        skip: "uniform", "quadratic" or "leading" (only used with an int).
     Returns:
         int64 tensor of K sorted, distinct indices in [0, N - 1] (ascending; samplers walk it
         backwards, the step after index ``ts[0]`` landing on alpha-bar = 1).
     Raises:
         ValueError: K < 1 or K > N, unknown skip, a list with duplicates or indices outside [0, N-1].
+    Reference: Song, Meng & Ermon 2021, Sec. 4.2, App. D.2; Lin et al. 2024 ("Common diffusion
+    noise schedules and sample steps are flawed", Sec. 3.3: trailing spacing); diffusers' schedulers.
     """
     if isinstance(steps, str):
         idx = space_timesteps(N, steps)
@@ -138,11 +174,15 @@ def select_timesteps(N: int, steps, skip: str = "uniform") -> torch.Tensor:
             raise ValueError(f"steps must lie in [1, N={N}]; got {steps}")
         check_choice("skip", skip, SKIPS)
         if skip == "uniform":
+            # diffusers' "trailing": gaps of N / K >= 1, so the rounded steps are distinct
+            idx = sorted(int(v) for v in np.round(N - np.arange(steps) * (N / steps)) - 1)
+        elif skip == "leading":
             idx = [i * (N // steps) for i in range(steps)]
         else:
-            # int() repeats the first few steps for larger K (e.g. 0, 0, 1, ...); the DDIM code walks the
-            # repeats as no-op steps (alpha-bar unchanged), so dropping them leaves the samples unchanged
-            idx = sorted(set(int(v) for v in np.linspace(0, np.sqrt(N * 0.8), steps) ** 2))
+            # rounding repeats the first few steps for larger K (e.g. 0, 0, 1, ...); a repeat is a no-op
+            # step (alpha-bar unchanged), so dropping it leaves the samples unchanged
+            q = np.round(N * (np.arange(1, steps + 1) / steps) ** 2)
+            idx = sorted(set(int(max(v, 1.0)) - 1 for v in q))
     elif isinstance(steps, (Sequence, torch.Tensor, np.ndarray)):
         idx = [int(i) for i in (steps.tolist() if hasattr(steps, "tolist") else steps)]
         if len(idx) == 0 or len(set(idx)) != len(idx) or min(idx) < 0 or max(idx) > N - 1:

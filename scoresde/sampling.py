@@ -28,33 +28,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import bcast, check_choice, check_positive
-from .grids import SPACINGS, check_eps, time_grid
-from .likelihood import pf_drift
-from .score import ScoreModel
+from ._checks import bcast
 from .sde import SDE
+from .solvers.base import SOLVERS, get_solver
 from .solvers.common import ScoreEval, check_generator, generator_device
-from .solvers.correctors import CORRECTORS
-from .solvers.discrete import ddim_sample, ddpm_sample, make_chain
-from .solvers.ode import ADAPTIVE_METHODS, METHODS as ODE_METHODS, solve_ode
-from .solvers.predictors import PREDICTORS
-from .solvers.sdeint import NFE as SDE_NFE, SDE_METHODS, reverse_sdeint
+from .solvers.registry import METHODS
 
-METHODS = ("euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde", "ode", "ddpm", "ddim")
-
-#: the method-specific keyword arguments of :func:`sample` and their defaults
-OPTIONS = {
-    "euler_maruyama": {"spacing": "uniform"},
-    "reverse_diffusion": {"spacing": "uniform"},
-    "ancestral": {"spacing": "uniform"},
-    "pc": {"predictor": "reverse_diffusion", "corrector": "langevin", "snr": 0.16, "corrector_steps": 1,
-           "corrector_norm": "batch", "spacing": "uniform"},
-    "sde": {"sde_method": "euler"},
-    "ode": {"ode_method": "dopri5", "rtol": 1e-5, "atol": 1e-5, "max_nfe": None, "min_step": None},
-    "ddpm": {"variance": None, "skip": "uniform", "clip_x0": False, "alphas": None},
-    "ddim": {"eta": 0.0, "skip": "uniform", "clip_x0": False, "alphas": None},
-}
-_DISCRETE = ("ddpm", "ddim")
+#: the method-specific keyword arguments of :func:`sample` and their defaults (read from the registry)
+OPTIONS = {name: dict(cls.options) for name, cls in SOLVERS.items()}
 
 
 @dataclass
@@ -198,16 +179,13 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         Song et al. 2021, Sec. 4.1-4.3, Eq. (6), (13), (46)-(47), Alg. 1-5; Ho et al. 2020,
         Alg. 2; Song, Meng & Ermon 2021, Eq. (12); Nichol & Dhariwal 2021, Sec. 3.1, 4.
     """
-    check_choice("method", method, METHODS)
+    solver_cls = get_solver(method)
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__}")
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
     check_generator(generator)
-    unknown = sorted(set(options) - set(OPTIONS[method]))
-    if unknown:
-        raise TypeError(f"method {method!r} does not take {unknown}; its options are {sorted(OPTIONS[method])}")
-    opts = {**OPTIONS[method], **options}
+    solver = solver_cls(**options)
     shape = _check_shape(shape)
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, ...); got {dtype!r}")
@@ -227,38 +205,9 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         raise ValueError(f"generator is on {gdev} but the samples are on {device}; create the generator on the "
                          f"sampling device: torch.Generator(device={str(device)!r})")
 
-    if method in _DISCRETE:
-        if eps is not None:
-            raise ValueError(f"eps does not apply to method {method!r}: it ends on alpha-bar = 1 (t = 0)")
-        alphas = opts["alphas"]
-        if alphas is None:  # the alpha-bar the model's score was formed with
-            alphas = "table" if isinstance(score_fn, ScoreModel) and score_fn.discrete else "continuous"
-        chain = make_chain(sde, steps, opts["skip"], alphas)
-        if method == "ddim":
-            eta = opts["eta"]
-            check_positive("eta", eta, allow_zero=True)
-            if eta > 1:
-                raise ValueError(f"eta must lie in [0, 1]; got {eta}")
-        total = len(chain)
-    else:
-        eps = check_eps(sde.default_eps if eps is None else eps, sde)
-        if method == "ode":
-            check_choice("ode_method", opts["ode_method"], ODE_METHODS)
-            if steps is not None:
-                check_positive("steps", steps, integer=True)
-            total = None
-        else:
-            steps = sde.N if steps is None else steps
-            check_positive("steps", steps, integer=True)
-            if method == "sde":
-                check_choice("sde_method", opts["sde_method"], tuple(SDE_METHODS))
-                per_step, once = SDE_NFE[opts["sde_method"]]
-                total = steps * per_step + once
-            else:
-                check_choice("spacing", opts["spacing"], SPACINGS)
-                total = steps
-        if denoise and method in ("sde", "ode") and total is not None:
-            total += 1
+    plan = solver.plan(score_fn, sde, steps, eps)
+    tweedie = denoise and plan.tweedie_eps is not None
+    total = None if plan.nfe is None else plan.nfe + int(tweedie)
 
     bar = None
     if progress:
@@ -272,74 +221,12 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
                 x = _prior(sde, shape, generator, device, dtype)
             else:
                 x = x_T.to(device=device, dtype=dtype)
-            info_steps, times = None, None
-            if method == "ddpm":
-                x = ddpm_sample(score, x, chain, variance=opts["variance"], clip_x0=bool(opts["clip_x0"]),
-                                generator=generator)
-                info_steps, times = len(chain), chain.timesteps
-            elif method == "ddim":
-                x = ddim_sample(score, x, chain, eta=float(opts["eta"]), clip_x0=bool(opts["clip_x0"]),
-                                generator=generator)
-                info_steps, times = len(chain), chain.timesteps
-            elif method == "ode":
-                x = _ode(score, sde, x, eps, steps, opts)
-                info_steps = steps
-                if denoise:
-                    x = _tweedie(score, sde, x, eps)
-            elif method == "sde":
-                times = time_grid(sde, steps, eps, "uniform")
-                x = reverse_sdeint(score, sde, x, times, sde_method=opts["sde_method"], generator=generator)
-                if denoise:
-                    x = _tweedie(score, sde, x, eps)
-                info_steps = steps
-            else:
-                times = time_grid(sde, steps, eps, opts["spacing"])
-                x = _predictor_corrector(score, sde, x, times, method, opts, generator, denoise)
-                info_steps = steps
+            x = solver.solve(score, sde, x, plan, generator=generator, denoise=denoise)
+            if tweedie:
+                x = _tweedie(score, sde, x, plan.tweedie_eps)
     finally:
         if bar is not None:
             bar.close()
     if return_info:
-        return x, SampleInfo(nfe=score.nfe, method=method, steps=info_steps, times=times)
+        return x, SampleInfo(nfe=score.nfe, method=method, steps=plan.steps, times=plan.times)
     return x
-
-
-def _predictor_corrector(score, sde, x, grid, method, opts, generator, denoise):
-    """Song et al. 2021, Alg. 1-3: at each grid time t_k, the corrector (if any) then the predictor t_k -> t_{k+1}."""
-    name = opts["predictor"] if method == "pc" else method
-    predictor = PREDICTORS[check_choice("predictor", name, tuple(PREDICTORS))](sde, score)
-    corrector = None
-    if method == "pc":
-        check_choice("corrector_norm", opts["corrector_norm"], ("batch", "sample"))
-        cname = check_choice("corrector", opts["corrector"], (*CORRECTORS, "none"))
-        if cname != "none":
-            kw = {"norm": opts["corrector_norm"]} if cname == "langevin" else {}
-            corrector = CORRECTORS[cname](sde, score, snr=opts["snr"], n_steps=opts["corrector_steps"], **kw)
-        else:
-            check_positive("snr", opts["snr"])
-            check_positive("corrector_steps", opts["corrector_steps"], integer=True)
-    ts = grid.tolist()
-    x_mean = x
-    for k in range(len(ts) - 1):
-        if corrector is not None:
-            x, _ = corrector.step(x, ts[k], ts[k + 1], generator)
-        x, x_mean = predictor.step(x, ts[k], ts[k + 1], generator)
-    return x_mean if denoise else x
-
-
-def _ode(score, sde, x, eps, steps, opts):
-    """Probability-flow ODE dx/dt = f(x, t) - 1/2 g(t)^2 s(x, t) (Song et al. 2021, Eq. (13)) from T to eps.
-
-    The drift is :func:`scoresde.likelihood.pf_drift`; :func:`solve_ode` keeps t inside [eps, T]
-    and solves float16 / bfloat16 states in float32 (the result comes back in x's dtype).
-    """
-
-    def field(t, y):
-        return pf_drift(score, sde, y, t.reshape(1).expand(y.shape[0]))
-
-    method = opts["ode_method"]
-    if method not in ADAPTIVE_METHODS and steps is None:
-        raise ValueError(f"the fixed-grid ode_method {method!r} needs steps (an integer >= 1)")
-    sol = solve_ode(field, x, sde.T, eps, method=method, rtol=opts["rtol"], atol=opts["atol"], steps=steps,
-                    max_nfe=opts["max_nfe"], min_step=opts["min_step"])
-    return sol.y

@@ -7,7 +7,7 @@ import scoresde as S
 
 
 @pytest.mark.parametrize("sde", [S.VPSDE(), S.SubVPSDE(), S.VESDE(), S.VPSDE(schedule="cosine")], ids=repr)
-@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "logsnr"])
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "logsnr", "karras"])
 def test_grid_starts_at_T_ends_at_eps(sde, spacing):
     g = S.time_grid(sde, 37, spacing=spacing)
     assert g.dtype == torch.float64 and g.shape == (38,)
@@ -36,7 +36,7 @@ def test_grid_errors():
     with pytest.raises(ValueError, match="eps"):
         S.time_grid(vp, 10, eps=0.0)
     with pytest.raises(ValueError, match="spacing"):
-        S.time_grid(vp, 10, spacing="karras")
+        S.time_grid(vp, 10, spacing="foo")
 
 
 def test_ddim_selections():

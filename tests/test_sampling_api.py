@@ -154,7 +154,7 @@ def test_samples_run_without_autograd():
 
 
 BAD = [
-    (dict(method="heun"), ValueError, "method.*euler_maruyama"),
+    (dict(method="not_a_method"), ValueError, "method.*euler_maruyama"),
     (dict(method="pc", predictor="foo"), ValueError, "predictor.*reverse_diffusion"),
     (dict(method="pc", corrector="foo"), ValueError, "corrector.*langevin.*ald.*none"),
     (dict(method="pc", corrector_norm="foo"), ValueError, "corrector_norm.*batch"),

@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_choice
+from .._checks import check_choice, check_positive
 from ..chain import VARIANCES, DiscreteChain
 from ..grids import select_timesteps
 from ..score import ScoreModel, to_eps
 from ..sde import VPSDE
+from .base import Plan, Solver, register
 from .common import ScoreEval, randn
 
 
@@ -161,3 +162,60 @@ def ddim_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, eta:
             x_new = x_new + float(var[k]) ** 0.5 * randn(x.shape, generator, x.device, x.dtype)
         x = x_new.to(x.dtype)
     return x
+
+
+def resolve_alphas(alphas, score_fn) -> str:
+    """``alphas`` option: None picks "table" for a ``ScoreModel(discrete=True)``, else "continuous"."""
+    if alphas is None:  # the alpha-bar the model's score was formed with
+        return "table" if isinstance(score_fn, ScoreModel) and score_fn.discrete else "continuous"
+    return alphas
+
+
+class _ChainSampler(Solver):
+    """A sampler that walks the discrete VP chain and ends on alpha-bar = 1 (no ``eps``)."""
+
+    def plan(self, score_fn, sde, steps, eps):
+        if eps is not None:
+            raise ValueError(f"eps does not apply to method {self.name!r}: it ends on alpha-bar = 1 (t = 0)")
+        chain = make_chain(sde, steps, self.opts["skip"], resolve_alphas(self.opts["alphas"], score_fn))
+        self.validate()
+        return Plan(nfe=len(chain), steps=len(chain), times=chain.timesteps, data={"chain": chain})
+
+    def validate(self) -> None:
+        """Check the method's own options."""
+
+
+@register
+class DDPMSampler(_ChainSampler):
+    """``method="ddpm"``: :func:`ddpm_sample`; options ``variance``, ``skip``, ``clip_x0``, ``alphas``."""
+
+    name = "ddpm"
+    summary = "DDPM ancestral sampling on the VP chain (Ho et al. 2020, Alg. 2)"
+    options = {"variance": None, "skip": "uniform", "clip_x0": False, "alphas": None}
+    order = 1
+    stochastic = True
+
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
+        return ddpm_sample(score, x, plan.data["chain"], variance=self.opts["variance"],
+                           clip_x0=bool(self.opts["clip_x0"]), generator=generator)
+
+
+@register
+class DDIMSampler(_ChainSampler):
+    """``method="ddim"``: :func:`ddim_sample`; options ``eta`` in [0, 1], ``skip``, ``clip_x0``, ``alphas``."""
+
+    name = "ddim"
+    summary = "DDIM on the VP chain (Song, Meng & Ermon 2021, Eq. (12)); eta = 0: first-order PF-ODE solver"
+    options = {"eta": 0.0, "skip": "uniform", "clip_x0": False, "alphas": None}
+    order = 1
+    stochastic = False  # with the default eta = 0; eta > 0 draws noise
+
+    def validate(self):
+        eta = self.opts["eta"]
+        check_positive("eta", eta, allow_zero=True)
+        if eta > 1:
+            raise ValueError(f"eta must lie in [0, 1]; got {eta}")
+
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
+        return ddim_sample(score, x, plan.data["chain"], eta=float(self.opts["eta"]),
+                           clip_x0=bool(self.opts["clip_x0"]), generator=generator)

@@ -28,8 +28,10 @@ import math
 
 import torch
 
-from .._checks import bcast
+from .._checks import bcast, check_choice, check_positive
+from ..grids import check_eps, time_grid
 from ..sde import SDE
+from .base import Plan, Solver, register
 from .common import ScoreEval, randn, seed_from
 
 #: torchsde methods offered, with the SDE calculus each expects (equal here: g is state-free).
@@ -155,3 +157,33 @@ def reverse_sdeint(score: ScoreEval, sde: SDE, x: torch.Tensor, grid: torch.Tens
     rsde = _ReverseTimeSDE(sde, score, x.shape, eps, SDE_METHODS[sde_method])
     ys = torchsde.sdeint(rsde, y0, ts, bm=bm, method=sde_method, dt=dt)
     return ys[-1].reshape(x.shape).to(x.dtype)
+
+
+
+@register
+class TorchsdeSampler(Solver):
+    """``method="sde"``: the reverse SDE through ``torchsde.sdeint`` on a uniform grid (see the module docstring).
+
+    Options: ``sde_method`` (one of :data:`SDE_METHODS`, default "euler"). NFE = a steps + b with
+    (a, b) = :data:`NFE` [sde_method]; ``denoise=True`` adds Tweedie's step at eps (+1).
+    """
+
+    name = "sde"
+    summary = "the reverse SDE through torchsde.sdeint (Song et al. 2021, Eq. (6))"
+    options = {"sde_method": "euler"}
+    order = 1
+    stochastic = True
+
+    def nfe(self, steps):
+        per_step, once = NFE[self.opts["sde_method"]]
+        return steps * per_step + once
+
+    def plan(self, score_fn, sde, steps, eps):
+        eps = check_eps(sde.default_eps if eps is None else eps, sde)
+        steps = sde.N if steps is None else steps
+        check_positive("steps", steps, integer=True)
+        check_choice("sde_method", self.opts["sde_method"], tuple(SDE_METHODS))
+        return Plan(nfe=self.nfe(steps), steps=steps, times=time_grid(sde, steps, eps, "uniform"), tweedie_eps=eps)
+
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
+        return reverse_sdeint(score, sde, x, plan.times, sde_method=self.opts["sde_method"], generator=generator)

@@ -1,0 +1,113 @@
+"""UniPC: the unified predictor-corrector multistep solver, data-prediction form ("unipc").
+
+From node i to i + 1 with h = lambda_{i+1} - lambda_i, the predictor UniP-p uses the data
+predictions D_i, D_{i-1}, ..., D_{i-p+1}; after the score is evaluated at the predicted x_{i+1}
+(the evaluation the next step needs anyway), the corrector UniC-p recomputes x_{i+1} from x_i
+with D_{i+1} added, so the corrector costs no NFE: NFE = steps. The last step has no corrector.
+
+With r_k = (lambda_{i-k} - lambda_i) / h, D1_k = (D_{i-k} - D_i) / r_k, hh = -h,
+B(h) = hh ("bh1") or expm1(hh) ("bh2"), and b_j = j! h phi_{j+1}(hh) / B(h) (the recursion
+phi_{k+1} = phi_k / hh - 1 / (k+1)!), the coefficients rho solve R rho = b with R_jk = r_k^(j-1)
+(the predictor drops the newest point and uses rho = 1/2 at p = 2; the corrector solves the full
+system, rho = 1/2 at p = 1):
+
+    x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} expm1(hh) D_i - alpha_{i+1} B(h) sum_k rho_k D1_k.
+
+Warm-up on the first steps, ``lower_order_final`` (None: True below 10 steps, as the
+DPM-Solver family here; diffusers' default is always True), order 1 onto sigma = 0.
+
+Reference: Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast
+Sampling of Diffusion Models", Alg. 1-3 and Eq. (7)-(9); diffusers' UniPCMultistepScheduler
+(``predict_x0=True``) as the peer the tests match.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .._checks import check_choice
+from .base import register
+from .node_solver import NodeSolver, check_order, lower_order_final_default, step_orders
+
+VARIANTS = ("bh1", "bh2")
+
+
+def _coefficients(rks: list[float], h: float, variant: str, order: int, corrector: bool) -> list[float]:
+    """rho of UniP (``corrector=False``) or UniC for ``order`` with ratios ``rks`` (last is 1)."""
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1.0
+    B_h = hh if variant == "bh1" else math.expm1(hh)
+    R, b, fact = [], [], 1
+    for j in range(1, order + 1):
+        R.append([r ** (j - 1) for r in rks])
+        b.append(h_phi_k * fact / B_h)
+        fact *= j + 1
+        h_phi_k = h_phi_k / hh - 1.0 / fact
+    R_, b_ = torch.tensor(R, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    if corrector:
+        return [0.5] if order == 1 else torch.linalg.solve(R_, b_).tolist()
+    if order == 1:
+        return []
+    return [0.5] if order == 2 else torch.linalg.solve(R_[:-1, :-1], b_[:-1]).tolist()
+
+
+@register
+class UniPC(NodeSolver):
+    """``method="unipc"``: UniPC multistep with the UniC corrector; NFE = steps.
+
+    Options: ``order`` 1, 2 or 3 (default 2, as diffusers; UniPC's CIFAR-10 results use 3),
+    ``variant`` "bh1" / "bh2" (default "bh2"; "bh1" is recommended below 10 steps,
+    unconditional), ``lower_order_final`` (None: True below 10 steps), ``spacing`` ("logsnr"),
+    ``rho``, ``alphas``.
+    """
+
+    name = "unipc"
+    summary = "UniPC multistep predictor-corrector, corrector at no extra NFE (Zhao et al. 2023)"
+    options = {**NodeSolver.options, "order": 2, "variant": "bh2", "lower_order_final": None}
+
+    def order_of(self):
+        return self.opts["order"]
+
+    def validate(self):
+        check_order(self.opts["order"], (1, 2, 3))
+        check_choice("variant", self.opts["variant"], VARIANTS)
+        lower_order_final_default(self.opts["lower_order_final"], 0)
+
+    def _update(self, x, i, order, Ds, lams, nodes, D_next=None):
+        """UniP (D_next None) or UniC step from node i to i + 1; Ds/lams newest last, Ds[-1] at node i."""
+        a, s, lam = nodes.alpha, nodes.sigma, nodes.lam
+        if s[i + 1] == 0.0:
+            return a[i + 1] * Ds[-1]
+        h = lam[i + 1] - lam[i]
+        m0 = Ds[-1]
+        rks = [(lams[-1 - k] - lam[i]) / h for k in range(1, order)] + [1.0]
+        D1s = [(Ds[-1 - k] - m0) / rks[k - 1] for k in range(1, order)]
+        variant = self.opts["variant"]
+        hh = -h
+        B_h = hh if variant == "bh1" else math.expm1(hh)
+        x_t = (s[i + 1] / s[i]) * x - (a[i + 1] * math.expm1(hh)) * m0
+        rhos = _coefficients(rks, h, variant, order, corrector=D_next is not None)
+        res = torch.zeros_like(x)
+        for rho, d in zip(rhos, D1s):
+            res = res + rho * d
+        if D_next is not None:
+            res = res + rhos[-1] * (D_next - m0)
+        return x_t - (a[i + 1] * B_h) * res
+
+    def integrate(self, pred, x, nodes, generator):
+        M = len(nodes)
+        lof = lower_order_final_default(self.opts["lower_order_final"], M)
+        orders = step_orders(M, self.opts["order"], lof, nodes.ends_at_data())
+        Ds: list[torch.Tensor] = []
+        lams: list[float] = []
+        x_prev, prev_order = None, None
+        for i, order in enumerate(orders):
+            D = pred.x0(x, i)
+            if x_prev is not None:  # UniC: correct x_i with the new evaluation, which is kept as it is
+                x = self._update(x_prev, i - 1, prev_order, Ds, lams, nodes, D_next=D)
+            Ds, lams = (Ds + [D])[-3:], (lams + [nodes.lam[i]])[-3:]
+            x_prev, prev_order = x, order
+            x = self._update(x, i, order, Ds, lams, nodes)
+        return x
