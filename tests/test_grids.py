@@ -40,9 +40,10 @@ def test_grid_errors():
 
 
 def test_ddim_selections():
-    assert S.select_timesteps(1000, 50).tolist() == list(range(0, 1000, 20))
-    q = S.select_timesteps(1000, 10, "quadratic")  # DDIM App. D.2
-    assert q.tolist() == [int(v) for v in np.linspace(0, np.sqrt(800), 10) ** 2]
+    assert S.select_timesteps(1000, 50, "leading").tolist() == list(range(0, 1000, 20))
+    assert S.select_timesteps(1000, 50).tolist() == list(range(19, 1000, 20))  # trailing
+    q = S.select_timesteps(1000, 10, "quadratic")  # DDIM App. D.2's quadratic gaps, trailing
+    assert q.tolist() == [9, 39, 89, 159, 249, 359, 489, 639, 809, 999]
     assert S.select_timesteps(1000, [5, 1, 999]).tolist() == [1, 5, 999]
     assert S.select_timesteps(1000, "10,15,20").shape[0] == 45
     with pytest.raises(ValueError, match="steps"):
@@ -53,6 +54,41 @@ def test_ddim_selections():
         S.select_timesteps(1000, [1000])
     with pytest.raises(ValueError, match="skip"):
         S.select_timesteps(1000, 10, "cubic")
+
+
+@pytest.mark.parametrize("K", [1, 2, 7, 10, 50, 1000])
+@pytest.mark.parametrize("skip", ["uniform", "quadratic"])
+def test_every_selection_starts_at_the_last_step(skip, K):
+    """Issue 10, item 3: the first (largest) step of every selection is N - 1, so a chain starts at
+    alpha-bar[N - 1]; K = 1 is that single step (was [0]: the prior draw returned as the sample)."""
+    for N in (1000, 994, 4000):  # the linear chain, the cosine one (994 steps in [0, T]), a long one
+        if K > N:
+            continue
+        ts = S.select_timesteps(N, K, skip)
+        assert int(ts.max()) == N - 1 and int(ts.min()) >= 0
+        assert (ts[1:] > ts[:-1]).all()  # sorted and distinct
+        if skip == "uniform":
+            assert len(ts) == K
+    assert S.select_timesteps(1000, 1, skip).tolist() == [999]
+    assert S.space_timesteps(1000, str(K))[-1] == 999  # the respacing string "K"
+    assert S.space_timesteps(1000, f"{(K + 1) // 2},{(K + 1) // 2}")[-1] == 999  # two sections
+
+
+def test_leading_keeps_the_ddim_paper_stride():
+    """skip="leading" is the DDIM paper's stride N // K, for reproducing published numbers: never N - 1."""
+    assert S.select_timesteps(1000, 10, "leading").tolist() == list(range(0, 1000, 100))
+    assert S.select_timesteps(1000, 1, "leading").tolist() == [0]
+    assert S.select_timesteps(1000, 300, "leading")[-1] == 897
+    assert S.space_timesteps(1000, "1") == [999] and S.space_timesteps(1000, "5,1")[-1] == 999
+
+
+@pytest.mark.parametrize("K", [1, 2, 3, 7, 10, 50, 333, 999, 1000])
+def test_uniform_and_leading_equal_diffusers_trailing_and_leading(K):
+    diffusers = pytest.importorskip("diffusers")
+    for spacing, skip in (("trailing", "uniform"), ("leading", "leading")):
+        sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=0)
+        sched.set_timesteps(K)
+        assert sorted(sched.timesteps.tolist()) == S.select_timesteps(1000, K, skip).tolist()
 
 
 def test_improved_ddpm_respacing_strings():
