@@ -97,13 +97,15 @@ def _node(nodes: Nodes, i: int):
 class DPMSolver(NodeSolver):
     """``method="dpm_solver"``: singlestep DPM-Solver, ``order`` 1, 2 or 3 (default 3); NFE = steps.
 
-    Options: ``order``, ``spacing`` ("logsnr"), ``rho``. Continuous nodes only (its
-    intermediate evaluations fall between the steps of a discrete table).
+    Options: ``order``, ``fast`` (True: DPM-Solver-fast's split, whose last steps are of lower
+    order; False: ``steps // order`` steps all of ``order``, then the remainder at lower order,
+    the reference's "singlestep_fixed"), ``spacing`` ("logsnr"), ``rho``. Continuous nodes only
+    (its intermediate evaluations fall between the steps of a discrete table).
     """
 
     name = "dpm_solver"
     summary = "DPM-Solver singlestep, noise prediction, DPM-Solver-fast budget split (Lu et al. 2022a, Alg. 1-2)"
-    options = {**NodeSolver.options, "order": 3}
+    options = {**NodeSolver.options, "order": 3, "fast": True}
     table_ok = False
 
     def order_of(self):
@@ -111,13 +113,19 @@ class DPMSolver(NodeSolver):
 
     def validate(self):
         check_order(self.opts["order"], (1, 2, 3))
+        if not isinstance(self.opts["fast"], bool):
+            raise TypeError(f"fast must be True or False; got {self.opts['fast']!r}")
 
     def plan(self, score_fn, sde, steps, eps):
         self.validate()
         steps = self.default_steps if steps is None else steps
         check_positive("steps", steps, integer=True)
         self.nodes(score_fn, sde, 1, eps)  # validates spacing / rho / alphas (table nodes refused)
-        orders = fast_orders(steps, self.opts["order"])
+        order = self.opts["order"]
+        if self.opts["fast"]:
+            orders = fast_orders(steps, order)
+        else:
+            orders = [order] * (steps // order) + ([steps % order] if steps % order else [])
         sp, rho = self.opts["spacing"], self.opts["rho"]
         if sp == "logsnr":
             nodes = continuous_nodes(sde, len(orders), eps, sp, rho)
