@@ -12,6 +12,7 @@ from .schedules import CosineSchedule, LinearSchedule
 from .score import ScoreModel, network_time
 from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, sde_from_config
 from .train import TrainConfig, load_score_model, shard_evaluate, train
+from .data_stats import suggest_sigma_max
 from .vlb import VLBResult, ddpm_vlb
 
 __version__ = "0.1.0"
@@ -26,4 +27,5 @@ __all__ = [
     "dsm_loss", "ddpm_loss", "hybrid_loss", "LossSecondMomentSampler",
     "train", "TrainConfig", "load_score_model", "shard_evaluate",
     "sliced_wasserstein", "frechet_distance", "digit_frechet_distance",
+    "suggest_sigma_max",
 ]

@@ -54,6 +54,7 @@ from torch.utils.data import DistributedSampler
 
 from ._checks import check_positive
 from .checkpoint import check_config, check_writable, config_diff, load_checkpoint, save_checkpoint
+from .data_stats import check_prior
 from .score import ScoreModel
 from .sde import SDE, sde_from_config
 
@@ -591,8 +592,13 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
         ValueError: the output folder is not writable (before any training), the checkpoint in
             out_dir is corrupt or was made with another config (one line naming the first
             differences), ``model.sde`` differs from ``sde``, bad config values, a batch larger
-            than the data, a non-finite gradient (the step is named; the last checkpoint stays).
+            than the data, a non-finite gradient (the step is named, and whether a checkpoint
+            exists to resume from).
         TypeError: wrong argument types (named).
+    Warns:
+        scoresde.data_stats.PriorMismatchWarning: a VESDE whose sigma_max is below the largest
+            pairwise distance of the data, or whose prior is > 0.01 nats per dimension from the
+            data's terminal marginal (the message gives the measured KL and a sigma_max that fits).
     Reference: Song et al. 2021, reference ``run_lib.train``; Ho et al. 2020, Alg. 1.
     """
     cfg = _as_config(config)
@@ -630,6 +636,8 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
             err = "rank 0 could not write the output folder " + str(cfg.out_dir)
     if err:
         raise ValueError(err)
+    if rank == 0:  # VE: warn when sigma_max does not cover the data (Song & Ermon 2020, Technique 1)
+        check_prior(sde, data, stacklevel=2)
 
     saved = None
     if ckpt_path and not cfg.resume and os.path.exists(ckpt_path):
@@ -687,7 +695,7 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
     if importance:
         from .losses import LossSecondMomentSampler
 
-        t_sampler = LossSecondMomentSampler(sde.N)
+        t_sampler = LossSecondMomentSampler(sde.chain_length)  # the chain's steps (t_i <= T)
         if saved is not None and saved.get("loss_sampler") is not None:
             _sampler_load(t_sampler, saved["loss_sampler"])
 
@@ -714,6 +722,7 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
     # the running mean since the last log line, carried through checkpoints so logs resume exactly
     window_loss, window_n = torch.tensor(float(window[0]), dtype=torch.float64, device=device), int(window[1])
     last_loss, eval_loss, last_ckpt = None, None, (ckpt_path if saved is not None else None)
+    last_ckpt_step = step if saved is not None else None
     if saved is not None:  # the latest known values, until this run measures new ones
         last_loss, eval_loss = saved.get("metrics", {}).get("loss"), saved.get("metrics", {}).get("eval_loss")
     t0 = time.time()
@@ -784,8 +793,14 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
             else:
                 grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             if not bool(torch.isfinite(grad_norm)):
+                if not ckpt_path:
+                    kept = "nothing was saved (no out_dir)"
+                elif last_ckpt_step is None:
+                    kept = f"no checkpoint was written yet ({ckpt_path} does not exist)"
+                else:
+                    kept = f"the last checkpoint ({ckpt_path}, step {last_ckpt_step}) is intact"
                 raise ValueError(f"non-finite gradient norm at update {s + 1} (loss {float(step_loss):.4g}); "
-                                 f"the last checkpoint is intact: lower lr or check the data")
+                                 f"{kept}: lower lr or check the data")
             opt.step()
             ema.update_parameters(model)
             if t_sampler is not None:
@@ -815,6 +830,7 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
                     log_file.flush()
             if ckpt_path and ((cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps):
                 last_ckpt = save(step) or last_ckpt
+                last_ckpt_step = step  # on every rank (rank 0 writes)
             if bar is not None:
                 bar.update(1)
             if callback is not None:

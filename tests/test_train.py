@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -320,6 +321,46 @@ def test_nonfinite_gradient_is_an_error(tmp_path):
         train(_mlp(sde), sde, bad, toy("two_moons", 64),
               TrainConfig(steps=3, batch_size=8, quiet=True, out_dir=str(tmp_path)))
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_nonfinite_gradient_says_whether_a_checkpoint_exists(tmp_path):
+    """Issue 10, item 7: the divergence message claimed "the last checkpoint is intact" when there was none."""
+    sde = scoresde.VPSDE()
+    calls = []
+
+    def diverges_at_3(model, sde, x0, generator=None):
+        calls.append(1)
+        scale = float("inf") if len(calls) >= 3 else 1.0
+        return model(x0, torch.full((x0.shape[0],), 0.5)).pow(2).mean() * scale
+
+    with pytest.raises(ValueError, match=r"at update 1 .*; no checkpoint was written yet \(.*checkpoint\.pt does "
+                                         r"not exist\): lower lr") as e:
+        train(_mlp(sde), sde, lambda m, s_, x, generator=None: m(x, torch.full((x.shape[0],), 0.5)).sum() * float("inf"),
+              toy("two_moons", 64), TrainConfig(steps=3, batch_size=8, quiet=True, out_dir=str(tmp_path / "a")))
+    assert "is intact" not in str(e.value)
+    with pytest.raises(ValueError, match=r"at update 3 .*; the last checkpoint \(.*checkpoint\.pt, step 2\) is intact"):
+        train(_mlp(sde), sde, diverges_at_3, toy("two_moons", 64),
+              TrainConfig(steps=6, batch_size=8, warmup=0, checkpoint_every=2, quiet=True, out_dir=str(tmp_path / "b")))
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["step"] == 2
+    with pytest.raises(ValueError, match=r"nothing was saved \(no out_dir\)"):
+        train(_mlp(sde), sde, lambda m, s_, x, generator=None: m(x, torch.full((x.shape[0],), 0.5)).sum() * float("inf"),
+              toy("two_moons", 64), TrainConfig(steps=3, batch_size=8, quiet=True))
+
+
+def test_vesde_below_the_data_scale_warns_with_the_prior_kl(tmp_path):
+    """Issue 10, item 7: a VE sigma_max far below the data's scale trained without a word."""
+    from scoresde.data_stats import PriorMismatchWarning, prior_kl, suggest_sigma_max
+    data = toy("two_moons", 64)
+    sde = scoresde.VESDE(0.01, 1.0)
+    kl = prior_kl(sde, data)
+    cfg = TrainConfig(steps=1, batch_size=16, quiet=True)
+    with pytest.warns(PriorMismatchWarning, match=rf"sigma_max 1 is below the largest pairwise data distance "
+                                                  rf"{suggest_sigma_max(data):.4g}.* KL of {kl:.3g} nats per dimension"):
+        train(_mlp(sde), sde, "dsm", data, cfg)
+    good = scoresde.VESDE(0.01, suggest_sigma_max(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PriorMismatchWarning)
+        train(_mlp(good), good, "dsm", data, cfg)
 
 
 # -------------------------------------------------------------------------------------- loading
