@@ -11,3 +11,6 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
   "$PY" -m pip install --quiet "torch==2.13.0"
 fi
 "$PY" -m pip install --quiet -e ".[dev]"
+# k-diffusion is a test peer only: its own dependencies would pull a newer torch and torchvision,
+# so it is installed without them and the tests load its sampling module alone (tests/peers.py)
+"$PY" -m pip install --quiet --no-deps "k-diffusion==0.1.1.post1"

@@ -32,6 +32,7 @@ from ._checks import bcast
 from .sde import SDE
 from .solvers.base import SOLVERS, get_solver
 from .solvers.common import ScoreEval, check_generator, generator_device
+from .solvers.ode import HALF_DTYPES
 from .solvers.registry import METHODS
 
 #: the method-specific keyword arguments of :func:`sample` and their defaults (read from the registry)
@@ -94,10 +95,13 @@ def _prior(sde: SDE, shape, generator, device, dtype) -> torch.Tensor:
 
 def _tweedie(score: ScoreEval, sde: SDE, x: torch.Tensor, eps: float) -> torch.Tensor:
     """E[x_0 | x_eps] = (x + sigma^2 s(x, eps)) / alpha at t = eps (Tweedie's formula; 1 NFE)."""
+    out_dtype = x.dtype
+    if x.dtype in HALF_DTYPES:  # as the solvers before it: half-precision states are computed in float32
+        x = x.float()
     t = score.time(eps, x)
     s = score(x, t)
     a, sig = sde.mean_coeff(t), sde.marginal_std(t)
-    return ((x + bcast(sig**2, x).to(x.dtype) * s) / bcast(a, x).to(x.dtype)).to(x.dtype)
+    return ((x + bcast(sig**2, x).to(x.dtype) * s) / bcast(a, x).to(x.dtype)).to(out_dtype)
 
 
 def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | None = None, generator=None,
