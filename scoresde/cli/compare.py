@@ -26,7 +26,7 @@ import torch
 
 from ..plotting import atomic_file
 
-#: what ``--methods`` accepts, and how each name is shown in the table
+#: how each ``--methods`` name is shown in the table (every name of the solver registry is accepted)
 LABELS = {
     "euler_maruyama": "Euler-Maruyama (reverse SDE)",
     "reverse_diffusion": "reverse diffusion",
@@ -36,8 +36,31 @@ LABELS = {
     "ode": "PF-ODE",
     "ddpm": "DDPM ancestral",
     "ddim": "DDIM",
+    "dpm_solver": "DPM-Solver-3 (singlestep)",
+    "dpm_adaptive": "DPM-Solver-23 (adaptive)",
+    "dpmpp_2m": "DPM-Solver++(2M)",
+    "dpmpp_3m": "DPM-Solver++(3M)",
+    "dpmpp_2m_sde": "SDE-DPM-Solver++(2M)",
+    "unipc": "UniPC-2 (bh2)",
+    "heun": "EDM Heun",
 }
 VP_ONLY = ("ddpm", "ddim")
+#: methods whose budgets are NFE (denoise step included): steps are chosen to spend exactly that many
+NFE_BUDGETED = ("dpm_solver", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun")
+#: methods whose budgets are tolerances
+TOLERANCE_BUDGETED = ("ode", "dpm_adaptive")
+
+
+def steps_for_nfe(method: str, budget: int, model) -> int:
+    """The most steps of ``method`` whose NFE, with ``denoise``'s Tweedie step on continuous nodes, is <= budget."""
+    from ..solvers.discrete import resolve_alphas
+    from ..solvers.registry import SOLVERS
+    solver = SOLVERS[method]()
+    extra = 0 if resolve_alphas(None, model) == "table" else 1
+    for steps in range(int(budget), 0, -1):
+        if solver.nfe(steps) + extra <= budget:
+            return steps
+    return 1
 
 
 @dataclass
@@ -50,6 +73,7 @@ class Run:
     steps: int | None = None
     tol: float | None = None
     result: dict = field(default_factory=dict)
+    nfe_budget: int | None = None
 
 
 def check_method_names(methods) -> None:
@@ -75,13 +99,13 @@ def parse_methods(methods, steps, ode_rtols, opts: dict, sde) -> tuple[list[Run]
             raise ValueError(f"unknown method {name!r}; valid values are {list(LABELS)}")
         if budget:
             try:
-                budgets = [float(b) if name == "ode" else int(b) for b in budget.split(",")]
+                budgets = [float(b) if name in TOLERANCE_BUDGETED else int(b) for b in budget.split(",")]
             except ValueError:
                 raise ValueError(f"bad budget list in {entry!r}: expected e.g. '{name}:10,20'") from None
             if any(not b > 0 for b in budgets):
                 raise ValueError(f"budgets in {entry!r} must be positive")
         else:
-            budgets = list(ode_rtols) if name == "ode" else list(steps)
+            budgets = list(ode_rtols) if name in TOLERANCE_BUDGETED else list(steps)
         if name in VP_ONLY and not isinstance(sde, VPSDE):
             notes.append(f"{name} skipped: the discrete DDPM chain needs a VP SDE (this model's is "
                          f"{type(sde).__name__})")
@@ -93,6 +117,12 @@ def parse_methods(methods, steps, ode_rtols, opts: dict, sde) -> tuple[list[Run]
             if name == "ode":
                 kw = {"method": "ode", "ode_method": opts["ode_method"], "rtol": b, "atol": b}
                 runs.append(Run(name, f"{LABELS[name]} {opts['ode_method']} (tol {b:g})", kw, None, b))
+                continue
+            if name == "dpm_adaptive":
+                runs.append(Run(name, f"{LABELS[name]} (tol {b:g})", {"method": name, "rtol": b, "atol": b}, None, b))
+                continue
+            if name in NFE_BUDGETED:
+                runs.append(Run(name, f"{LABELS[name]}, NFE {b}", {"method": name}, None, None, nfe_budget=b))
                 continue
             kw = {"method": name, "steps": b}
             label = LABELS[name]
@@ -234,6 +264,8 @@ def run_compare(model, sde, train, runs: list[Run], *, n: int, seed: int, bpd_po
     for k, r in enumerate(runs):
         kw = dict(r.kwargs)
         method = kw.pop("method")
+        if r.nfe_budget is not None:
+            r.steps = kw["steps"] = steps_for_nfe(method, r.nfe_budget, model)
         t0 = time.perf_counter()
         try:
             x, info = sample(model, sde, shape, method=method,
