@@ -362,3 +362,14 @@ def test_cosine_vp_fast_solvers_stay_finite():
     for method in ("dpmpp_2m", "dpmpp_3m", "unipc", "heun", "dpm_solver"):
         x = sample(DATA.score_fn(sde), sde, xT.shape, method=method, steps=10, x_T=xT, denoise=False)
         assert float((x - ref).pow(2).mean().sqrt()) < 0.1, method
+
+
+def test_docs_solver_table_is_the_registry():
+    """docs/sampling.md's method table is the registry's markdown_table() (regenerate it when a solver is added)."""
+    from pathlib import Path
+
+    from scoresde.solvers.registry import markdown_table
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "sampling.md").read_text()
+    table = page.split("<!-- solver-table:start -->\n")[1].split("<!-- solver-table:end -->")[0]
+    assert table == markdown_table()

@@ -9,8 +9,10 @@ from __future__ import annotations
 from . import discrete, dpm_solver, dpmpp, heun, pc, pfode, sdeint, unipc  # noqa: F401  (register)
 from .base import SOLVERS, Solver, get_solver
 
-#: the method names, in registration order
-METHODS = tuple(SOLVERS)
+_FIRST = ("euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde", "ode", "ddpm", "ddim", "dpm_solver",
+          "dpm_adaptive", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun")
+#: the method names: the SDE samplers, the discrete chain, then the fast solvers (later additions last)
+METHODS = tuple(n for n in _FIRST if n in SOLVERS) + tuple(n for n in SOLVERS if n not in _FIRST)
 
 
 def nfe_formula(cls: type[Solver]) -> str:
@@ -27,11 +29,23 @@ def nfe_formula(cls: type[Solver]) -> str:
 def solver_table() -> list[dict]:
     """One dict per registered solver: name, summary, order, stochastic, nfe, options (defaults)."""
     rows = []
-    for name, cls in SOLVERS.items():
+    for name in METHODS:
+        cls = SOLVERS[name]
         inst = cls()
         rows.append({"name": name, "summary": cls.summary, "order": inst.order_of(), "stochastic": cls.stochastic,
                      "nfe": nfe_formula(cls), "options": dict(cls.options)})
     return rows
 
 
-__all__ = ["SOLVERS", "METHODS", "Solver", "get_solver", "solver_table", "nfe_formula"]
+__all__ = ["SOLVERS", "METHODS", "Solver", "get_solver", "solver_table", "nfe_formula", "markdown_table"]
+
+
+def markdown_table() -> str:
+    """The registry as the Markdown table of docs/sampling.md (a test keeps the page equal to it)."""
+    lines = ["| `method` | what it is | order | stochastic | NFE | options (defaults) |", "|---|---|---|---|---|---|"]
+    for r in solver_table():
+        opts = ", ".join(f"`{k}={v!r}`" for k, v in r["options"].items()) or "-"
+        order = "-" if r["order"] is None else str(r["order"])
+        lines.append(f"| `{r['name']}` | {r['summary']} | {order} | {'yes' if r['stochastic'] else 'no'} | "
+                     f"{r['nfe']} | {opts} |")
+    return "\n".join(lines) + "\n"
