@@ -8,7 +8,9 @@ the discretized Gaussian decoder likelihood of the variational bound.
 
 Index convention: position k = 0..K-1 in the chain is discrete step ``timesteps[k]`` of the
 SDE's table, at continuous time ``sde.index_to_t(timesteps[k])``; the step before position 0
-has alpha-bar = 1 (the data).
+has alpha-bar = 1 (the data). The chain only holds table steps inside the process, t_i <= T:
+the first ``sde.chain_length`` of them (all N for the linear schedule, 994 of 1000 for the cosine
+one, which stops at T = t_max = 0.9946); selections are made among those.
 
 References: Ho et al. 2020, Eq. (5)-(7), (12), (13); Nichol & Dhariwal 2021, Eq. (15), (19) and
 Sec. 4 (respacing); Kingma et al. 2021 for the KL form.
@@ -28,12 +30,16 @@ ALPHAS = ("table", "continuous")
 
 
 class DiscreteChain:
-    """The VP chain of ``sde`` restricted to ``timesteps`` (all N steps by default).
+    """The VP chain of ``sde`` restricted to ``timesteps`` (all its steps by default).
+
+    The chain's steps are the n = ``sde.chain_length`` table steps with t_i = (i + 1) / N <= T
+    (n = N, except for the cosine schedule: 994 of 1000); ``timesteps`` selects among them.
 
     Arguments:
         sde: a VPSDE or SubVPSDE.
-        timesteps: None (all steps) or anything :func:`~scoresde.grids.select_timesteps` takes.
-        skip: "uniform" or "quadratic", when ``timesteps`` is an int.
+        timesteps: None (all n steps) or anything :func:`~scoresde.grids.select_timesteps` takes,
+            applied to the n steps (an int K, a respacing string, or a list of indices < n).
+        skip: "uniform", "quadratic" or "leading", when ``timesteps`` is an int.
         alphas: where alpha-bar at the kept steps comes from: "table" (the SDE's DDPM table
             ``alphas_cumprod``, what a network trained with DDPM's discrete loss saw) or
             "continuous" (alpha-bar(t_i) of the continuous process at t_i = ``sde.index_to_t(i)``,
@@ -46,7 +52,7 @@ class DiscreteChain:
         (position 0 takes position 1's value, as Improved DDPM does, since beta-tilde_0 = 0),
         posterior_mean_coef1 (of x0), posterior_mean_coef2 (of x_t).
     Raises:
-        ValueError: a VE SDE (it has no DDPM chain), bad timesteps.
+        ValueError: a VE SDE (it has no DDPM chain), bad timesteps (e.g. an index beyond T).
     """
 
     def __init__(self, sde, timesteps=None, skip: str = "uniform", alphas: str = "table"):
@@ -54,12 +60,18 @@ class DiscreteChain:
             raise ValueError(f"the discrete DDPM chain needs a VPSDE or SubVPSDE; got {type(sde).__name__}")
         check_choice("alphas", alphas, ALPHAS)
         self.sde, self.alphas = sde, alphas
-        ts = torch.arange(sde.N) if timesteps is None else select_timesteps(sde.N, timesteps, skip)
+        n = sde.chain_length
+        explicit = isinstance(timesteps, (list, tuple, torch.Tensor)) and len(timesteps) > 0
+        if n < sde.N and explicit and max(int(i) for i in timesteps) >= n:
+            got = timesteps.tolist() if isinstance(timesteps, torch.Tensor) else list(timesteps)
+            raise ValueError(f"steps: the chain of this SDE ends at table step {n - 1} (t_i = (i + 1) / N <= "
+                             f"T = {sde.T:g}); got {got}")
+        ts = torch.arange(n) if timesteps is None else select_timesteps(n, timesteps, skip)
         self.timesteps = ts.long()
         if alphas == "table":
-            table = sde.alphas_cumprod.to(torch.float64)
+            table = sde.alphas_cumprod.to(torch.float64)[:n]
         else:
-            table = sde.alpha_bar(sde.index_to_t(torch.arange(sde.N)).clamp(max=sde.T)).to(torch.float64)
+            table = sde.alpha_bar(sde.index_to_t(torch.arange(n))).to(torch.float64)
         ab = table[self.timesteps]
         self.alphas_cumprod = ab
         self.alphas_cumprod_prev = torch.cat([ab.new_ones(1), ab[:-1]])

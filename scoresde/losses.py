@@ -17,7 +17,9 @@ N terms, and a uniform step k estimates it by N * L_k. L_hybrid = L_simple + lam
 lambda = ``vlb_weight`` = 0.001 (Nichol & Dhariwal 2021, Eq. (16)) is therefore estimated by
 L_simple + 0.001 * N * L_k, which is exactly improved-diffusion's ``RESCALED_MSE`` rule
 ``vb * num_timesteps / 1000``; at N = 1000 the vlb term enters with weight 1, at N = 4000 with 4.
-N is ``sde.N``, the length of the chain being trained.
+N is ``sde.chain_length``, the length of the chain being trained: ``sde.N`` except for the cosine
+VP, whose chain is the 994 of its 1000 table steps with t_i = (i + 1) / N <= T = t_max (see
+:class:`scoresde.sde.VPSDE`); the discrete losses draw k from those steps only.
 
 Reference: Song et al. 2021, Eq. (7) and the reference code's ``losses.py``; Ho et al. 2020,
 Eq. (14); Nichol & Dhariwal 2021, Sec. 3.1 (Eq. (15)-(16)) and 3.3 (importance sampling), and
@@ -163,16 +165,19 @@ def _discrete_setup(model, sde, x0, t_index, generator, noise, name):
         raise ValueError(f"model.sde {model.sde.config()} differs from sde {sde.config()}")
     _check_x0(x0)
     B = x0.shape[0]
+    n = sde.chain_length  # the table steps with t_i <= T (all N, or 994 of 1000 for the cosine VP)
     if t_index is None:
         dev = generator.device if generator is not None else x0.device
-        k = torch.randint(0, sde.N, (B,), generator=generator, device=dev).to(x0.device)
+        k = torch.randint(0, n, (B,), generator=generator, device=dev).to(x0.device)
     else:
         if not isinstance(t_index, torch.Tensor) or t_index.dtype.is_floating_point or t_index.dtype == torch.bool:
             raise TypeError("t_index must be an integer tensor of discrete steps, shape (B,)")
         if t_index.shape != (B,):
             raise ValueError(f"t_index must have shape (B,) = ({B},); got {tuple(t_index.shape)}")
-        if bool((t_index < 0).any()) or bool((t_index >= sde.N).any()):
-            raise ValueError(f"t_index must lie in [0, N={sde.N}); got values in [{int(t_index.min())}, {int(t_index.max())}]")
+        if bool((t_index < 0).any()) or bool((t_index >= n).any()):
+            where = f"N={n}" if n == sde.N else f"{n}) (the chain's steps with t_i = (i + 1) / N <= T = {sde.T:g}"
+            raise ValueError(f"t_index must lie in [0, {where}); got values in [{int(t_index.min())}, "
+                             f"{int(t_index.max())}]")
         k = t_index.to(x0.device).long()
     chain = _chain(sde)
     z = _noise(noise, x0, generator)
@@ -188,8 +193,8 @@ def ddpm_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch.T
               noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
     """DDPM's L_simple: mean over dimensions of ||eps_hat(x_k, k) - eps||^2 at a discrete step k.
 
-    k ~ U{0..N-1} (or ``t_index``), eps ~ N(0, I), x_k = sqrt(ab_k) x0 + sqrt(1 - ab_k) eps on the
-    discrete VP chain (:class:`~scoresde.chain.DiscreteChain`), the model evaluated at the
+    k ~ U{0..n-1} with n = ``sde.chain_length`` (or ``t_index``), eps ~ N(0, I),
+    x_k = sqrt(ab_k) x0 + sqrt(1 - ab_k) eps on the discrete VP chain (:class:`~scoresde.chain.DiscreteChain`), the model evaluated at the
     continuous time ``sde.index_to_t(k)`` of step k (its network then sees index k, or the label
     / sigma it was built for). Models predicting "x0", "v" or "score" are converted to eps with
     the chain's table. With the exact discrete eps-predictor of Gaussian data the expectation at
@@ -199,7 +204,8 @@ def ddpm_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch.T
         model: :class:`~scoresde.ScoreModel` built with ``discrete=True`` on ``sde``.
         sde: VPSDE or SubVPSDE (its ``alphas_cumprod`` table).
         x0: (B, *S) clean data.
-        t_index: optional (B,) integer steps in [0, N) instead of uniform draws.
+        t_index: optional (B,) integer steps in [0, n) instead of uniform draws (n = N, or 994 for
+            the cosine VP).
         generator: torch.Generator for k and eps.
         per_sample: return (B,) instead of the batch mean.
         noise: optional eps (B, *S) instead of a draw.
@@ -209,7 +215,7 @@ def ddpm_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch.T
     Raises:
         TypeError: model not a ScoreModel, t_index not an integer tensor.
         ValueError: a VE SDE, a model without ``discrete=True`` or built on another SDE,
-            t_index out of [0, N) or of the wrong shape, NaN / inf x0.
+            t_index out of [0, n) or of the wrong shape, NaN / inf x0.
     Reference: Ho et al. 2020, Eq. (14), Alg. 1; reference ``losses.get_ddpm_loss_fn``.
     """
     chain, k, z, xk, t = _discrete_setup(model, sde, x0, t_index, generator, noise, "ddpm_loss")
@@ -267,7 +273,7 @@ def hybrid_loss(model: ScoreModel, sde: SDE, x0: torch.Tensor, *, t_index: torch
     kl = _flat_mean(normal_kl(true_mean, true_logvar, model_mean, model_logvar))
     nll = -_flat_mean(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar))
     vb = torch.where(k == 0, nll, kl) / math.log(2.0)
-    per = l_simple + (vlb_weight * sde.N * vb).to(l_simple.dtype)
+    per = l_simple + (vlb_weight * len(chain) * vb).to(l_simple.dtype)
     return per if per_sample else per.mean()
 
 
@@ -287,7 +293,8 @@ class LossSecondMomentSampler:
     (improved-diffusion does); this class does not.
 
     Arguments:
-        num_timesteps: N, the number of discrete steps.
+        num_timesteps: the number of discrete steps, ``sde.chain_length`` (N, or 994 of 1000 for
+            the cosine VP, whose chain stops at T = t_max).
         history: losses kept per step (10 in Improved DDPM).
         uniform_prob: weight of the uniform law in the mixture (0.001), in [0, 1].
     Raises:

@@ -105,6 +105,11 @@ class SDE(abc.ABC):
     def config(self) -> dict:
         """Constructor arguments as a JSON-serialisable dict (with the class under "sde")."""
 
+    @property
+    def chain_length(self) -> int:
+        """Number of steps of the discrete chain that lie in [0, T]: all N here (see :class:`_VPFamily`)."""
+        return self.N
+
     def t_to_label(self, t: torch.Tensor) -> torch.Tensor:
         """The continuous network label (N - 1) t, the reference code's 999 t at N = 1000."""
         return as_work(t) * (self.N - 1)
@@ -320,6 +325,15 @@ class _VPFamily(SDE):
     alpha-bar_i matches alpha-bar(t_i) of the continuous process (for the linear schedule within
     5 % in std at N = 1000, the table being a step-1/N discretization whose match degrades as N
     shrinks; exactly for the cosine one) and no step sits at t = 0, where sigma = 0.
+
+    The discrete chain is the table steps with t_i <= T, i = 0..``chain_length`` - 1: all N for
+    the linear schedule (T = 1); for the cosine one, cut at T = t_max < 1, the first
+    floor(N t_max) (994 of 1000 at the defaults, alpha-bar_993 = 8.7e-5; the 6 steps beyond T,
+    down to alpha-bar_999 = 2.4e-9, lie outside the process). This one rule is what the DDPM
+    losses draw from, what the variational bound sums over, what the importance sampler and the
+    DDPM / DDIM samplers walk, and :meth:`t_to_index` maps every t in [0, T] into it (t in
+    (t_{n-1}, T] to the last step n - 1), so a network trained on the chain is never evaluated
+    at a step it did not see.
     """
 
     def __init__(self, beta_min, beta_max, N, schedule="linear", s=0.008, t_max=0.9946):
@@ -330,6 +344,11 @@ class _VPFamily(SDE):
         else:
             self.schedule = CosineSchedule(s=s, t_max=t_max)
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        # the table steps with t_i = (i + 1) / N <= T (the slack absorbs rounding of T N, e.g. 0.99 * 1000)
+        self._chain_length = min(self.N, int(math.floor(self.T * self.N + 1e-9)))
+        if self._chain_length < 1:
+            raise ValueError(f"N * t_max must be >= 1 so that the discrete chain has a step in [0, T = {self.T:g}]; "
+                             f"got N = {self.N}, t_max = {self.T:g}")
         self.discrete_betas = self.schedule.discrete_betas(self.N)
         if not bool((self.discrete_betas < 1).all()):
             raise ValueError(f"N={self.N} is too small for the linear DDPM table: its betas reach beta_max / N = "
@@ -342,6 +361,11 @@ class _VPFamily(SDE):
     @property
     def T(self) -> float:
         return self.schedule.t_max
+
+    @property
+    def chain_length(self) -> int:
+        """Number of table steps with t_i = (i + 1) / N <= T: N (linear), floor(N t_max) (cosine)."""
+        return self._chain_length
 
     def log_alpha_bar(self, t):
         """log alpha-bar(t) = -int_0^t beta(s) ds of the schedule. Shape (B,)."""
@@ -363,7 +387,7 @@ class _VPFamily(SDE):
     def t_to_index(self, t):
         # the slack of 1e-3 step absorbs float32 rounding of t for N up to ~10^4
         n = as_work(t) * self.N
-        return (torch.ceil(n - 1e-3) - 1).clamp(0, self.N - 1).long()
+        return (torch.ceil(n - 1e-3) - 1).clamp(0, self.chain_length - 1).long()
 
     def index_to_t(self, i):
         i = torch.as_tensor(i)
@@ -396,7 +420,8 @@ class VPSDE(_VPFamily):
 
     Discrete tables (float64, shape (N,)): ``discrete_betas``, ``alphas`` = 1 - beta,
     ``alphas_cumprod`` (alpha-bar_i), ``sqrt_alphas_cumprod``, ``sqrt_1m_alphas_cumprod``.
-    Step i of the table ends at t_i = (i + 1) / N (:meth:`index_to_t`).
+    Step i of the table ends at t_i = (i + 1) / N (:meth:`index_to_t`); the discrete chain is the
+    ``chain_length`` steps with t_i <= T (all N, or 994 of 1000 for the cosine schedule).
 
     Arguments:
         beta_min, beta_max: linear-schedule rates (ignored by the cosine schedule).

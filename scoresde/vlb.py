@@ -1,6 +1,6 @@
 """The variational bound of DDPM / Improved DDPM, in bits per dimension.
 
-For the discrete VP chain (:class:`~scoresde.chain.DiscreteChain`, all N steps or a respaced
+For the discrete VP chain (:class:`~scoresde.chain.DiscreteChain`, all its steps or a respaced
 subset of K steps) and data x_0:
 
     -log p(x_0) <= L_prior + sum_{k=1}^{K-1} L_k + L_0
@@ -93,7 +93,9 @@ def ddpm_vlb(eps_model: Callable, sde: SDE, x: torch.Tensor, *, num_levels: int 
         x: (B, *S) integer levels in [0, num_levels - 1] (uint8, int or integer-valued float),
             mapped to the cell centres (2k + 1) / num_levels - 1 (see the module docstring).
         num_levels: number of levels L (>= 2): 256 for 8-bit images, 17 for scikit-learn's digits.
-        timesteps: None (all N steps) or a respacing for
+        timesteps: None (all steps of the chain: the ``sde.chain_length`` table steps with
+            t_i <= T, N, or 994 of 1000 for the cosine VP, whose L_prior is then taken at
+            alpha-bar_993 = 8.7e-5) or a respacing for
             :class:`~scoresde.chain.DiscreteChain` (an int K, "ddim50", "10,15,20", a list);
             the bound of the respaced chain (Nichol & Dhariwal 2021, Sec. 4).
         variance: "fixed_small" (beta-tilde), "fixed_large" (beta) or "learned_range"; None

@@ -271,3 +271,210 @@ def test_outputs_have_ordinary_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_demo_quick_on_the_cosine_vp_writes_its_report(tmp_path):
+    """Issue 10, item 1: `scoresde demo --quick --sde vp-cosine` (offered by the README) runs end to end
+    (about 15 s): the DDPM / DDIM rows and the variational bound use the cosine chain's 994 steps with
+    t_i <= T = 0.9946 (they raised "t must lie in [0, T=0.9946]"), and `likelihood --vlb` on the run
+    reports both numbers."""
+    out = tmp_path / "cos"
+    proc = run_cli("demo", "--quick", "--quiet", "--sde", "vp-cosine", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "report.md").is_file() and (out / "model" / "checkpoint.pt").is_file()
+    lik = json.loads((out / "likelihood.json").read_text())
+    assert np.isfinite(lik["bpd"]) and np.isfinite(lik["vlb"]) and lik["vlb_steps"] == 994
+    rows = json.loads((out / "compare.json").read_text())["rows"]
+    assert {"ddpm", "ddim"} <= {r["method"] for r in rows}
+    res = tmp_path / "lik.json"
+    proc = run_cli("likelihood", str(out / "model"), "--vlb", "-n", "8", "--rtol", "1e-3", "--atol", "1e-3",
+                   "--quiet", "--out", str(res))
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(res.read_text())
+    assert np.isfinite(got["bpd"]) and np.isfinite(got["vlb"])
+
+
+# ---------------------------------------------------------------------------- issue 10, items 4, 5, 7
+def _toy_args(out, *extra):
+    return ["train", "--data", "two_moons", "--out", str(out), "--hidden", "16", "--layers", "1", "--batch-size", "32",
+            "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    """A 5-step two_moons run with seed 3 (a non-default seed, batch, width and depth)."""
+    out = tmp_path_factory.mktemp("toy") / "run"
+    assert main(_toy_args(out, "--steps", "5", "--seed", "3")) == 0
+    return out
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--seed", "0"], "--seed 0 (saved 3)"),  # 0 is the parser default: it used to be ignored
+    (["--batch-size", "128"], "--batch-size 128 (saved 32)"),
+    (["--hidden", "512", "--layers", "4"], "--hidden 512 (saved 16), --layers 4 (saved 1)"),
+    (["--sde", "vp", "--lr", "0.002", "--sigma-min", "0.01", "--objective", "dsm", "--ema", "0.5"], "--ema 0.5"),
+])
+def test_resume_compares_every_typed_flag(toy_run, capsys, flags, fragment):
+    before = _snapshot(toy_run)
+    capsys.readouterr()
+    assert main(["train", "--out", str(toy_run), "--steps", "9", "--quiet", *flags]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "settings cannot change on resume" in err[0] and fragment in err[0], err
+    if "--sde" in flags:  # typed values equal to the saved ones are not reported
+        assert "--sde" not in err[0] and "--lr" not in err[0] and "--objective" not in err[0]
+    assert _snapshot(toy_run) == before  # nothing trained, nothing rewritten
+
+
+def test_resume_with_typed_equal_flags_and_untyped_data(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_toy_args(out, "--steps", "4", "--seed", "3")) == 0
+    # the saved values typed again, and --data not typed at all (it used to default to digits): resumes
+    assert main(["train", "--out", str(out), "--steps", "6", "--seed", "3", "--hidden", "16", "--quiet"]) == 0
+    assert load_checkpoint_step(out) == 6
+    assert json.loads((out / "train_args.json").read_text())["steps"] == 6
+    # an untyped --steps keeps the run's own target: nothing to do, not a run to the default 3000
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--quiet"]) == 0
+    assert "nothing trained" in capsys.readouterr().out and load_checkpoint_step(out) == 6
+
+
+def load_checkpoint_step(out):
+    return torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+
+
+def test_given_options_are_recorded_by_the_parser():
+    from scoresde.cli import given_options
+    p = build_parser()
+    assert given_options(p.parse_args(["train", "--out", "x"])) == {"out"}
+    a = p.parse_args(["train", "--out", "x", "--seed", "0", "--quiet", "--hidden", "512"])
+    assert given_options(a) == {"out", "seed", "quiet", "hidden"} and a.seed == 0 and a.hidden == 512
+    assert given_options(p.parse_args(["sample", "ckpt"])) == frozenset()
+
+
+def test_train_with_fewer_steps_than_done_says_nothing_was_trained(toy_run, capsys):
+    before = _snapshot(toy_run)
+    capsys.readouterr()
+    assert main(["train", "--out", str(toy_run), "--steps", "3", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("nothing trained: the run in") and "already at step 5 and --steps 3 asks for no more" in out
+    assert "trained to step" not in out
+    assert _snapshot(toy_run) == before
+
+
+def test_diverging_run_does_not_claim_a_checkpoint(tmp_path, capsys):
+    out = tmp_path / "div"
+    assert main(_toy_args(out, "--steps", "50", "--lr", "1e30")) == 1
+    err = capsys.readouterr().err
+    assert "non-finite gradient norm" in err and "no checkpoint was written yet" in err and "intact" not in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+def test_corrupt_train_args_is_named(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_toy_args(out, "--steps", "2")) == 0
+    for text, fragment in (('{"data": "two_moons", ', "not readable JSON"), ("[1, 2]", "got a list"),
+                           ('{"data": "two_moons"}', "lacks the settings")):
+        (out / "train_args.json").write_text(text)
+        capsys.readouterr()
+        assert main(["train", "--out", str(out), "--steps", "4", "--quiet"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(out / "train_args.json") in err[0] and fragment in err[0], err
+        assert load_checkpoint_step(out) == 2
+
+
+@pytest.mark.parametrize("flag, value", [("--ema", "1.0"), ("--warmup", "-5"), ("--seed", "-1")])
+def test_bad_train_values_rejected_at_parse_time(tmp_path, capsys, flag, value):
+    out = tmp_path / "run"
+    assert main(["train", "--data", "two_moons", "--out", str(out), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"argument {flag}" in err[0]
+    assert not out.exists()  # no train_args.json (or folder) left behind
+
+
+@pytest.mark.parametrize("command", ["sample", "likelihood"])
+def test_bad_out_is_an_error_before_any_work(toy_run, tmp_path, capsys, monkeypatch, command):
+    from scoresde.cli import commands
+
+    def no_work(*a, **k):
+        raise AssertionError("the work started before --out was checked")
+
+    for name in ("draw", "likelihood", "load_run"):
+        monkeypatch.setattr(commands, name, no_work)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    folder = tmp_path / "afolder"
+    folder.mkdir()
+    (tmp_path / "s.npz").mkdir()  # sample writes <out>.npz: an existing folder by that name
+    cases = [(str(blocker / "out"), f"{blocker} is a file, not a folder"),
+             (str(folder) if command == "likelihood" else str(tmp_path / "s"), "is an existing folder; give a file name"),
+             (str(tmp_path / "missing" / "out"), "does not exist")]
+    if os.geteuid() != 0:  # root ignores permission bits, so only other users can test a read-only folder
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o500)
+        cases.append((str(ro / "out"), "is not writable"))
+    for out, fragment in cases:
+        capsys.readouterr()
+        assert main([command, str(toy_run), "--out", out, "--quiet"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"scoresde {command}: error: --out ") and fragment in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["afile", "afolder", "s.npz"] +
+                                                                (["ro"] if os.geteuid() != 0 else []))
+
+
+def test_compare_checks_its_output_folder_first(toy_run, tmp_path, capsys, monkeypatch):
+    from scoresde.cli import compare
+
+    monkeypatch.setattr(compare, "run_compare", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work")))
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        assert main(["compare", str(toy_run), "--out", str(out), "--quiet"]) == 1
+        assert f"{blocker} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_likelihood_says_when_the_data_use_few_of_their_levels(demo, tmp_path):
+    """17-level digits stored as uint8 are read as 256 levels: the bits/dim line is followed by a warning."""
+    out, _ = demo
+    from scoresde.data import digits
+    arr = tmp_path / "digits_uint8.npy"
+    np.save(arr, digits("test").levels.numpy().astype(np.uint8))
+    dest = tmp_path / "lik.json"
+    proc = run_cli("likelihood", str(out / "model"), "--data", str(arr), "-n", "64", "--rtol", "1e-2", "--atol", "1e-2",
+                   "--quiet", "--out", str(dest))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(dest.read_text())
+    assert res["num_levels"] == 256 and "only 17 distinct values in a batch of 64" in res["levels_warning"]
+    assert f"warning: {res['levels_warning']}" in proc.stdout.splitlines()
+    proc = run_cli("likelihood", str(out / "model"), "-n", "64", "--rtol", "1e-2", "--atol", "1e-2", "--quiet",
+                   "--out", str(dest))
+    assert proc.returncode == 0 and "warning" not in proc.stdout
+    assert json.loads(dest.read_text())["levels_warning"] is None
+
+
+def test_ve_default_sigma_max_uses_the_helper_and_covers_off_centre_data(tmp_path, capsys):
+    from scoresde.data import from_array, toy
+    from scoresde.data_stats import recommended_sigma_max, suggest_sigma_max
+    pts = (toy("two_moons", 500).data.numpy() + 100.0).astype(np.float32)  # far from the prior's mean 0
+    arr = tmp_path / "off.npy"
+    np.save(arr, pts)
+    ds = from_array(str(arr))
+    out = tmp_path / "ve"
+    capsys.readouterr()
+    assert main(["train", "--data", str(arr), "--sde", "ve", "--out", str(out), "--steps", "2", "--hidden", "16",
+                 "--layers", "1", "--batch-size", "32"]) == 0
+    err = capsys.readouterr().err
+    sigma = json.loads((out / "train_args.json").read_text())["sigma_max"]
+    # before: the largest pairwise distance of the first 2000 rows (about 7), 100x off the data's offset
+    assert sigma == pytest.approx(recommended_sigma_max(ds), rel=1e-12) and sigma > 50 * suggest_sigma_max(ds)
+    assert f"VE sigma_max {sigma:.4g}" in err and "raised so that the prior" in err and "warning" not in err
+    # an explicit sigma_max below the data's scale: a one-line warning with the measured KL
+    assert main(["train", "--data", "two_moons", "--sde", "ve", "--sigma-max", "1", "--out", str(tmp_path / "ve1"),
+                 "--steps", "2", "--hidden", "16", "--layers", "1", "--batch-size", "32", "--quiet"]) == 0
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warn) == 1 and warn[0].startswith("scoresde train: warning: VESDE: sigma_max 1 is below")
+    assert re.search(r"KL of [\d.e+-]+ nats per dimension", warn[0])

@@ -164,3 +164,25 @@ def test_bad_input():
         ddpm_vlb(3, sde, k, num_levels=L)
     with pytest.raises(ValueError, match=r"shape \(B, \*S\)"):  # break-test: 1-d x was a broadcast RuntimeError
         ddpm_vlb(eps0, sde, torch.tensor([1, 2, 3]), num_levels=L)
+
+
+@pytest.mark.parametrize("timesteps", [None, 50, "2"])
+def test_vlb_on_the_cosine_vp_issue10(timesteps):
+    """Issue 10, item 1: the bound on the cosine VP (T = t_max = 0.9946) sums over its chain, the 994
+    table steps with t_i <= T; with the default timesteps it drew steps up to t = 1 and raised
+    "t must lie in [0, T=0.9946]". Finite bits/dim, at least the exact NLL on average; a
+    continuous-time ScoreModel (alphas "continuous") gives a finite bound too."""
+    from scoresde.models import MLP
+
+    sde, D, n = VPSDE(schedule="cosine"), 4, 64
+    data = GaussianData(mu=torch.tensor([-0.2, 0.0, 0.3, 0.1]), std=torch.tensor([0.3, 0.5, 0.2, 0.4]), shape=(D,))
+    k = _levels(data, n)
+    r = ddpm_vlb(data.eps_fn(sde, discrete=True), sde, k, num_levels=L, timesteps=timesteps,
+                 generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(r.bpd).all() and int(r.timesteps.max()) == 993
+    assert r.terms.shape[1] == {None: 994, 50: 50, "2": 2}[timesteps]
+    assert float(r.bpd.mean()) >= float(_exact_nll_bits(data, k).mean())
+    torch.manual_seed(0)
+    model = ScoreModel(MLP(D, hidden=16, num_layers=1, embed_dim=16), sde).eval()
+    r2 = ddpm_vlb(model, sde, k, num_levels=L, timesteps=timesteps, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(r2.bpd).all()

@@ -34,7 +34,6 @@ import torch
 
 from .._checks import check_choice, check_positive
 from ..chain import VARIANCES, DiscreteChain
-from ..grids import select_timesteps
 from ..score import ScoreModel, to_eps
 from ..sde import VPSDE
 from .base import Plan, Solver, register
@@ -42,10 +41,11 @@ from .common import ScoreEval, randn
 
 
 def make_chain(sde, steps=None, skip: str = "uniform", alphas: str = "table") -> DiscreteChain:
-    """The chain a DDPM / DDIM sampler walks: all N steps (steps=None) or a selection.
+    """The chain a DDPM / DDIM sampler walks: all its steps (steps=None) or a selection.
 
-    For the cosine VP (T = t_max < 1) only the table steps with t_i = (i + 1) / N <= T are used
-    (994 of 1000 at the defaults), and a selection is taken among those.
+    The chain is :class:`~scoresde.chain.DiscreteChain`'s: the ``sde.chain_length`` table steps
+    with t_i = (i + 1) / N <= T (for the cosine VP, T = t_max < 1, 994 of 1000 at the defaults),
+    and a selection is taken among those.
 
     Raises: ValueError for an SDE other than :class:`scoresde.VPSDE` (sub-VP's marginals are not
     those of the DDPM table, VE has no such chain) and for bad ``steps`` / ``skip``.
@@ -53,15 +53,7 @@ def make_chain(sde, steps=None, skip: str = "uniform", alphas: str = "table") ->
     if type(sde) is not VPSDE:
         raise ValueError(f"methods 'ddpm' and 'ddim' discretize the VP SDE (VPSDE); got {type(sde).__name__}. "
                          "Use 'ancestral', 'reverse_diffusion' or 'pc' for VESDE / SubVPSDE")
-    # the cosine VP stops at T = t_max < 1: its last table steps (t_i = (i + 1) / N > T) are not used
-    n = int((sde.index_to_t(torch.arange(sde.N)) <= sde.T + 1e-12).sum())
-    if n == sde.N:
-        return DiscreteChain(sde, timesteps=steps, skip=skip, alphas=alphas)
-    if isinstance(steps, (list, tuple, torch.Tensor)) and max(int(i) for i in steps) >= n:
-        raise ValueError(f"steps: the table steps of this SDE end at index {n - 1} (t = T = {sde.T:g}); "
-                         f"got {steps}")
-    return DiscreteChain(sde, timesteps=select_timesteps(n, n if steps is None else steps, skip), skip=skip,
-                         alphas=alphas)
+    return DiscreteChain(sde, timesteps=steps, skip=skip, alphas=alphas)
 
 
 def ddim_coefficients(chain: DiscreteChain, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
