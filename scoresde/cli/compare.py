@@ -45,6 +45,17 @@ LABELS = {
     "heun": "EDM Heun",
 }
 VP_ONLY = ("ddpm", "ddim")
+
+
+def _methods() -> tuple:
+    """The names ``--methods`` accepts: the solver registry's."""
+    from ..solvers.registry import METHODS
+    return METHODS
+
+
+def _label(name: str) -> str:
+    """The table label of a method (its name when it has no label here)."""
+    return LABELS.get(name, name)
 #: methods whose budgets are NFE (denoise step included): steps are chosen to spend exactly that many
 NFE_BUDGETED = ("dpm_solver", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun")
 #: methods whose budgets are tolerances
@@ -80,8 +91,8 @@ def check_method_names(methods) -> None:
     """Raise ValueError for a ``--methods`` entry whose name is unknown (before any work)."""
     for entry in methods:
         name = entry.partition(":")[0]
-        if name not in LABELS:
-            raise ValueError(f"unknown method {name!r}; valid values are {list(LABELS)}")
+        if name not in _methods():
+            raise ValueError(f"unknown method {name!r}; valid values are {list(_methods())}")
 
 
 def parse_methods(methods, steps, ode_rtols, opts: dict, sde) -> tuple[list[Run], list[str]]:
@@ -95,8 +106,8 @@ def parse_methods(methods, steps, ode_rtols, opts: dict, sde) -> tuple[list[Run]
     runs, notes = [], []
     for entry in methods:
         name, _, budget = entry.partition(":")
-        if name not in LABELS:
-            raise ValueError(f"unknown method {name!r}; valid values are {list(LABELS)}")
+        if name not in _methods():
+            raise ValueError(f"unknown method {name!r}; valid values are {list(_methods())}")
         if budget:
             try:
                 budgets = [float(b) if name in TOLERANCE_BUDGETED else int(b) for b in budget.split(",")]
@@ -116,23 +127,23 @@ def parse_methods(methods, steps, ode_rtols, opts: dict, sde) -> tuple[list[Run]
         for b in budgets:
             if name == "ode":
                 kw = {"method": "ode", "ode_method": opts["ode_method"], "rtol": b, "atol": b}
-                runs.append(Run(name, f"{LABELS[name]} {opts['ode_method']} (tol {b:g})", kw, None, b))
+                runs.append(Run(name, f"{_label(name)} {opts['ode_method']} (tol {b:g})", kw, None, b))
                 continue
             if name == "dpm_adaptive":
-                runs.append(Run(name, f"{LABELS[name]} (tol {b:g})", {"method": name, "rtol": b, "atol": b}, None, b))
+                runs.append(Run(name, f"{_label(name)} (tol {b:g})", {"method": name, "rtol": b, "atol": b}, None, b))
                 continue
             if name in NFE_BUDGETED:
-                runs.append(Run(name, f"{LABELS[name]}, NFE {b}", {"method": name}, None, None, nfe_budget=b))
+                runs.append(Run(name, f"{_label(name)}, NFE {b}", {"method": name}, None, None, nfe_budget=b))
                 continue
             kw = {"method": name, "steps": b}
-            label = LABELS[name]
+            label = _label(name)
             if name == "pc":
                 kw.update(predictor=opts["predictor"], corrector=opts["corrector"], snr=opts["snr"],
                           corrector_steps=opts["corrector_steps"])
                 label = f"PC ({opts['predictor'].replace('_', ' ')} + {opts['corrector']})"
             elif name == "sde":
                 kw.update(sde_method=opts["sde_method"])
-                label = f"{LABELS[name]} ({opts['sde_method']})"
+                label = f"{_label(name)} ({opts['sde_method']})"
             elif name == "ddim":
                 kw.update(eta=opts["eta"])
                 label = f"DDIM (eta={opts['eta']:g})"
