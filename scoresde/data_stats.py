@@ -159,13 +159,15 @@ def recommended_sigma_max(data, *, tol: float = PRIOR_KL_TOL, max_points: int = 
     return hi
 
 
-def check_prior(sde, data, *, stacklevel: int = 2) -> str | None:
+def check_prior(sde, data, *, distance: bool = True, stacklevel: int = 2) -> str | None:
     """Warn (:class:`PriorMismatchWarning`) when a VE SDE's sigma_max does not cover the data.
 
     For a :class:`scoresde.VESDE`: warns when sigma_max is below :func:`suggest_sigma_max` (data)
-    (Technique 1) or when the per-dimension prior KL (:func:`prior_kl`) exceeds
-    :data:`PRIOR_KL_TOL` (also catching data far from the origin); the message gives the measured
-    KL per dimension and per sample and :func:`recommended_sigma_max`. Other SDEs: nothing.
+    (Technique 1; only with ``distance``) or when the per-dimension prior KL (:func:`prior_kl`)
+    exceeds :data:`PRIOR_KL_TOL` (also catching data far from the origin); the message gives the
+    measured KL per dimension and per sample and :func:`recommended_sigma_max`. Other SDEs:
+    nothing. ``distance=False`` suits evaluation data (a likelihood's bias is the KL, and fresh
+    points may lie a little farther apart than the training data that set sigma_max).
 
     Returns: the warning text, or None when there is nothing to say.
     """
@@ -175,17 +177,18 @@ def check_prior(sde, data, *, stacklevel: int = 2) -> str | None:
     x = _flat(data)
     if len(x) < 2:
         return None
-    dist = suggest_sigma_max(x)
+    dist = suggest_sigma_max(x) if distance else 0.0
     kl = prior_kl(sde, x)
     if sde.sigma_max >= dist and kl <= PRIOR_KL_TOL:
         return None
-    where = f"a random {MAX_POINTS} of the {len(x)} samples" if len(x) > MAX_POINTS else f"the {len(x)} samples"
+    where = (f"{MAX_POINTS} of the {len(x)} samples, the farthest from the mean and random others"
+             if len(x) > MAX_POINTS else f"the {len(x)} samples")
     if sde.sigma_max < dist:
         why = (f"sigma_max {sde.sigma_max:.4g} is below the largest pairwise data distance {dist:.4g} (over {where}; "
                "Song & Ermon 2020, Technique 1)")
     else:
-        why = (f"the data lie far from the prior's mean 0 (mean norm {float(x.mean(0).norm()):.4g}) for "
-               f"sigma_max {sde.sigma_max:.4g}")
+        why = (f"sigma_max {sde.sigma_max:.4g} is small against the data's spread or their distance from the "
+               f"prior's mean 0 (mean norm {float(x.mean(0).norm()):.4g})")
     msg = (f"VESDE: {why}: the terminal marginal differs from the prior N(0, sigma_max^2 I) by a KL of {kl:.3g} nats "
            f"per dimension ({kl * x.shape[1]:.4g} nats per sample; Gaussian approximation from the data's mean and "
            "variance), so sampling starts off the data's terminal distribution and likelihoods are off by about as "

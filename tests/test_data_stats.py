@@ -107,6 +107,9 @@ def test_check_prior_warns_with_the_measured_kl():
         assert check_prior(VESDE(0.01, recommended_sigma_max(x)), x) is None
         assert check_prior(VPSDE(), x) is None  # VE only
     off = torch.randn(500, 2, generator=torch.Generator().manual_seed(4)) + 100.0
-    with pytest.warns(PriorMismatchWarning, match="far from the prior's mean"):
+    with pytest.warns(PriorMismatchWarning, match=r"distance from the prior's mean 0 \(mean norm 141"):
         check_prior(VESDE(0.01, suggest_sigma_max(off) * 1.5), off)
+    with warnings.catch_warnings():  # evaluation data: only the KL counts
+        warnings.simplefilter("error")
+        assert check_prior(VESDE(0.01, recommended_sigma_max(x) * 0.9), x, distance=False) is None
     assert math.isfinite(kl)

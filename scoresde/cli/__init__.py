@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
-__all__ = ["main", "build_parser", "CLIError"]
+__all__ = ["main", "build_parser", "CLIError", "given_options"]
 
 SDES = ("vp", "subvp", "ve", "vp-cosine")
 OBJECTIVES = ("dsm", "dsm-likelihood", "ddpm", "hybrid")
@@ -37,8 +38,51 @@ class CLIError(Exception):
         self.status, self.prog = status, prog
 
 
+#: attribute of the parsed namespace: the ``dest`` names of the options given on the command line
+GIVEN = "_given"
+
+
+def given_options(args) -> frozenset | None:
+    """The options typed on the command line (``dest`` names), or None for a namespace that the
+    parser did not build (then every value counts as requested)."""
+    return getattr(args, GIVEN, None)
+
+
+def _mark_given(namespace, dest: str) -> None:
+    setattr(namespace, GIVEN, frozenset(getattr(namespace, GIVEN, frozenset())) | {dest})
+
+
+class _Store(argparse._StoreAction):
+    """The "store" action, recording that the option was given (even with its default value)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        if option_string is not None:
+            _mark_given(namespace, self.dest)
+
+
+class _StoreTrue(argparse._StoreTrueAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _mark_given(namespace, self.dest)
+
+
 class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr (no usage dump), exit status 2."""
+    """ArgumentParser whose errors are one line on stderr (no usage dump), exit status 2, and
+    whose namespace records which options were typed (:func:`given_options`): a resumed run
+    compares those, so ``--seed 0`` is refused on a seed-3 run although 0 is the default."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Store)
+        self.register("action", "store", _Store)
+        self.register("action", "store_true", _StoreTrue)
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        if not hasattr(ns, GIVEN):
+            setattr(ns, GIVEN, frozenset())
+        return ns, extras
 
     def error(self, message):  # noqa: D401 - argparse API
         raise CLIError(f"{message} (see '{self.prog} --help')", status=2, prog=self.prog)
@@ -68,6 +112,28 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _decay(text: str) -> float:
+    """An EMA decay: a number in [0, 1) (1 would never move the average off its first value)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r} (1 freezes the EMA at its "
+                                         "first value)")
+    return v
+
+
 def _unit_float(text: str) -> float:
     try:
         v = float(text)
@@ -94,7 +160,7 @@ def _device(text: str) -> str:
 
 
 def _add_common(p: argparse.ArgumentParser, seed: int = 0) -> None:
-    p.add_argument("--seed", type=int, default=seed, help="random seed (sampling noise, data split draws)")
+    p.add_argument("--seed", type=_nonneg_int, default=seed, help="random seed (sampling noise, data split draws)")
     p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (0: torch's default). One thread is the fast and safe choice for "
@@ -136,7 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- train ---------------------------------------------------------------------------
     p = sub.add_parser("train", formatter_class=_Formatter, help="train a score model (resumes from --out)",
                        description="Train a score model. If --out already holds a checkpoint, training resumes "
-                                   "from it (its saved config wins over the model/SDE options here).")
+                                   "from it with the run's saved settings: an option typed here that differs from "
+                                   "them is an error (even if it is the default), except --steps, "
+                                   "--checkpoint-every, --device and --quiet; --steps and --checkpoint-every keep "
+                                   "the run's values unless typed.")
     p.add_argument("--data", default="digits",
                    help="'digits' (scikit-learn 8x8), a 2-D toy name (e.g. swiss_roll, two_moons, "
                         "8gaussians, checkerboard), or a path to .npy / .npz / an image folder")
@@ -147,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--beta-max", type=_positive_float, default=20.0, help="VP / sub-VP: beta(1)")
     g.add_argument("--sigma-min", type=_positive_float, default=0.01, help="VE: sigma_min")
     g.add_argument("--sigma-max", type=_positive_float, default=None,
-                   help="VE: sigma_max; default: the largest pairwise data distance (Song & Ermon 2020)")
+                   help="VE: sigma_max; default: the largest pairwise data distance (Song & Ermon 2020, "
+                        "Technique 1; over 2000 samples of larger data), raised if needed so that the prior is "
+                        "within 0.01 nats per dimension of the data's terminal marginal (off-centre data)")
     g.add_argument("--num-scales", type=_positive_int, default=1000, help="N, steps of the discrete chain")
     g = p.add_argument_group("model and objective")
     g.add_argument("--model", choices=MODELS, default="auto", help="network; auto: UNet for square images of side >= 8, else the MLP (on flattened samples)")
@@ -162,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=_positive_int, default=3000, help="training steps")
     g.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")
     g.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (after warm-up)")
-    g.add_argument("--warmup", type=int, default=200, help="linear warm-up steps")
-    g.add_argument("--ema", type=_unit_float, default=0.999, help="EMA decay")
+    g.add_argument("--warmup", type=_nonneg_int, default=200, help="linear warm-up steps")
+    g.add_argument("--ema", type=_decay, default=0.999, help="EMA decay, in [0, 1)")
     g.add_argument("--checkpoint-every", type=_positive_int, default=2000, help="steps between checkpoints")
     _add_common(p)
 
@@ -247,7 +318,9 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         command = f"scoresde {args.command}"
         from . import commands
-        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
+        with warnings.catch_warnings():
+            _one_line_warnings(command)
+            return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
     except SystemExit as e:  # --help / --version
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except KeyboardInterrupt:
@@ -259,6 +332,20 @@ def main(argv=None) -> int:
     except Exception as e:  # one line, no traceback: the CLI's contract
         _print_error(command, e, 1)
         return 1
+
+
+def _one_line_warnings(command: str) -> None:
+    """Show warnings as ``scoresde <command>: warning: <message>`` lines on stderr, each text once."""
+    seen = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = " ".join(str(message).split())
+        if text not in seen:
+            seen.add(text)
+            print(f"{command}: warning: {text}", file=sys.stderr, flush=True)
+
+    warnings.simplefilter("always")  # dedup by text here, not by code location
+    warnings.showwarning = show
 
 
 def _print_error(command: str, e: BaseException, status: int) -> None:

@@ -23,6 +23,12 @@ from ..train import resolve_checkpoint
 TRAIN_ARGS = "train_args.json"
 #: train options that may change when a run is resumed
 _RESUME_FREE = ("steps", "quiet", "checkpoint_every", "out", "device", "command")
+#: free options that keep the run's saved value unless typed (an interrupted run resumes to its own --steps)
+_KEEP_UNLESS_GIVEN = ("steps", "checkpoint_every")
+#: settings a train_args.json must hold (run_train reads them)
+_REQUIRED = ("data", "sde", "beta_min", "beta_max", "sigma_min", "sigma_max", "num_scales", "model", "hidden",
+             "layers", "channels", "objective", "prediction", "steps", "batch_size", "lr", "warmup", "ema", "seed",
+             "checkpoint_every")
 
 
 def _log(args, msg: str) -> None:
@@ -67,7 +73,14 @@ def load_data(spec: str, *, split: str = "train", seed: int = 0):
 
 def make_sde(name: str, *, beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_max=None, num_scales=1000,
              data=None):
-    """The SDE of ``--sde``; VE's default sigma_max is the largest pairwise data distance."""
+    """The SDE of ``--sde``.
+
+    VE's default sigma_max is :func:`scoresde.data_stats.recommended_sigma_max` of the data: the
+    largest pairwise distance (:func:`scoresde.suggest_sigma_max`, Song & Ermon 2020, Technique 1),
+    raised where needed so that the prior is within 0.01 nats per dimension of the data's terminal
+    marginal (data far from the origin); 50 without data.
+    """
+    from ..data_stats import recommended_sigma_max
     from ..sde import VESDE, VPSDE, SubVPSDE
     if name == "vp":
         return VPSDE(beta_min, beta_max, num_scales)
@@ -77,8 +90,7 @@ def make_sde(name: str, *, beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_ma
         return SubVPSDE(beta_min, beta_max, num_scales)
     if name == "ve":
         if sigma_max is None:
-            x = data.data.reshape(len(data), -1)[:2000].double() if data is not None else None
-            sigma_max = float(torch.cdist(x, x).max()) if x is not None and len(x) > 1 else 50.0
+            sigma_max = recommended_sigma_max(data) if data is not None and len(data) > 1 else 50.0
             sigma_max = max(sigma_max, 2 * sigma_min)
         return VESDE(sigma_min, sigma_max, num_scales)
     raise ValueError(f"unknown sde {name!r}; valid values are ['vp', 'subvp', 've', 'vp-cosine']")
@@ -153,47 +165,82 @@ def _check_shape(ds, cfg, what="data"):
 # ------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     r = run_train(args)
-    msg = f"trained to step {r['step']} in {r['wall_s']:.1f} s; loss {r['loss']:.4f}" if r["loss"] is not None else \
-        f"step {r['step']} (already trained)"
+    if not r["trained"]:
+        asked = (f"--steps {r['steps_requested']} asks for no more" if r["steps_given"] else
+                 f"that is its --steps {r['steps_requested']}")
+        msg = (f"nothing trained: the run in {args.out} is already at step {r['step']} and {asked} (pass --steps N "
+               f"with N > {r['step']} to train further)")
+        if r["loss"] is not None:
+            msg += f"; loss {r['loss']:.4f}"
+    elif r["loss"] is not None:
+        msg = f"trained to step {r['step']} in {r['wall_s']:.1f} s; loss {r['loss']:.4f}"
+    else:
+        msg = f"step {r['step']}"
     if r["eval_loss"] is not None:
         msg += f", test loss (EMA) {r['eval_loss']:.4f}"
     print(f"{msg}; checkpoint {r['checkpoint']}")
     return 0
 
 
+def _read_train_args(path: Path) -> dict:
+    """The settings of a run (``train_args.json``); a damaged file is a one-line error naming it."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"{path} is corrupt (not readable JSON: {e}); it holds the run's settings: restore it, or "
+                         "train in another --out folder") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} is corrupt: expected a JSON object of settings, got a {type(saved).__name__}")
+    missing = [k for k in _REQUIRED if k not in saved]
+    if missing:
+        raise ValueError(f"{path} is corrupt or from another scoresde: it lacks the settings {missing}")
+    return saved
+
+
 def run_train(args) -> dict:
-    """Train (or resume) as ``scoresde train`` does; returns a summary dict."""
+    """Train (or resume) as ``scoresde train`` does; returns a summary dict.
+
+    On resume the run's saved settings (``train_args.json``) are used; every option typed on the
+    command line (``given_options``: also one equal to its default) must match them, except
+    --steps, --checkpoint-every, --device and --quiet (--steps and --checkpoint-every keep their
+    saved values unless typed). A namespace not built by the parser counts as all typed.
+    """
     from ..checkpoint import load_checkpoint
     from ..train import CHECKPOINT_NAME, TrainConfig, train
+    from . import GIVEN, given_options
     _threads(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     ckpt = out / CHECKPOINT_NAME
-    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    given = given_options(args)
+    settings = {k: v for k, v in vars(args).items() if k not in ("func", GIVEN)}
+    typed = (lambda k: True) if given is None else (lambda k: k in given)
     saved_path = out / TRAIN_ARGS
-    resumed_from = 0
+    resumed_from, metrics = 0, {}
     if ckpt.exists():
         state = load_checkpoint(ckpt)  # corrupt file -> one-line ValueError before anything else
         resumed_from = int(state.get("step", 0))
+        metrics = state.get("metrics") or {}
         if not saved_path.exists():
             raise ValueError(f"{ckpt} was not written by 'scoresde train' (no {TRAIN_ARGS}); resume it from Python "
                              "with scoresde.train.train")
-        saved = json.loads(saved_path.read_text())
-        if settings["data"] != saved.get("data"):
+        saved = _read_train_args(saved_path)
+        if typed("data") and settings["data"] != saved.get("data"):
             raise ValueError(f"{out} holds a run on --data {saved.get('data')}; train on {settings['data']} in "
                              "another --out folder")
-        from . import build_parser
-        defaults = vars(build_parser().parse_args(["train", "--out", str(out)]))
-        changed = [k for k in saved if k not in _RESUME_FREE and k in settings and settings[k] != saved[k]
-                   and settings[k] != defaults.get(k)]
+        changed = [k for k in saved if k not in _RESUME_FREE and k in settings and typed(k) and settings[k] != saved[k]]
         if changed:  # as the Python API: a resumed run keeps its settings, so a different request is an error
             diffs = ", ".join(f"--{k.replace('_', '-')} {settings[k]} (saved {saved[k]})" for k in changed)
             raise ValueError(f"{out} holds a run whose settings cannot change on resume: {diffs}; omit them to "
                              "resume, or train in another --out folder")
-        _log(args, f"scoresde train: resuming {ckpt} from step {int(state.get('step', 0))}")
+        _log(args, f"scoresde train: resuming {ckpt} from step {resumed_from}")
         for k in _RESUME_FREE:
+            if k in _KEEP_UNLESS_GIVEN and not typed(k) and k in saved:
+                continue
             saved[k] = settings[k]
+        for k, v in settings.items():  # options added to the parser after the run was made
+            saved.setdefault(k, v)
         settings = saved
         del state
     if not resumed_from:
@@ -206,6 +253,8 @@ def run_train(args) -> dict:
                    sigma_min=settings["sigma_min"], sigma_max=settings["sigma_max"],
                    num_scales=settings["num_scales"], data=ds)
     if settings["sde"] == "ve":
+        if settings["sigma_max"] is None:
+            _log(args, _sigma_max_note(sde.sigma_max, ds))
         settings["sigma_max"] = sde.sigma_max if hasattr(sde, "sigma_max") else settings["sigma_max"]
     if settings["objective"] in ("ddpm", "hybrid") and settings["sde"] not in ("vp", "vp-cosine"):
         raise ValueError(f"--objective {settings['objective']} trains on the discrete DDPM chain and needs "
@@ -214,6 +263,12 @@ def run_train(args) -> dict:
     model, objective = make_model(settings, ds.shape, sde)
     if settings["batch_size"] > len(ds):
         raise ValueError(f"--batch-size {settings['batch_size']} is larger than the data ({len(ds)} samples)")
+    summary = {"resumed_from": resumed_from, "steps_requested": settings["steps"], "steps_given": typed("steps"),
+               "n_params": sum(p.numel() for p in model.parameters()), "net": type(model.net).__name__,
+               "sde": type(sde).__name__, "settings": settings, "data": ds.name, "n_data": len(ds)}
+    if resumed_from and resumed_from >= settings["steps"]:  # nothing to do: leave every file as it is
+        return {**summary, "step": resumed_from, "loss": metrics.get("loss"), "eval_loss": metrics.get("eval_loss"),
+                "checkpoint": os.path.abspath(ckpt), "wall_s": 0.0, "trained": False}
     cfg = TrainConfig.small(settings["steps"], batch_size=settings["batch_size"], lr=settings["lr"],
                             warmup=settings["warmup"], ema_decay=settings["ema"],
                             seed=settings["seed"], out_dir=str(out), quiet=args.quiet,
@@ -231,9 +286,22 @@ def run_train(args) -> dict:
     loss = res.loss
     if loss is None and res.checkpoint:  # nothing left to train: report the stored loss
         loss = (load_checkpoint(res.checkpoint).get("metrics") or {}).get("loss")
-    return {"step": res.step, "loss": loss, "resumed_from": resumed_from, "eval_loss": res.eval_loss, "checkpoint": res.checkpoint,
-            "wall_s": wall, "n_params": sum(p.numel() for p in model.parameters()), "net": type(model.net).__name__,
-            "sde": type(sde).__name__, "settings": settings, "data": ds.name, "n_data": len(ds)}
+    return {**summary, "step": res.step, "loss": loss, "eval_loss": res.eval_loss, "checkpoint": res.checkpoint,
+            "wall_s": wall, "trained": res.step > resumed_from}
+
+
+def _sigma_max_note(sigma_max: float, ds) -> str:
+    """How the default VE sigma_max was chosen (logged by ``scoresde train``)."""
+    from ..data_stats import MAX_POINTS, suggest_sigma_max
+    d = suggest_sigma_max(ds)
+    where = (f"a subset of {MAX_POINTS} of the {len(ds)} samples (the farthest from the mean and random others)"
+             if len(ds) > MAX_POINTS else f"the {len(ds)} samples")
+    msg = (f"scoresde train: VE sigma_max {sigma_max:.4g}: the largest pairwise distance between {where} is {d:.4g} "
+           "(Song & Ermon 2020, Technique 1)")
+    if sigma_max > d * (1 + 1e-9):
+        msg += ("; raised so that the prior N(0, sigma_max^2 I) is within 0.01 nats per dimension of the data's "
+                "terminal marginal (the data lie far from the origin)")
+    return msg
 
 
 # ------------------------------------------------------------------------------------------ sample
@@ -292,8 +360,14 @@ def save_samples_figure(x, ds_shape, path, data_range=(-1.0, 1.0), reference=Non
 
 def cmd_sample(args) -> int:
     from .. import data as D
+    from .outputs import check_output_file
     _threads(args)
     opts = sampler_options(args.method, args)
+    out = Path(args.out)
+    npz = out.with_name(out.name + ".npz")
+    png = out.with_name(out.name + ".png")
+    for f in (npz, png):  # before any work: a bad --out used to fail after the sampling
+        check_output_file(f, "--out", args.out)
     model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
     _log(args, _weights_note(cfg))
     shape = tuple(cfg["data"]["shape"])
@@ -306,9 +380,6 @@ def cmd_sample(args) -> int:
     bounded = ds.bounded if ds is not None else True
     if bounded:
         x = x.clamp(*data_range)
-    out = Path(args.out)
-    if out.parent and not out.parent.exists():
-        raise FileNotFoundError(f"output folder {out.parent} does not exist")
     arrays = {"samples": x.numpy().astype(np.float32)}
     picture = x
     if cfg["data"].get("num_levels"):
@@ -316,8 +387,6 @@ def cmd_sample(args) -> int:
         levels = D.float_to_levels(x, L)
         arrays["levels"] = levels.numpy().astype(np.int16)
         picture = D.levels_to_float(levels, L)  # what the data look like: rounded to the levels
-    npz = out.with_name(out.name + ".npz")
-    png = out.with_name(out.name + ".png")
     ref = ds.data[:2000] if ds is not None and ds.shape == (2,) else None
     title = f"{args.method}, {args.steps if args.method != 'ode' else 'adaptive'} steps, NFE {nfes[0]}"
     made_png = save_samples_figure(picture, shape, png, data_range, reference=ref, title=title)
@@ -354,13 +423,18 @@ def likelihood(model, sde, ds, *, n=0, divergence="hutchinson_rademacher", ode_m
     -log2 p(x) / D of :func:`scoresde.log_likelihood` (bits/dim of the density; can be negative).
     The standard error is std / sqrt(n) over the points.
     """
+    import warnings
+
     from .. import bits_per_dim, log_likelihood
+    from .._levels import LevelsWarning, check_levels
     from ..sde import VPSDE, SubVPSDE
     quantized = ds.levels is not None
     xs = ds.levels if quantized else ds.data
     if n and n > 0:
         xs = xs[:n]
     npts = len(xs)
+    # e.g. 17-level digits stored as uint8 and read as 256 levels: 9.78 bits/dim instead of 4.27
+    levels_note = check_levels(xs, ds.num_levels, warn=False) if quantized else None
     opts = dict(eps=eps, method=ode_method, rtol=rtol, atol=atol, divergence=divergence)
     chunks = list(range(0, npts, batch_size))
     bar = None
@@ -374,8 +448,10 @@ def likelihood(model, sde, ds, *, n=0, divergence="hutchinson_rademacher", ode_m
             x = xs[start:start + batch_size]
             g = torch.Generator().manual_seed(seed + j)
             if quantized:
-                r = bits_per_dim(model, sde, x, data_range=ds.data_range, num_levels=ds.num_levels, generator=g,
-                                 **opts)
+                with warnings.catch_warnings():  # checked once above, on all the points
+                    warnings.simplefilter("ignore", LevelsWarning)
+                    r = bits_per_dim(model, sde, x, data_range=ds.data_range, num_levels=ds.num_levels, generator=g,
+                                     **opts)
                 vals.append(r.bpd.double().cpu())
             else:
                 r = log_likelihood(model, sde, x, generator=g, **opts)
@@ -393,7 +469,8 @@ def likelihood(model, sde, ds, *, n=0, divergence="hutchinson_rademacher", ode_m
            "n_points": npts, "nfe_per_solve": nfes, "nfe_mean": float(np.mean(nfes)), "wall_s": round(wall, 2),
            "kind": "bits/dim of the dequantized discrete data (PF-ODE)" if quantized else
                    "bits/dim of the continuous density (PF-ODE), -log2 p(x) / D",
-           "num_levels": ds.num_levels, "data_range": list(ds.data_range), "divergence": divergence,
+           "num_levels": ds.num_levels, "levels_warning": levels_note, "data_range": list(ds.data_range),
+           "divergence": divergence,
            "ode_method": ode_method, "rtol": rtol, "atol": atol, "eps": eps}
     if vlb:
         if not isinstance(sde, (VPSDE, SubVPSDE)):
@@ -423,18 +500,22 @@ def vlb_bits(model, sde, levels, num_levels, *, batch_size=500, seed=0, timestep
 
 
 def cmd_likelihood(args) -> int:
+    from ..data_stats import check_prior
+    from .outputs import check_output_file
     _threads(args)
+    if args.num_points < 0:
+        raise ValueError(f"--num-points must be >= 0; got {args.num_points}")
+    out = check_output_file(args.out, "--out", args.out)  # before any work (it used to fail after the solves)
     model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
     evd, desc = eval_split(args.data, args.split, cfg, ds, args.seed)
     _check_shape(evd, cfg, f"--data {args.data}" if args.data else "the data")
     _log(args, _weights_note(cfg))
-    if args.num_points < 0:
-        raise ValueError(f"--num-points must be >= 0; got {args.num_points}")
+    prior_note = check_prior(sde, evd, distance=False)  # VE: prior far from p_T (one warning line on stderr)
     res = likelihood(model, sde, evd, n=args.num_points, divergence=args.divergence, ode_method=args.ode_method,
                      rtol=args.rtol, atol=args.atol, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
                      vlb=args.vlb, progress=not args.quiet)
-    res.update({"checkpoint": resolve_checkpoint(args.checkpoint), "data": desc, "sde": sde.config()})
-    out = Path(args.out)
+    res.update({"checkpoint": resolve_checkpoint(args.checkpoint), "data": desc, "sde": sde.config(),
+                "prior_warning": prior_note})
     with atomic_file(out) as f:
         json.dump(res, f, indent=2)
         f.write("\n")
@@ -442,6 +523,8 @@ def cmd_likelihood(args) -> int:
     print(f"bits/dim (PF-ODE {args.ode_method}, rtol {args.rtol:g}, {args.divergence}) on {desc}, "
           f"{res['n_points']} points: {res['bpd']:.3f}{se} (standard error over the data); "
           f"NFE {res['nfe_mean']:.0f} per solve; {res['wall_s']:.1f} s")
+    if res["levels_warning"]:
+        print(f"warning: {res['levels_warning']}")
     if args.vlb:
         if res.get("vlb") is not None:
             se = f" ± {res['vlb_se']:.3f}" if res["vlb_se"] is not None else ""
@@ -456,10 +539,12 @@ def cmd_likelihood(args) -> int:
 # ----------------------------------------------------------------------------------------- compare
 def cmd_compare(args) -> int:
     from .compare import check_method_names, parse_methods, run_compare, write_compare
+    from .outputs import check_output_folder
     _threads(args)
     check_method_names(args.methods)
     if args.bpd_points < 0:
         raise ValueError(f"--bpd-points must be >= 0; got {args.bpd_points}")
+    check_output_folder(args.out)  # before any work; created only after it
     model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
     if ds is None:
         raise ValueError("the checkpoint's data cannot be rebuilt (in-memory array); compare needs them")

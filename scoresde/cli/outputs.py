@@ -1,0 +1,73 @@
+"""Output paths checked before any work (``scoresde sample``, ``likelihood``, ``compare``).
+
+A bad ``--out`` used to surface only when the results were written, after the sampling or the
+likelihood solves (15 s of likelihood, then an OSError). These checks run first and raise a
+one-line error naming the option, the path and what is wrong:
+
+* a path under a file (``--out afile/samples``): ValueError "... is a file, not a folder";
+* an existing folder given as a file name: ValueError "... is an existing folder";
+* a folder that does not exist: FileNotFoundError (nothing is created: a failed run leaves
+  nothing behind; ``compare`` creates its output folder after the work, under an existing one);
+* a folder that cannot be written: ValueError with the operating system's reason, found by
+  creating and removing a probe file. (Root ignores permission bits, so a read-only folder
+  stops only non-root users; the tests, run as root, cover the first two cases.)
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["check_output_file", "check_output_folder"]
+
+
+def _nearest_existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _probe(folder: Path, what: str) -> None:
+    try:
+        fd, name = tempfile.mkstemp(prefix=".scoresde-write-test-", dir=folder)
+        os.close(fd)
+        os.remove(name)
+    except OSError as e:
+        raise ValueError(f"{what}: folder {folder} is not writable ({e.strerror or e})") from None
+
+
+def check_output_file(path, option: str = "--out", value=None) -> Path:
+    """Check that the file ``path`` can be written (atomically, beside itself) before any work.
+
+    Arguments:
+        path: the file to be written.
+        option, value: how the error names it, e.g. ``--out samples`` (value defaults to path).
+    Returns: the absolute path.
+    Raises: ValueError / FileNotFoundError (one line), see the module docstring.
+    """
+    what = f"{option} {value if value is not None else path}"
+    p = Path(os.path.abspath(os.fspath(path)))
+    if p.is_dir():
+        raise ValueError(f"{what}: {p} is an existing folder; give a file name")
+    base = _nearest_existing(p.parent)
+    if not base.is_dir():
+        raise ValueError(f"{what}: {base} is a file, not a folder")
+    if base != p.parent:
+        raise FileNotFoundError(f"{what}: output folder {p.parent} does not exist")
+    _probe(p.parent, what)
+    return p
+
+
+def check_output_folder(path, option: str = "--out") -> Path:
+    """Check that the folder ``path`` exists as a writable folder or can be created (it is not created).
+
+    Raises: ValueError (one line): ``path`` or a folder above it is a file; the folder (or, if it
+    does not exist yet, the nearest existing one above it) is not writable.
+    """
+    what = f"{option} {path}"
+    p = Path(os.path.abspath(os.fspath(path)))
+    base = _nearest_existing(p)
+    if not base.is_dir():
+        raise ValueError(f"{what}: {base} is a file, not a folder")
+    _probe(base, what)
+    return p
