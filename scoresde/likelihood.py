@@ -46,7 +46,7 @@ from typing import Callable
 
 import torch
 
-from ._checks import check_choice, check_finite, check_positive
+from ._checks import check_batch, check_choice, check_finite, check_positive
 from .grids import check_eps
 from .sde import SDE, reverse_drift
 from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, rms_norm, solve_ode
@@ -112,9 +112,7 @@ def pf_drift(score_fn: Callable, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> 
 def _check_common(sde: SDE, x: torch.Tensor, eps: float, name: str = "x") -> float:
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__}")
-    check_finite(name, x)
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor; got {x.dtype}")
+    check_batch(name, x)  # a float tensor with data, at least one sample, finite
     if x.dim() < 2:
         raise ValueError(f"{name} must have shape (B, *S) with at least one data dimension; got {tuple(x.shape)}")
     return check_eps(eps, sde)
@@ -189,8 +187,9 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         logp and its parts stay float32 (z is cast back to x's dtype).
     Raises:
         ValueError: eps outside (0, T); unknown divergence or method (the message lists the
-            valid names); rtol / atol <= 0; n_probes < 1; NaN / inf in x; x without a data
-            dimension; a score of the wrong shape or with NaN / inf.
+            valid names); rtol / atol <= 0, or both below the machine epsilon of x's dtype;
+            n_probes < 1; NaN / inf in x; x without a data dimension, empty (batch size 0) or on
+            the "meta" device; a score of the wrong shape or with NaN / inf.
         TypeError: integer x, a non-SDE ``sde``, a ``generator`` that is not a torch.Generator.
         ODESolverError: max_nfe exceeded or step-size underflow (stiff field near t = 0).
     Reference:
@@ -244,6 +243,7 @@ def _check_levels(x: torch.Tensor, num_levels: int) -> None:
         raise TypeError(f"x must be a torch.Tensor of integer levels; got {type(x).__name__}")
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"x must hold integer levels (uint8 / int / integer-valued float); got dtype {x.dtype}")
+    check_batch("x", x, floating=False, finite=False)  # at least one sample, on a device with values
     if x.is_floating_point():
         check_finite("x", x)
         if not bool((x == torch.round(x)).all()):
@@ -318,8 +318,8 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
         nfe.
     Raises:
         ValueError: x outside [0, L - 1] or non-integer (dequantize=True), x outside data_range
-            (dequantize=False), NaN in x, data_range with low >= high, num_levels < 2,
-            n_dequant < 1, and everything :func:`log_likelihood` raises.
+            (dequantize=False), NaN in x, an empty (batch size 0) or "meta" x, data_range with
+            low >= high, num_levels < 2, n_dequant < 1, and everything :func:`log_likelihood` raises.
         TypeError: unknown keyword arguments; non-floating x with dequantize=False.
     Reference:
         Song et al. 2021, App. D.2 (bpd with uniform dequantization, offset 7 - inverse_scaler(-1));
@@ -340,7 +340,7 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
     else:
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             raise TypeError("with dequantize=False x must be a floating-point tensor of data in data_range")
-        check_finite("x", x)
+        check_batch("x", x)
         if float(x.min()) < low or float(x.max()) > high:
             raise ValueError(f"with dequantize=False x must lie in data_range [{low:g}, {high:g}]; got values in "
                              f"[{float(x.min()):g}, {float(x.max()):g}]")
@@ -374,7 +374,8 @@ def encode(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, 
         z (B, *S), the state at time T (the same z :func:`log_likelihood` returns), in x's dtype
         (float16 / bfloat16 x is solved in float32 and cast back, see :func:`solve_ode`).
     Raises:
-        ValueError: eps outside (0, T), unknown method, rtol / atol <= 0, NaN in x.
+        ValueError: eps outside (0, T), unknown method, rtol / atol <= 0 (or both below the
+            epsilon of x's dtype), NaN in x, an empty (batch size 0) or "meta" x.
         ODESolverError: max_nfe exceeded or step-size underflow.
     Reference: Song et al. 2021, Sec. 4.3 ("uniquely identifiable encoding"), Eq. (13).
     """
@@ -394,7 +395,8 @@ def decode(score_fn: Callable, sde: SDE, z: torch.Tensor, *, eps: float = 1e-5, 
     Returns:
         x (B, *S), the state at time eps, in z's dtype (float16 / bfloat16 solved in float32).
     Raises:
-        ValueError: eps outside (0, T), unknown method, rtol / atol <= 0, NaN in z.
+        ValueError: eps outside (0, T), unknown method, rtol / atol <= 0 (or both below the
+            epsilon of z's dtype), NaN in z, an empty (batch size 0) or "meta" z.
         ODESolverError: max_nfe exceeded or step-size underflow.
     Reference: Song et al. 2021, Sec. 4.3, Eq. (13).
     """

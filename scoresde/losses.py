@@ -32,7 +32,7 @@ import weakref
 
 import torch
 
-from ._checks import as_time, bcast, check_choice, check_finite, check_positive
+from ._checks import as_time, bcast, check_batch, check_choice, check_finite, check_positive
 from .chain import DiscreteChain, discretized_gaussian_log_likelihood, normal_kl
 from .score import ScoreModel, call_score, eps_to_x0, to_eps
 from .schedules import work_dtype
@@ -49,7 +49,7 @@ def _check_x0(x0) -> None:
         raise TypeError(f"x0 must be a torch.Tensor of shape (B, ...); got {type(x0).__name__}")
     if x0.dim() < 2 or x0.shape[0] < 1:
         raise ValueError(f"x0 must have shape (B, *S) with a batch dimension and data dimensions; got {tuple(x0.shape)}")
-    check_finite("x0", x0, floating=True)
+    check_batch("x0", x0)
 
 
 def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:

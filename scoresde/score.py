@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ._checks import as_time, bcast, check_choice
+from ._checks import as_time, bcast, check_batch, check_choice
 from .sde import SDE, VESDE, _VPFamily
 
 PREDICTIONS = ("eps", "score", "x0", "v")
@@ -140,8 +140,10 @@ class ScoreModel(nn.Module):
     Shapes:
         x (B, *S); t (B,) or a scalar in [0, T]; output (B, *S), in x's dtype.
     Raises:
+        TypeError: x not a floating-point tensor (integer x gave NaN).
         ValueError: unknown prediction / time_input, ``discrete`` with a VE SDE, t outside [0, T]
-            or of the wrong batch size, sigma(t) = 0 where the conversion divides by it (t = 0 on
+            or of the wrong batch size, an empty x (batch size 0) or one on the "meta" device (or
+            a network whose parameters are), sigma(t) = 0 where the conversion divides by it (t = 0 on
             VP / sub-VP: use t >= eps), a network output of the wrong shape.
     Reference: Song et al. 2021, App. C / reference ``get_score_fn``; Ho et al. 2020, Eq. (11).
     """
@@ -170,6 +172,11 @@ class ScoreModel(nn.Module):
 
     def raw(self, x: torch.Tensor, t, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Network output split as (prediction (B, *S), variance channels or None, t (B,))."""
+        check_batch("x", x, finite=False)  # integer, empty or meta x: a named error, not NaN
+        p = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None
+        if p is not None and p.device.type == "meta":
+            raise ValueError("the network's parameters are on the 'meta' device (shapes without values): "
+                             "materialise it first, e.g. net.to_empty(device='cpu') then load_state_dict")
         t = as_time(t, x, self.sde.T)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
         out = self.net(x, network_time(self.sde, t, self.time_input, dtype), **kwargs)

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ._checks import as_time, bcast, check_choice, check_finite, check_positive
+from ._checks import as_time, bcast, check_batch, check_choice, check_device, check_positive
 from .schedules import CosineSchedule, LinearSchedule, as_work, work_dtype
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -139,10 +139,11 @@ class SDE(abc.ABC):
         Returns:
             drift (B, *S) in x's dtype and diffusion g(t) of shape (B,).
         Raises:
-            ValueError: t outside [0, T] or of the wrong batch size, non-finite x.
+            ValueError: t outside [0, T] or of the wrong batch size, non-finite, empty or "meta" x.
+            TypeError: x not a floating-point tensor.
         Reference: Song et al. 2021, Eq. (5), (9), (11).
         """
-        check_finite("x", x, floating=True)
+        check_batch("x", x)
         t = self._time(t, x)
         drift = (bcast(self.drift_coeff(t), x) * x).to(x.dtype)
         return drift, self.diffusion_coeff(t).to(_out_dtype(x))
@@ -155,10 +156,12 @@ class SDE(abc.ABC):
         Returns:
             mean alpha(t) x_0 (B, *S) in x's dtype, std sigma(t) of shape (B,).
         Raises:
-            ValueError: t outside [0, T] or of the wrong batch size, non-finite x.
+            ValueError: t outside [0, T] or of the wrong batch size, non-finite, empty (batch size
+                0) or "meta" x.
+            TypeError: x not a floating-point tensor.
         Reference: Song et al. 2021, Eq. (29) (VP), (30) (sub-VP), App. B (VE).
         """
-        check_finite("x", x, floating=True)
+        check_batch("x", x)
         t = self._time(t, x)
         mean = (bcast(self.mean_coeff(t), x) * x).to(x.dtype)
         return mean, self.marginal_std(t).to(_out_dtype(x))
@@ -176,6 +179,8 @@ class SDE(abc.ABC):
             raise ValueError(f"shape must be a non-empty tuple of positive sizes (B, ...); got {shape}")
         if device is None and generator is not None:
             device = generator.device
+        if device is not None:
+            device = check_device("device", device)
         z = torch.randn(shape, generator=generator, device=device, dtype=dtype or torch.float32)
         return z * self.prior_std if self.prior_std != 1.0 else z
 
@@ -186,11 +191,10 @@ class SDE(abc.ABC):
         depend on the data (the prior approximates the marginal at T, Song et al. 2021, Sec. 3).
 
         Arguments: z: (B, *S). Returns: (B,) float64 if z is float64, else float32.
-        Raises: ValueError for non-finite z.
+        Raises: ValueError for non-finite, empty (batch size 0) or "meta" z; TypeError for
+            integer z.
         """
-        check_finite("z", z, floating=True)
-        if z.dim() < 1:
-            raise ValueError(f"z must have shape (B, ...); got {tuple(z.shape)}")
+        check_batch("z", z)
         zz = z.reshape(z.shape[0], -1).to(work_dtype(z.device))
         D = zz.shape[1]
         s2 = self.prior_std**2
@@ -214,7 +218,7 @@ class SDE(abc.ABC):
             ValueError: t or t_next outside [0, T], t_next > t, wrong batch size, non-finite x.
         Reference: Song et al. 2021, Eq. (46)-(47) (reverse diffusion), App. E.
         """
-        check_finite("x", x, floating=True)
+        check_batch("x", x)
         t = self._time(t, x)
         if t_next is not None:
             t_next = self._time(t_next, x, name="t_next")
@@ -303,7 +307,7 @@ class ReverseSDE:
 
     def sde(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         """Reverse drift (B, *S) and diffusion (B,) at time t (validated)."""
-        check_finite("x", x, floating=True)
+        check_batch("x", x)
         t = self.forward_sde._time(t, x)
         drift = reverse_drift(self.forward_sde, self.score_fn, x, t, self.probability_flow)
         g = self.forward_sde.diffusion_coeff(t).to(_out_dtype(x))

@@ -52,7 +52,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import DistributedSampler
 
-from ._checks import check_positive
+from ._checks import check_device, check_positive
 from .checkpoint import check_config, check_writable, config_diff, load_checkpoint, save_checkpoint
 from .data_stats import check_prior
 from .score import ScoreModel
@@ -249,6 +249,8 @@ def setup_distributed(device: str | None = None) -> tuple[int, int, torch.device
     Raises: ValueError: an explicit CUDA device requested but CUDA is not available.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device is not None:
+        check_device("device", device)  # "meta" or a typo: a named error before any set-up
     if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     if world <= 1 and not (dist.is_available() and dist.is_initialized()):

@@ -106,6 +106,11 @@ class _CountedField:
         t = torch.maximum(torch.minimum(t, hi), lo)
         self.nfe += 1
         tv = float(t)
+        if not math.isfinite(tv):
+            raise ODESolverError(f"the step control produced a non-finite time t = {tv} after {self.nfe - 1} "
+                                 f"evaluations (integrating {self.t0:g} -> {self.t1:g}, reached "
+                                 f"t={self.t_reached:.6g}): the tolerances are too tight for the state's dtype; "
+                                 "loosen rtol/atol")
         if abs(tv - self.t0) > abs(self.t_reached - self.t0):
             self.t_reached = tv
         return self.func(t, y)
@@ -167,7 +172,8 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
         bfloat16 part is computed in float32 and cast back), ``nfe`` and ``method``.
     Raises:
         ValueError: unknown method (the message lists the valid ones), rtol / atol / min_step
-            <= 0, steps missing / < 1 for a fixed-grid method or given for an adaptive one,
+            <= 0, rtol and atol both below the machine epsilon of the state's dtype (adaptive
+            methods: 2.2e-16 for float64, 1.2e-7 for float32 and half states), steps missing / < 1 for a fixed-grid method or given for an adaptive one,
             min_step with a fixed-grid method, non-finite t0 / t1 or t0 == t1.
         TypeError: non-integer steps or max_nfe, y0 neither a tensor nor a tuple of tensors.
         ODESolverError: more than ``max_nfe`` evaluations (the message gives the time
@@ -197,6 +203,16 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
     if any(d in HALF_DTYPES for d in dtypes):  # torchdiffeq's step control breaks down in half precision
         up = tuple(v.float() if v.dtype in HALF_DTYPES else v for v in tensors)
         y0 = up if isinstance(y0, tuple) else up[0]
+    if method in ADAPTIVE_METHODS:
+        # a tolerance below the state's resolution cannot be met: the steps shrink until t turns NaN
+        # (rtol = atol = 1e-300) or the solve never ends (1e-16 in float64)
+        res = max(torch.finfo(torch.float32 if d in HALF_DTYPES else d).eps
+                  for d in dtypes if d.is_floating_point) if any(d.is_floating_point for d in dtypes) else 0.0
+        if max(rtol, atol) < res:
+            raise ValueError(f"rtol = {rtol:g} and atol = {atol:g} are both below the resolution of the state's "
+                             f"dtype ({res:.3g}, its machine epsilon): the adaptive step control cannot meet them; "
+                             "make one of them at least that (1e-5 is the reference setting of the probability-flow "
+                             "ODE) or solve in float64")
 
     options: dict = {}
     if method in ADAPTIVE_METHODS:
