@@ -65,18 +65,23 @@ def test_demo_compare_nfe_closed_form(demo):
     out, _ = demo
     rows = json.loads((out / "compare.json").read_text())["rows"]
     expected = {"euler_maruyama": lambda k: k, "pc": lambda k: 2 * k, "sde": lambda k: k + 1,
-                "ddpm": lambda k: k, "ddim": lambda k: k}
+                "ddpm": lambda k: k, "ddim": lambda k: k,
+                # the fast solvers spend an NFE budget (10 in --quick), Tweedie's denoise step included
+                "dpmpp_2m": lambda k: k + 1, "unipc": lambda k: k + 1, "heun": lambda k: 2 * k}
+    fast = ("dpmpp_2m", "unipc", "heun")
     seen = set()
     for r in rows:
         if r["method"] in expected:
             assert r["nfe"] == expected[r["method"]](r["steps"]), r
+            if r["method"] in fast:
+                assert r["nfe"] == 10 and r["quality"] is not None, r
             seen.add(r["method"])
         else:
             assert r["method"] == "ode" and r["nfe"] > 6 and r["tol"] is not None
             assert r["bpd"] is not None  # PF-ODE rows carry bits/dim
     assert seen == set(expected)
     assert any(r["method"] == "ddpm" and r["bpd"] is not None for r in rows)  # the VLB column
-    steps = sorted({r["steps"] for r in rows if r["steps"]})
+    steps = sorted({r["steps"] for r in rows if r["steps"] and r["method"] not in fast})
     assert steps == [10, 20]
 
 
@@ -104,6 +109,19 @@ def test_sample_writes_grid_and_npz(demo, tmp_path):
     assert z["samples"].shape == (6, 1, 8, 8) and int(z["nfe"][0]) == 5
     assert z["levels"].min() >= 0 and z["levels"].max() <= 16
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("method, extra, nfe", [("dpmpp_2m", ["--spacing", "karras"], 6), ("heun", [], 10),
+                                                 ("unipc", ["--order", "3"], 6)])
+def test_sample_with_the_fast_solvers(demo, tmp_path, method, extra, nfe):
+    """scoresde sample --method dpmpp_2m / heun / unipc: 5 steps, NFE = the solver's rule + Tweedie's step."""
+    out, _ = demo
+    stem = tmp_path / method
+    proc = run_cli("sample", str(out / "model"), "--method", method, "--steps", "5", "-n", "6", "--quiet",
+                   "--out", str(stem), *extra)
+    assert proc.returncode == 0, proc.stderr
+    z = np.load(str(stem) + ".npz")
+    assert z["samples"].shape == (6, 1, 8, 8) and int(z["nfe"][0]) == nfe
 
 
 def test_likelihood_json_and_standard_error(demo, tmp_path):

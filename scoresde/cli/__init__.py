@@ -169,6 +169,12 @@ def _add_common(p: argparse.ArgumentParser, seed: int = 0) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _methods() -> list[str]:
+    """The sampler names of the solver registry (what ``scoresde.sample`` accepts)."""
+    from ..solvers.registry import METHODS
+    return list(METHODS)
+
+
 def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampler options (names of scoresde.sample)")
     g.add_argument("--eps", type=_positive_float, default=None,
@@ -186,6 +192,11 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--variance", default=None,
                    help="ddpm: fixed_small, fixed_large or learned_range; default: learned_range for a model "
                         "with learned variance, else fixed_small")
+    g.add_argument("--spacing", choices=("uniform", "quadratic", "logsnr", "karras"), default=None,
+                   help="time grid of the grid and fast solvers; default: the method's own (uniform for "
+                        "the SDE samplers, logsnr for the DPM-Solver family and unipc, karras for heun)")
+    g.add_argument("--order", type=_positive_int, default=None, help="dpm_solver / dpm_adaptive / unipc: order")
+    g.add_argument("--rho", type=_positive_float, default=None, help="karras spacing: rho (default 7)")
     g.add_argument("--no-denoise", action="store_true", help="return the last noisy state, not its mean")
 
 
@@ -243,8 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample from a trained checkpoint (EMA weights). Writes <out>.npz with the "
                                    "samples and <out>.png: an image grid, or a scatter plot for 2-D data.")
     p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
-    p.add_argument("--method", default="pc",
-                   help="euler_maruyama, reverse_diffusion, ancestral, pc, sde, ode, ddpm, ddim")
+    p.add_argument("--method", default="pc", help="one of: " + ", ".join(_methods()))
     p.add_argument("--steps", type=_positive_int, default=100, help="solver steps (fixed-step methods)")
     p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--batch-size", type=_positive_int, default=1000, help="samples per batch")
@@ -282,8 +292,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "quality_vs_nfe.png. A method may carry its own steps: 'pc:10,20'.")
     p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
     p.add_argument("--methods", nargs="+",
-                   default=["euler_maruyama", "pc", "sde", "ode", "ddpm", "ddim"],
-                   help="methods: euler_maruyama, reverse_diffusion, ancestral, pc, sde, ode, ddpm, ddim")
+                   default=["euler_maruyama", "pc", "sde", "ode", "ddpm", "ddim", "dpmpp_2m:10,20", "unipc:10,20",
+                            "heun:10,20"],
+                   help="methods: " + ", ".join(_methods()) + " (heun's budgets are NFE; ode's and "
+                        "dpm_adaptive's are tolerances)")
     p.add_argument("--steps", type=_positive_int, nargs="+", default=[10, 20, 50, 100],
                    help="step budgets of the fixed-step methods")
     p.add_argument("--ode-rtols", type=_positive_float, nargs="+", default=[1e-2, 1e-3, 1e-5],

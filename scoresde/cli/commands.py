@@ -306,22 +306,32 @@ def _sigma_max_note(sigma_max: float, ds) -> str:
 
 # ------------------------------------------------------------------------------------------ sample
 def sampler_options(method: str, args) -> dict:
-    """The options of ``scoresde.sample`` that ``method`` takes, from the command line."""
-    from ..sampling import METHODS
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid values are {list(METHODS)}")
+    """The options of ``scoresde.sample`` that ``method`` takes, from the command line.
+
+    Reads the solver registry: a flag is passed when the method declares that option
+    (``--spacing``, ``--order`` and ``--rho`` only when typed, so each method keeps its own default).
+    """
+    from ..solvers.registry import SOLVERS
+    if method not in SOLVERS:
+        raise ValueError(f"unknown method {method!r}; valid values are {list(SOLVERS)}")
+    takes = SOLVERS[method].options
+    opts = {}
     if method == "pc":
-        return {"predictor": args.predictor, "corrector": args.corrector, "snr": args.snr,
+        opts = {"predictor": args.predictor, "corrector": args.corrector, "snr": args.snr,
                 "corrector_steps": args.corrector_steps}
-    if method == "sde":
-        return {"sde_method": args.sde_method}
-    if method == "ode":
-        return {"ode_method": args.ode_method, "rtol": args.rtol, "atol": args.atol}
-    if method == "ddpm":
-        return {"variance": args.variance} if args.variance else {}
-    if method == "ddim":
-        return {"eta": args.eta}
-    return {}
+    elif method == "sde":
+        opts = {"sde_method": args.sde_method}
+    elif method == "ode":
+        opts = {"ode_method": args.ode_method, "rtol": args.rtol, "atol": args.atol}
+    elif method == "ddpm":
+        opts = {"variance": args.variance} if args.variance else {}
+    elif method == "ddim":
+        opts = {"eta": args.eta}
+    for flag in ("spacing", "order", "rho"):
+        value = getattr(args, flag, None)
+        if value is not None and flag in takes:
+            opts[flag] = value
+    return opts
 
 
 def draw(model, sde, shape, *, method, steps, n, batch_size, seed, progress, eps=None, denoise=True, device="cpu",
@@ -329,6 +339,7 @@ def draw(model, sde, shape, *, method, steps, n, batch_size, seed, progress, eps
     """n samples in batches (batch b seeded with seed + b); returns (samples (n, *S) CPU, NFE per batch list)."""
     from ..sampling import sample
     from ..solvers.ode import ADAPTIVE_METHODS
+    from ..solvers.registry import SOLVERS
     outs, nfes = [], []
     for b, start in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - start)
@@ -336,8 +347,9 @@ def draw(model, sde, shape, *, method, steps, n, batch_size, seed, progress, eps
         kw = dict(options)
         if method not in ("ddpm", "ddim"):
             kw["eps"] = eps
-        if method != "ode" or options.get("ode_method", "dopri5") not in ADAPTIVE_METHODS:
-            kw["steps"] = steps  # adaptive ODE solvers choose their own steps
+        fixed_ode = method == "ode" and options.get("ode_method", "dopri5") not in ADAPTIVE_METHODS
+        if SOLVERS[method].steps_kind != "adaptive" or fixed_ode:
+            kw["steps"] = steps  # adaptive solvers choose their own steps
         x, info = sample(model, sde, (m, *shape), method=method, generator=g, progress=progress, return_info=True,
                          denoise=denoise, device=device, **kw)
         outs.append(x.cpu())
