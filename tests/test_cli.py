@@ -161,8 +161,8 @@ def test_corrupt_checkpoint_unknown_method_wrong_shape(demo, tmp_path):
     cut.write_bytes(real[: len(real) // 2])
     proc = run_cli("likelihood", str(cut), "--out", str(tmp_path / "l.json"), cwd=tmp_path)
     one_line_error(proc, "checkpoint")
-    proc = run_cli("sample", str(out / "model"), "--method", "heun", "--out", str(tmp_path / "s"), cwd=tmp_path)
-    one_line_error(proc, "unknown method 'heun'", "euler_maruyama")
+    proc = run_cli("sample", str(out / "model"), "--method", "milstein", "--out", str(tmp_path / "s"), cwd=tmp_path)
+    one_line_error(proc, "unknown method 'milstein'", "euler_maruyama")
     proc = run_cli("compare", str(out / "model"), "--methods", "pc", "rk4", "--out", str(tmp_path / "c"),
                    cwd=tmp_path)
     one_line_error(proc, "unknown method 'rk4'")
