@@ -27,7 +27,7 @@ from peers import k_diffusion_sampling
 
 DATA = GaussianData(mu=0.5, std=0.3, shape=(1,))
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-FAST = ("dpm_solver", "dpm_adaptive", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun")
+FAST = ("dpm_solver", "dpm_adaptive", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis", "heun")
 
 
 def _flow_error(sde, method, steps, n=400, **kw):
@@ -45,7 +45,7 @@ def _fitted_order(errors, steps):
 
 
 SECOND = [("dpmpp_2m", {"lower_order_final": False}), ("heun", {"spacing": "logsnr"}), ("unipc", {"order": 2}),
-          ("dpm_solver", {"order": 2})]
+          ("dpm_solver", {"order": 2}), ("deis", {"order": 2, "lower_order_final": False})]
 
 
 @pytest.mark.parametrize("sde_name", list(SDES))
@@ -61,7 +61,8 @@ def test_second_order_methods_converge_at_order_two(sde_name, method, kw):
 # dpm_solver order 3 with fast=False takes steps // 3 third-order steps: 21 / 42 / 84 NFE keep every
 # step third order (the DPM-Solver-fast split ends on an order-1 or -2 step, which caps the order at 2).
 # UniPC-3's 20-step error sits near a sign change (pre-asymptotic) on this oracle: 40 -> 80 -> 160.
-THIRD = [("dpmpp_3m", {"lower_order_final": False}, (20, 40, 80)),
+THIRD = [("dpmpp_3m", {"lower_order_final": False, "variant": "taylor"}, (20, 40, 80)),
+         ("deis", {"order": 3, "lower_order_final": False}, (20, 40, 80)),
          ("unipc", {"order": 3, "lower_order_final": False}, (40, 80, 160)),
          ("dpm_solver", {"order": 3, "fast": False}, (21, 42, 84))]
 
@@ -174,6 +175,44 @@ def test_unipc_equals_diffusers_unipc(order, variant, steps):
     assert torch.allclose(x, ref, atol=1e-5, rtol=1e-5), float((x - ref).abs().max())
 
 
+@pytest.mark.parametrize("order", [2, 3])
+def test_deis_equals_diffusers_deis_multistep(order):
+    """diffusers DEISMultistepScheduler(solver_order, lower_order_final=False) on the linear DDPM table, 20 steps:
+    the state at the last chain position (where both evaluate the model) agrees to 1e-5 of its size in float32. diffusers
+    ends on table step 0 and we on the data, so the final step itself differs by construction."""
+    from diffusers import DEISMultistepScheduler
+
+    sde = VPSDE()
+    sched = DEISMultistepScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, solver_order=order,
+                                   lower_order_final=False)
+    xT = torch.randn(8, 5, generator=torch.Generator().manual_seed(6))
+    sched.set_timesteps(20)
+    x, seen_peer = xT.clone(), []
+    for t in sched.timesteps:
+        seen_peer.append(x.clone())
+        x = sched.step(_eps_net(x, int(t)), t, x).prev_sample
+    seen, base = [], _table_score(sde)
+
+    def score(x, t):
+        seen.append(x.clone())
+        return base(x, t)
+
+    ts = sorted(int(t) for t in sched.timesteps)
+    sample(score, sde, xT.shape, method="deis", steps=ts, x_T=xT, alphas="table", order=order,
+           lower_order_final=False)
+    assert len(seen) == len(seen_peer) == 20
+    scale = float(seen_peer[-1].abs().max())  # the random eps-net drives |x| to ~100: relative to it
+    assert float((seen[-1] - seen_peer[-1]).abs().max()) <= 1e-5 * scale
+
+
+def test_deis_order_one_is_ddim():
+    """tAB-1 integrates a constant eps exactly: DDIM (DPM-Solver-1) on the same nodes, to rounding."""
+    sde = VESDE()
+    a = _flow_error(sde, "deis", 12, order=1)
+    b = _flow_error(sde, "dpm_solver", 12, order=1)
+    assert a == pytest.approx(b, rel=1e-9)
+
+
 MIX = GaussianMixture(weights=[0.3, 0.5, 0.2], means=[[1.5, 0.0], [-1.0, 1.0], [0.0, -1.5]], stds=[0.2, 0.3, 0.15])
 
 
@@ -266,7 +305,7 @@ def test_nfe_is_exact_and_small_budgets_are_finite(method, steps):
         assert bool(torch.isfinite(x).all())
 
 
-TABLE = [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("unipc", {"variant": "bh1", "order": 3}), ("unipc", {}), ("heun", {}),
+TABLE = [("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_3m", {"variant": "taylor"}), ("deis", {}), ("unipc", {"variant": "bh1", "order": 3}), ("unipc", {}), ("heun", {}),
          ("dpmpp_2m_sde", {})]
 
 
@@ -349,7 +388,8 @@ def test_registry_declares_every_method():
     for name in ("euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde", "ode", "ddpm", "ddim", *FAST):
         assert name in rows and rows[name]["summary"]
     assert rows["heun"]["nfe"] == "2 steps - 1" and rows["dpmpp_2m"]["nfe"] == "steps"
-    assert rows["dpmpp_3m"]["order"] == 3 and rows["dpmpp_2m_sde"]["stochastic"]
+    assert rows["dpmpp_3m"]["order"] == 2 and rows["dpmpp_2m_sde"]["stochastic"]  # the peers' 3M by default
+    assert SOLVERS["dpmpp_3m"](variant="taylor").order_of() == 3 and rows["deis"]["order"] == 3
     assert rows["pc"]["nfe"] == "2 steps"
 
 

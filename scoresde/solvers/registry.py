@@ -6,11 +6,11 @@
 """
 from __future__ import annotations
 
-from . import discrete, dpm_solver, dpmpp, heun, pc, pfode, sdeint, unipc  # noqa: F401  (register)
+from . import deis, discrete, dpm_solver, dpmpp, heun, pc, pfode, sdeint, unipc  # noqa: F401  (register)
 from .base import SOLVERS, Solver, get_solver
 
 _FIRST = ("euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde", "ode", "ddpm", "ddim", "dpm_solver",
-          "dpm_adaptive", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "heun")
+          "dpm_adaptive", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis", "heun")
 #: the method names: the SDE samplers, the discrete chain, then the fast solvers (later additions last)
 METHODS = tuple(n for n in _FIRST if n in SOLVERS) + tuple(n for n in SOLVERS if n not in _FIRST)
 
