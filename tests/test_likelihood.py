@@ -287,3 +287,20 @@ def test_bad_input():
         bits_per_dim(score, sde, levels, n_dequant=0)
     with pytest.raises(TypeError, match="unknown keyword"):
         bits_per_dim(score, sde, levels, data_rnage=(0, 1))
+
+
+def test_bits_per_dim_warns_when_the_data_use_few_of_the_declared_levels():
+    """17-level data (the digits) declared as 256 levels: a LevelsWarning naming both counts (issue 10, item 7);
+    the same batch with num_levels=17 is silent."""
+    import warnings
+
+    from scoresde._levels import LevelsWarning
+
+    sde = VPSDE()
+    data = GaussianData(mu=0.0, std=0.5, shape=(4,))
+    x = torch.randint(0, 17, (64, 4), generator=torch.Generator().manual_seed(0)).float()
+    with pytest.warns(LevelsWarning, match="17 distinct values.*num_levels=256"):
+        bits_per_dim(data.score_fn(sde), sde, x, num_levels=256, rtol=1e-3, atol=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LevelsWarning)
+        bits_per_dim(data.score_fn(sde), sde, x, num_levels=17, rtol=1e-3, atol=1e-3)
