@@ -16,7 +16,14 @@ equation each discretizes and its cost in score evaluations (NFE):
 - ``"ddpm"``: DDPM ancestral sampling on the VP chain, Ho et al. 2020, Alg. 2; NFE = K (chain length).
 - ``"ddim"``: DDIM on the VP chain, Song, Meng & Ermon 2021, Eq. (12); NFE = K.
 
-Plus one NFE for ``denoise=True`` with ``"sde"`` and ``"ode"`` (see :func:`sample`).
+- the fast solvers on nodes (t, alpha, sigma, lambda) of any SDE: ``"dpm_solver"``,
+  ``"dpm_adaptive"`` (Lu et al. 2022a), ``"dpmpp_2m"``, ``"dpmpp_3m"``, ``"dpmpp_2m_sde"`` (Lu et al.
+  2022b), ``"unipc"`` (Zhao et al. 2023), ``"deis"`` (Zhang & Chen 2023), ``"heun"`` (Karras et al.
+  2022); see :mod:`scoresde.solvers.registry` for each one's order, options and NFE.
+
+Plus one NFE for ``denoise=True`` with ``"sde"``, ``"ode"`` and the fast solvers on continuous
+nodes (Tweedie's step at eps; see :func:`sample`). Every method is a registered
+:class:`scoresde.solvers.base.Solver`; this function keeps only what all share.
 
 Reference: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential
 Equations" (ICLR), Sec. 4 and App. D-G; Ho et al. 2020; Song, Meng & Ermon 2021 (DDIM).
@@ -106,7 +113,7 @@ def _tweedie(score: ScoreEval, sde: SDE, x: torch.Tensor, eps: float) -> torch.T
 
 def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | None = None, generator=None,
            device=None, dtype: torch.dtype | None = None, denoise: bool = True, progress: bool = False,
-           return_info: bool = False, x_T: torch.Tensor | None = None, **options):
+           return_info: bool = False, x_T: torch.Tensor | None = None, step_hook=None, **options):
     """Draw samples from a score-based model by integrating the reverse of ``sde`` from T to eps.
 
     Arguments:
@@ -116,8 +123,11 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         sde: the forward SDE (:class:`~scoresde.VPSDE`, :class:`~scoresde.SubVPSDE`,
             :class:`~scoresde.VESDE`).
         shape: (B, *S), the shape of the returned batch.
-        method: one of "euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde", "ode",
-            "ddpm", "ddim" (see the module docstring and the options below).
+        method: a name of the solver registry (:data:`scoresde.solvers.registry.METHODS`):
+            "euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde", "ode", "ddpm", "ddim"
+            (see the module docstring and the options below) and the fast solvers "dpm_solver",
+            "dpm_adaptive", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis", "heun" (options:
+            their classes in :mod:`scoresde.solvers`; docs/sampling.md has the table).
         steps: grid methods ("euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde"):
             number of steps (int >= 1, default ``sde.N``) of the grid
             :func:`scoresde.grids.time_grid` from T to eps; "ode": steps of a fixed-grid
@@ -144,6 +154,9 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         return_info: also return a :class:`SampleInfo` (with the exact NFE).
         x_T: optional start (B, *S) at time T (default: a draw from ``sde.prior_sampling``);
             e.g. to compare samplers from the same latent.
+        step_hook: optional ``hook(x, x_mean, alpha, sigma) -> (x, x_mean)`` that every method calls
+            on its start state and after each step (:data:`scoresde.solvers.base.StepHook`); what
+            :func:`scoresde.inpaint` and :func:`scoresde.colorize` use to constrain the known part.
         **options: method-specific keyword arguments (anything else raises TypeError):
             "euler_maruyama", "reverse_diffusion", "ancestral": ``spacing`` of the grid
                 ("uniform", "quadratic", "logsnr").
@@ -189,6 +202,9 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
     check_generator(generator)
+    if step_hook is not None and not callable(step_hook):
+        raise TypeError(f"step_hook must be callable (x, x_mean, alpha, sigma) -> (x, x_mean) or None; "
+                        f"got {type(step_hook).__name__}")
     solver = solver_cls(**options)
     shape = _check_shape(shape)
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
@@ -225,7 +241,7 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
                 x = _prior(sde, shape, generator, device, dtype)
             else:
                 x = x_T.to(device=device, dtype=dtype)
-            x = solver.solve(score, sde, x, plan, generator=generator, denoise=denoise)
+            x = solver.solve(score, sde, x, plan, generator=generator, denoise=denoise, hook=step_hook)
             if tweedie:
                 x = _tweedie(score, sde, x, plan.tweedie_eps)
     finally:

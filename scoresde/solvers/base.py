@@ -23,11 +23,19 @@ Adding a sampler is adding a class decorated with :func:`register`; the registry
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
 from .._checks import check_choice
+
+#: ``hook(x, x_mean, alpha, sigma) -> (x, x_mean)``: called by every solver on its start state and
+#: after each step, with the state x (B, *S), its noise-free mean x_mean (x itself for
+#: deterministic steps) and the perturbation kernel's alpha, sigma (floats or (B,) tensors) at the
+#: state's new time, so that x ~ alpha x_0 + sigma z there. Constrained sampling
+#: (:mod:`scoresde.constrained`) replaces the known entries here; the solver continues from what
+#: the hook returns (its stored history of predictions is kept).
+StepHook = Callable[[torch.Tensor, torch.Tensor, Any, Any], tuple]
 
 #: name -> Solver subclass; filled by :func:`register` (import :mod:`scoresde.solvers.registry`)
 SOLVERS: dict[str, type["Solver"]] = {}
@@ -94,9 +102,20 @@ class Solver:
         """Validate options and budget for ``sde`` and ``score_fn``; build the grid. Raises ValueError."""
         raise NotImplementedError
 
-    def solve(self, score, sde, x: torch.Tensor, plan: Plan, *, generator=None, denoise: bool = True) -> torch.Tensor:
-        """Integrate from x (B, *S) at T; returns (B, *S) in x's dtype. ``score`` is a ScoreEval."""
+    def solve(self, score, sde, x: torch.Tensor, plan: Plan, *, generator=None, denoise: bool = True,
+              hook: "StepHook | None" = None) -> torch.Tensor:
+        """Integrate from x (B, *S) at T; returns (B, *S) in x's dtype. ``score`` is a ScoreEval.
+
+        ``hook`` (see :data:`StepHook`) is called on the start state and after every step."""
         raise NotImplementedError
+
+
+def call_hook(hook, x, x_mean, sde, t):
+    """Apply ``hook`` at continuous time t (a number) with the SDE's alpha(t), sigma(t); returns (x, x_mean)."""
+    if hook is None:
+        return x, x_mean
+    tt = torch.tensor([float(t)], dtype=torch.float64)
+    return hook(x, x_mean, float(sde.mean_coeff(tt)), float(sde.marginal_std(tt)))
 
 
 def register(cls: type[Solver]) -> type[Solver]:

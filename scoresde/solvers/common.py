@@ -62,6 +62,19 @@ class ScoreEval:
         return pred.to(x.dtype), v
 
 
+def forward_jump(sde, x: torch.Tensor, t: float, t_next: float, generator=None) -> torch.Tensor:
+    """A draw of the forward process from time t to a later t_next: x' = r x + sqrt(s'^2 - r^2 s^2) z, r = alpha' / alpha.
+
+    The perturbation kernel's transition between two times (Song et al. 2021, Eq. (5)); RePaint's
+    jump back to a noisier time (Lugmayr et al. 2022, Alg. 1). Shapes: x (B, *S) -> (B, *S).
+    """
+    tt = torch.tensor([float(t), float(t_next)], dtype=torch.float64)
+    a, s = sde.mean_coeff(tt).tolist(), sde.marginal_std(tt).tolist()
+    r = a[1] / a[0]
+    std = max(s[1] ** 2 - (r * s[0]) ** 2, 0.0) ** 0.5
+    return r * x + std * randn(x.shape, generator, x.device, x.dtype)
+
+
 def randn(shape, generator=None, device=None, dtype=None) -> torch.Tensor:
     """Standard normal noise of ``shape`` (B, *S).
 

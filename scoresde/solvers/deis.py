@@ -76,10 +76,10 @@ class DEIS(NodeSolver):
             epss = (epss + [eps])[-3:]
             xt = x / a[i]
             if s[i + 1] == 0.0:  # onto the data: x~ + (0 - rho_i) eps = the data prediction
-                x = a[i + 1] * (xt - (s[i] / a[i]) * eps)
+                x = self.after_step(a[i + 1] * (xt - (s[i] / a[i]) * eps), nodes, i + 1)
                 continue
             coefs = tab_coefficients([u[i - j] for j in range(order)], u[i], u[i + 1])
             for j, c in enumerate(coefs):
                 xt = xt + c * epss[-1 - j]
-            x = a[i + 1] * xt
+            x = self.after_step(a[i + 1] * xt, nodes, i + 1)
         return x

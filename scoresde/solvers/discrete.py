@@ -96,8 +96,15 @@ class _Eps:
         return -sigma * s, None, alpha, sigma
 
 
+def _chain_hook(hook, x, x_mean, ab: float):
+    """The step hook at a chain state with alpha-bar ``ab``: x ~ sqrt(ab) x0 + sqrt(1 - ab) z."""
+    if hook is None:
+        return x, x_mean
+    return hook(x, x_mean, ab**0.5, max(1.0 - ab, 0.0) ** 0.5)
+
+
 def ddpm_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, variance: str | None = None,
-                clip_x0: bool = False, generator=None) -> torch.Tensor:
+                clip_x0: bool = False, generator=None, hook=None) -> torch.Tensor:
     """DDPM ancestral sampling from x = x_{K-1} (B, *S) down to alpha-bar = 1; see the module docstring.
 
     Arguments:
@@ -105,10 +112,12 @@ def ddpm_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, vari
         chain: the (respaced) chain. variance: "fixed_small", "fixed_large", "learned_range"
             (default: "learned_range" for a learned-variance ScoreModel, else "fixed_small").
         clip_x0: clip the x0 prediction to [-1, 1]. generator: see :func:`scoresde.sample`.
+        hook: optional step hook (:data:`scoresde.solvers.base.StepHook`), on the start and after each step.
     Returns: (B, *S) sample in x's dtype. NFE: K (one per position).
     Reference: Ho et al. 2020, Alg. 2 and Eq. (6)-(7); Nichol & Dhariwal 2021, Eq. (15) and Sec. 4.
     """
     eps_fn = _Eps(score, chain, variance)
+    x, _ = _chain_hook(hook, x, x, float(chain.alphas_cumprod[-1]))
     for k in reversed(range(len(chain))):
         eps, v, alpha, sigma = eps_fn(x, k)
         x0 = (x - sigma * eps) / alpha
@@ -117,18 +126,19 @@ def ddpm_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, vari
         # posterior mean of q(x_{k-1} | x_k, x0) (Ho et al. 2020, Eq. (7)), the chain's coefficients
         mean = float(chain.posterior_mean_coef1[k]) * x0 + float(chain.posterior_mean_coef2[k]) * x
         if k == 0:
-            x = mean
+            x, _ = _chain_hook(hook, mean, mean, 1.0)
             continue
         if eps_fn.variance == "learned_range":
             std = torch.exp(0.5 * chain.model_log_variance(k, x, "learned_range", v)).to(x.dtype)
         else:  # the same for the whole batch: read it once, at one sample
             std = float(torch.exp(0.5 * chain.model_log_variance(k, x[:1], eps_fn.variance)).reshape(-1)[0])
         x = mean + std * randn(x.shape, generator, x.device, x.dtype)
+        x, _ = _chain_hook(hook, x, mean, float(chain.alphas_cumprod_prev[k]))
     return x
 
 
 def ddim_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, eta: float = 0.0, clip_x0: bool = False,
-                generator=None) -> torch.Tensor:
+                generator=None, hook=None) -> torch.Tensor:
     """DDIM from x = x_{K-1} (B, *S) down to alpha-bar = 1; see the module docstring.
 
     Arguments:
@@ -142,6 +152,7 @@ def ddim_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, eta:
     """
     eps_fn = _Eps(score, chain, "fixed_small")
     var, coef = ddim_coefficients(chain, eta)
+    x, _ = _chain_hook(hook, x, x, float(chain.alphas_cumprod[-1]))
     for k in reversed(range(len(chain))):
         eps, _, alpha, sigma = eps_fn(x, k)
         x0 = (x - sigma * eps) / alpha
@@ -152,7 +163,7 @@ def ddim_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, eta:
         x_new = ab_prev**0.5 * x0 + float(coef[k]) * eps
         if eta > 0 and k > 0:
             x_new = x_new + float(var[k]) ** 0.5 * randn(x.shape, generator, x.device, x.dtype)
-        x = x_new.to(x.dtype)
+        x, _ = _chain_hook(hook, x_new.to(x.dtype), x_new.to(x.dtype), ab_prev)
     return x
 
 
@@ -187,9 +198,9 @@ class DDPMSampler(_ChainSampler):
     order = 1
     stochastic = True
 
-    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True, hook=None):
         return ddpm_sample(score, x, plan.data["chain"], variance=self.opts["variance"],
-                           clip_x0=bool(self.opts["clip_x0"]), generator=generator)
+                           clip_x0=bool(self.opts["clip_x0"]), generator=generator, hook=hook)
 
 
 @register
@@ -208,6 +219,6 @@ class DDIMSampler(_ChainSampler):
         if eta > 1:
             raise ValueError(f"eta must lie in [0, 1]; got {eta}")
 
-    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True, hook=None):
         return ddim_sample(score, x, plan.data["chain"], eta=float(self.opts["eta"]),
-                           clip_x0=bool(self.opts["clip_x0"]), generator=generator)
+                           clip_x0=bool(self.opts["clip_x0"]), generator=generator, hook=hook)

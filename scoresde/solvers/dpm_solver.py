@@ -139,13 +139,14 @@ class DPMSolver(NodeSolver):
         return Plan(nfe=steps, steps=steps, times=nodes.times, tweedie_eps=nodes.eps,
                     data={"nodes": nodes, "orders": orders})
 
-    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True, hook=None):
         self._orders = plan.data["orders"]
-        return super().solve(score, sde, x, plan, generator=generator, denoise=denoise)
+        return super().solve(score, sde, x, plan, generator=generator, denoise=denoise, hook=hook)
 
     def integrate(self, pred, x, nodes, generator):
         for i, order in enumerate(self._orders):
             x, _, _ = dpm_step(pred, x, _node(nodes, i), _node(nodes, i + 1), order)
+            x = self.after_step(x, nodes, i + 1)
         return x
 
 
@@ -203,6 +204,9 @@ class DPMSolverAdaptive(NodeSolver):
                 raise ODESolverError(f"dpm_adaptive: the error estimate is not finite at lambda = {lam_s:.4g}")
             if E <= 1.0:
                 x, x_prev, s_node, lam_s, eps_s = x_high, x_low, t_node, t_node[3], None
+                hook = getattr(self, "_hook", None)
+                if hook is not None:
+                    x, _ = hook(x, x, t_node[1], t_node[2])
                 steps += 1
             h = theta * h * max(E, 1e-10) ** (-1.0 / order)
             if pred.score.nfe > o["max_nfe"]:

@@ -87,7 +87,7 @@ class _Multistep(NodeSolver):
         Ds: list[torch.Tensor] = []
         for i, order in enumerate(self.orders(nodes)):
             Ds = (Ds + [pred.x0(x, i)])[-3:]
-            x = self.update(x, i, order, Ds, nodes, generator)
+            x = self.after_step(self.update(x, i, order, Ds, nodes, generator), nodes, i + 1)
         return x
 
 

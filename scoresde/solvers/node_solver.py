@@ -115,12 +115,23 @@ class NodeSolver(Solver):
         M = len(nodes)
         return Plan(nfe=self.nfe(M), steps=M, times=nodes.times, tweedie_eps=nodes.eps, data={"nodes": nodes})
 
-    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True, hook=None):
         nodes = plan.data["nodes"]
         work = x.float() if x.dtype in HALF_DTYPES else x
+        self._hook = hook
+        work = self.after_step(work, nodes, 0)
         out = self.integrate(Predictions(score, sde, nodes), work, nodes, generator)
         return out.to(x.dtype)
 
+    def after_step(self, x: torch.Tensor, nodes: Nodes, i: int) -> torch.Tensor:
+        """The step hook (constrained sampling) at node i; x unchanged without one."""
+        hook = getattr(self, "_hook", None)
+        if hook is None:
+            return x
+        x, _ = hook(x, x, nodes.alpha[i], nodes.sigma[i])
+        return x
+
     def integrate(self, pred: Predictions, x: torch.Tensor, nodes: Nodes, generator) -> torch.Tensor:
+        """Walk the nodes from x at node 0; call ``self.after_step(x, nodes, i + 1)`` after each step."""
         raise NotImplementedError
 

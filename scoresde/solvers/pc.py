@@ -13,9 +13,12 @@ Equations", Sec. 4.2, Eq. (6), (46)-(47), Alg. 1-5.
 """
 from __future__ import annotations
 
+import torch
+
 from .._checks import check_choice, check_positive
 from ..grids import SPACINGS, check_eps, time_grid
-from .base import Plan, Solver, register
+from .base import Plan, Solver, call_hook, register
+from .common import forward_jump
 from .correctors import CORRECTORS
 from .predictors import PREDICTORS
 
@@ -36,6 +39,12 @@ class _GridSampler(Solver):
         grid = time_grid(sde, steps, eps, self.opts["spacing"])
         return Plan(nfe=self.nfe(steps), steps=steps, times=grid)
 
+    def with_schedule(self, plan: Plan, schedule) -> Plan:
+        """The plan on a non-monotone time ``schedule`` (RePaint resampling; forward jumps cost no NFE)."""
+        down = sum(1 for a, b in zip(schedule[:-1], schedule[1:]) if b < a)
+        return Plan(nfe=self.nfe(down), steps=down, times=torch.as_tensor(schedule, dtype=torch.float64),
+                    tweedie_eps=plan.tweedie_eps, data=plan.data)
+
     def validate(self) -> None:
         """Check the method's own options (ValueError / TypeError naming them)."""
 
@@ -45,15 +54,21 @@ class _GridSampler(Solver):
     def corrector(self, sde, score):
         return None
 
-    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True, hook=None):
         predictor = PREDICTORS[check_choice("predictor", self.predictor_name(), tuple(PREDICTORS))](sde, score)
         corrector = self.corrector(sde, score)
         ts = plan.times.tolist()
-        x_mean = x
+        x, x_mean = call_hook(hook, x, x, sde, ts[0])
         for k in range(len(ts) - 1):
+            if ts[k + 1] > ts[k]:  # a RePaint jump back in time: the forward kernel from ts[k] to ts[k + 1]
+                x = forward_jump(sde, x, ts[k], ts[k + 1], generator)
+                x, x_mean = call_hook(hook, x, x, sde, ts[k + 1])
+                continue
             if corrector is not None:
-                x, _ = corrector.step(x, ts[k], ts[k + 1], generator)
+                x, x_mean = corrector.step(x, ts[k], ts[k + 1], generator)
+                x, x_mean = call_hook(hook, x, x_mean, sde, ts[k])
             x, x_mean = predictor.step(x, ts[k], ts[k + 1], generator)
+            x, x_mean = call_hook(hook, x, x_mean, sde, ts[k + 1])
         return x_mean if denoise else x
 
 

@@ -11,9 +11,12 @@ Reference: Song et al. 2021, Sec. 4.3 and App. D.2; Chen et al. 2018 (torchdiffe
 from __future__ import annotations
 
 from .._checks import check_choice, check_positive
-from ..grids import check_eps
+from ..grids import check_eps, time_grid
 from ..likelihood import pf_drift
-from .base import Plan, Solver, register
+from .base import Plan, Solver, call_hook, register
+
+#: with a step hook (constrained sampling) the ODE is solved in this many pieces, the hook between them
+HOOK_SEGMENTS = 20
 from .ode import ADAPTIVE_METHODS, METHODS as ODE_METHODS, solve_ode
 
 
@@ -39,11 +42,18 @@ class ProbabilityFlowODE(Solver):
             raise ValueError(f"the fixed-grid ode_method {self.opts['ode_method']!r} needs steps (an integer >= 1)")
         return Plan(nfe=None, steps=steps, times=None, tweedie_eps=eps, data={"eps": eps})
 
-    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True, hook=None):
         def field(t, y):
             return pf_drift(score, sde, y, t.reshape(1).expand(y.shape[0]))
 
         o = self.opts
-        sol = solve_ode(field, x, sde.T, plan.data["eps"], method=o["ode_method"], rtol=o["rtol"], atol=o["atol"],
-                        steps=plan.steps, max_nfe=o["max_nfe"], min_step=o["min_step"])
-        return sol.y
+        eps = plan.data["eps"]
+        # with a step hook the solve is cut at HOOK_SEGMENTS log-SNR-uniform times and the hook applied there
+        ends = [sde.T, eps] if hook is None else time_grid(sde, HOOK_SEGMENTS, eps, "logsnr").tolist()
+        x, _ = call_hook(hook, x, x, sde, ends[0])
+        for t0, t1 in zip(ends[:-1], ends[1:]):
+            steps = plan.steps if hook is None or plan.steps is None else max(1, plan.steps // HOOK_SEGMENTS)
+            x = solve_ode(field, x, t0, t1, method=o["ode_method"], rtol=o["rtol"], atol=o["atol"],
+                          steps=steps, max_nfe=o["max_nfe"], min_step=o["min_step"]).y
+            x, _ = call_hook(hook, x, x, sde, t1)
+        return x

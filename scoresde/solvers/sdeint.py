@@ -31,7 +31,7 @@ import torch
 from .._checks import bcast, check_choice, check_positive
 from ..grids import check_eps, time_grid
 from ..sde import SDE
-from .base import Plan, Solver, register
+from .base import Plan, Solver, call_hook, register
 from .common import ScoreEval, randn, seed_from
 
 #: torchsde methods offered, with the SDE calculus each expects (equal here: g is state-free).
@@ -185,5 +185,14 @@ class TorchsdeSampler(Solver):
         check_choice("sde_method", self.opts["sde_method"], tuple(SDE_METHODS))
         return Plan(nfe=self.nfe(steps), steps=steps, times=time_grid(sde, steps, eps, "uniform"), tweedie_eps=eps)
 
-    def solve(self, score, sde, x, plan, *, generator=None, denoise=True):
-        return reverse_sdeint(score, sde, x, plan.times, sde_method=self.opts["sde_method"], generator=generator)
+    def solve(self, score, sde, x, plan, *, generator=None, denoise=True, hook=None):
+        method = self.opts["sde_method"]
+        if hook is None:
+            return reverse_sdeint(score, sde, x, plan.times, sde_method=method, generator=generator)
+        # with a step hook: one sdeint call per grid step, the hook between them
+        ts = plan.times
+        x, _ = call_hook(hook, x, x, sde, float(ts[0]))
+        for k in range(len(ts) - 1):
+            x = reverse_sdeint(score, sde, x, ts[k:k + 2], sde_method=method, generator=generator)
+            x, _ = call_hook(hook, x, x, sde, float(ts[k + 1]))
+        return x

@@ -107,8 +107,8 @@ class UniPC(NodeSolver):
         for i, order in enumerate(orders):
             D = pred.x0(x, i)
             if x_prev is not None:  # UniC: correct x_i with the new evaluation, which is kept as it is
-                x = self._update(x_prev, i - 1, prev_order, Ds, lams, nodes, D_next=D)
+                x = self.after_step(self._update(x_prev, i - 1, prev_order, Ds, lams, nodes, D_next=D), nodes, i)
             Ds, lams = (Ds + [D])[-3:], (lams + [nodes.lam[i]])[-3:]
             x_prev, prev_order = x, order
-            x = self._update(x, i, order, Ds, lams, nodes)
+            x = self.after_step(self._update(x, i, order, Ds, lams, nodes), nodes, i + 1)
         return x
