@@ -133,16 +133,17 @@ def ours_configs():
         for order in (2, 3):
             cfgs.append((f"dpm_solver-{order} {sp}", "dpm_solver", {"order": order, "spacing": sp}))
     for sp in SPACINGS:
-        for lof in (None, False):
+        for lof in (None, False):  # None: the method's default lower_order_final
             tag = "" if lof is None else " lof=False"
-            cfgs.append((f"dpmpp_2m {sp}{tag}", "dpmpp_2m", {"spacing": sp, "lower_order_final": lof}))
+            lo = {} if lof is None else {"lower_order_final": lof}
+            cfgs.append((f"dpmpp_2m {sp}{tag}", "dpmpp_2m", {"spacing": sp, **lo}))
             for var in ("taylor", "peers"):
-                cfgs.append((f"dpmpp_3m-{var} {sp}{tag}", "dpmpp_3m",
-                             {"spacing": sp, "variant": var, "lower_order_final": lof}))
+                cfgs.append((f"dpmpp_3m-{var} {sp}{tag}", "dpmpp_3m", {"spacing": sp, "variant": var, **lo}))
             for order in (2, 3):
                 for var in ("bh1", "bh2"):
                     cfgs.append((f"unipc-{order} {var} {sp}{tag}", "unipc",
-                                 {"order": order, "variant": var, "spacing": sp, "lower_order_final": lof}))
+                                 {"order": order, "variant": var, "spacing": sp, **lo}))
+                cfgs.append((f"deis-{order} {sp}{tag}", "deis", {"order": order, "spacing": sp, **lo}))
     for sp in ("karras", "logsnr"):
         cfgs.append((f"heun {sp}", "heun", {"spacing": sp}))
     return cfgs
