@@ -8,6 +8,8 @@ from .losses import LossSecondMomentSampler, ddpm_loss, dsm_loss, hybrid_loss
 from .metrics import digit_frechet_distance, frechet_distance, sliced_wasserstein
 from .likelihood import BitsPerDimResult, LikelihoodResult, bits_per_dim, decode, encode, log_likelihood
 from .sampling import SampleInfo, sample
+from .constrained import colorize, inpaint
+from .guidance import classifier_free_guidance, classifier_guidance
 from .schedules import CosineSchedule, LinearSchedule
 from .score import ScoreModel, network_time
 from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, sde_from_config
@@ -22,7 +24,7 @@ __all__ = [
     "LinearSchedule", "CosineSchedule",
     "ScoreModel", "network_time",
     "time_grid", "select_timesteps", "space_timesteps", "respaced_betas",
-    "sample", "SampleInfo",
+    "sample", "SampleInfo", "inpaint", "colorize", "classifier_guidance", "classifier_free_guidance",
     "log_likelihood", "bits_per_dim", "encode", "decode", "LikelihoodResult", "BitsPerDimResult", "ddpm_vlb", "VLBResult",
     "dsm_loss", "ddpm_loss", "hybrid_loss", "LossSecondMomentSampler",
     "train", "TrainConfig", "load_score_model", "shard_evaluate",

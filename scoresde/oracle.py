@@ -262,6 +262,24 @@ class GaussianMixture:
 
         return x0
 
+    def logits_fn(self, sde: SDE):
+        """The exact noise-conditional classifier: (x (B, *S), t (B,)) -> logits (B, K) of p_t(k | x),
+        log w_k + log N(x; alpha mu_k, alpha^2 s_k^2 + sigma^2) (float64, differentiable in x); for
+        testing classifier guidance, whose exact guided score is then the score of component k."""
+
+        def logits(x, t):
+            self._check_x(x)
+            _, a, s = self._coef(sde, x, t)
+            return self._components(x.to(torch.float64), a, s)[0]
+
+        return logits
+
+    def component(self, k: int) -> "GaussianMixture":
+        """Component k alone, as a one-component mixture (its exact score, samples and flow)."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.K:
+            raise ValueError(f"k must be an integer in [0, {self.K - 1}]; got {k!r}")
+        return GaussianMixture([1.0], self.means[k:k + 1], self.stds[k:k + 1])
+
     def logp(self, sde: SDE, x: torch.Tensor, t) -> torch.Tensor:
         """Exact log p_t(x) in nats per sample, shape (B,), float64 (differentiable in x).
 

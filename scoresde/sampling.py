@@ -113,7 +113,7 @@ def _tweedie(score: ScoreEval, sde: SDE, x: torch.Tensor, eps: float) -> torch.T
 
 def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | None = None, generator=None,
            device=None, dtype: torch.dtype | None = None, denoise: bool = True, progress: bool = False,
-           return_info: bool = False, x_T: torch.Tensor | None = None, step_hook=None, **options):
+           return_info: bool = False, x_T: torch.Tensor | None = None, step_hook=None, resample=None, **options):
     """Draw samples from a score-based model by integrating the reverse of ``sde`` from T to eps.
 
     Arguments:
@@ -157,6 +157,9 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         step_hook: optional ``hook(x, x_mean, alpha, sigma) -> (x, x_mean)`` that every method calls
             on its start state and after each step (:data:`scoresde.solvers.base.StepHook`); what
             :func:`scoresde.inpaint` and :func:`scoresde.colorize` use to constrain the known part.
+        resample: optional (jump_length, jump_n_sample) of RePaint's resampling schedule
+            (:func:`scoresde.constrained.repaint_schedule`), for the grid samplers
+            "euler_maruyama", "reverse_diffusion", "ancestral", "pc" only (ValueError otherwise).
         **options: method-specific keyword arguments (anything else raises TypeError):
             "euler_maruyama", "reverse_diffusion", "ancestral": ``spacing`` of the grid
                 ("uniform", "quadratic", "logsnr").
@@ -226,6 +229,12 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
                          f"sampling device: torch.Generator(device={str(device)!r})")
 
     plan = solver.plan(score_fn, sde, steps, eps)
+    if resample is not None:
+        if not hasattr(solver, "with_schedule"):
+            raise ValueError(f"resample (RePaint) needs a grid sampler (euler_maruyama, reverse_diffusion, ancestral, "
+                             f"pc); got method {method!r}")
+        from .constrained import repaint_schedule
+        plan = solver.with_schedule(plan, repaint_schedule(plan.times, *resample))
     tweedie = denoise and plan.tweedie_eps is not None
     total = None if plan.nfe is None else plan.nfe + int(tweedie)
 

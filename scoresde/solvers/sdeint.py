@@ -88,9 +88,10 @@ class _ReverseTimeSDE:
 
     noise_type = "diagonal"
 
-    def __init__(self, sde: SDE, score: ScoreEval, shape, eps: float, sde_type: str):
+    def __init__(self, sde: SDE, score: ScoreEval, shape, eps: float, sde_type: str, T: float | None = None):
         self.sde, self.score, self.shape = sde, score, tuple(shape)
-        self.T, self.eps, self.sde_type = float(sde.T), float(eps), sde_type
+        self.T = float(sde.T if T is None else T)  # the start of this solve (grid[0]); s = T - t
+        self.eps, self.sde_type = float(eps), sde_type
         self._memo = None
 
     def _t(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -119,7 +120,7 @@ class _ReverseTimeSDE:
 
 def reverse_sdeint(score: ScoreEval, sde: SDE, x: torch.Tensor, grid: torch.Tensor, *, sde_method: str = "euler",
                    generator=None) -> torch.Tensor:
-    """Integrate the reverse SDE from x at grid[0] = T to grid[-1] = eps with ``torchsde.sdeint``.
+    """Integrate the reverse SDE from x at grid[0] (T, or any later start of a piece) to grid[-1] with ``torchsde.sdeint``.
 
     Arguments:
         score: the checked, counted score. x: (B, *S) start, a sample of the prior.
@@ -154,7 +155,7 @@ def reverse_sdeint(score: ScoreEval, sde: SDE, x: torch.Tensor, grid: torch.Tens
             bm = _StackedBrownian([interval((1, y0.shape[1]), s) for s in seeds])
         else:
             bm = interval(tuple(y0.shape), seeds[0])
-    rsde = _ReverseTimeSDE(sde, score, x.shape, eps, SDE_METHODS[sde_method])
+    rsde = _ReverseTimeSDE(sde, score, x.shape, eps, SDE_METHODS[sde_method], T=T)
     ys = torchsde.sdeint(rsde, y0, ts, bm=bm, method=sde_method, dt=dt)
     return ys[-1].reshape(x.shape).to(x.dtype)
 
