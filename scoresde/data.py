@@ -2,7 +2,11 @@
 
 Every loader returns a :class:`Dataset`: an in-memory float tensor ``data`` of shape (n, *S)
 with its ``data_range`` stated, and, for quantized data (images, digits), the integer ``levels``
-(n, *S) in {0, ..., num_levels - 1} that bits/dim needs.
+(n, *S) in {0, ..., num_levels - 1} that bits/dim needs. Optional class ``labels`` (n,) int64 in
+{0, ..., num_classes - 1} come with the digits (the 10 digit classes), with a ``labels`` array of
+a ``.npz`` file (or ``labels=`` for in-memory arrays) and with an image folder of one sub-folder
+per class; class-conditional training (``scoresde.train``) and the noise-conditional classifier
+(``scoresde.train_classifier``) read them, unconditional training ignores them.
 
 The one map from integer levels to floats (:func:`levels_to_float`):
 
@@ -17,11 +21,12 @@ levels on the cell edges; negligible at 256 levels, 0.06 of a cell at 17.) Pass
 
 Loaders:
     :func:`digits`        scikit-learn's 8x8 handwritten digits, 1 797 images, 17 gray levels
-                          (0..16), fixed train / test split of 1 500 / 297 images.
+                          (0..16), fixed train / test split of 1 500 / 297 images, labels 0..9.
     :func:`toy`           2-D toys: "swiss_roll", "two_moons", "8gaussians", "checkerboard",
                           generated from a seed.
-    :func:`from_array`    ``.npy`` / ``.npz`` files or in-memory arrays.
-    :func:`image_folder`  a folder of image files (PIL), 256 levels per channel.
+    :func:`from_array`    ``.npy`` / ``.npz`` files or in-memory arrays (labels: a ``labels`` key).
+    :func:`image_folder`  a folder of image files (PIL), 256 levels per channel; or one
+                          sub-folder of images per class (labels: the sorted sub-folder names).
     :func:`load_dataset`  rebuild any of the above from ``Dataset.config()`` (checkpoints).
 """
 from __future__ import annotations
@@ -56,6 +61,7 @@ DIGITS_TRAIN = 1500
 DIGITS_SPLIT_SEED = 0
 TOYS = ("swiss_roll", "two_moons", "8gaussians", "checkerboard")
 TOY_RANGE = (-4.0, 4.0)
+LABELS_KEY = "labels"  # the labels array of a .npz (from_array)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
@@ -117,17 +123,23 @@ class Dataset(torch.utils.data.Dataset):
         name: a short description.
         config: dict from which :func:`load_dataset` rebuilds the data set (stored in
             checkpoints), or None when it cannot be rebuilt (an in-memory array).
+        labels: optional integer class labels (n,) in [0, num_classes - 1]; stored as int64.
+        num_classes: the number of classes K (default with labels: max(labels) + 1); only with labels.
+        classes: optional names of the K classes (e.g. the sub-folder names of an image folder).
     Attributes:
-        data, levels, num_levels, data_range, bounded, name, ``shape`` (the per-sample shape S),
-        ``dim`` (D = prod(S), the "dimension" of bits/dim).
+        data, levels, num_levels, data_range, bounded, name, ``labels`` (LongTensor (n,) or None),
+        ``num_classes`` (K or None), ``classes`` (list of K names or None), ``shape`` (the
+        per-sample shape S), ``dim`` (D = prod(S), the "dimension" of bits/dim).
     Indexing: ``ds[i]`` is ``data[i]`` (S,); ``len(ds)`` is n.
     Raises:
-        ValueError / TypeError: inconsistent shapes, dtypes or ranges.
+        ValueError / TypeError: inconsistent shapes, dtypes or ranges; labels not an integer
+        tensor of shape (n,), outside [0, num_classes - 1], or num_classes without labels.
     """
 
     def __init__(self, data: torch.Tensor, data_range: Sequence[float], *, levels: torch.Tensor | None = None,
                  num_levels: int | None = None, bounded: bool = True, name: str = "data",
-                 config: dict | None = None):
+                 config: dict | None = None, labels: torch.Tensor | None = None, num_classes: int | None = None,
+                 classes: Sequence[str] | None = None):
         if not isinstance(data, torch.Tensor) or not data.is_floating_point():
             raise TypeError("data must be a floating-point torch.Tensor")
         if data.dim() < 2:
@@ -144,6 +156,13 @@ class Dataset(torch.utils.data.Dataset):
             levels = levels.to(torch.int64)
         elif num_levels is not None:
             raise ValueError("num_levels given without levels")
+        self.labels, self.num_classes = _check_labels(labels, num_classes, data.shape[0], name)
+        if classes is not None:
+            classes = [str(c) for c in classes]
+            if self.labels is None or len(classes) != self.num_classes:
+                raise ValueError(f"{name}: classes must name the num_classes = {self.num_classes} classes of the "
+                                 f"labels; got {len(classes)} names")
+        self.classes = classes
         self.data = data.to(torch.float32).contiguous()
         self.levels = levels
         self.num_levels = num_levels
@@ -181,12 +200,40 @@ class Dataset(torch.utils.data.Dataset):
 
     def __repr__(self) -> str:
         lv = f", num_levels={self.num_levels}" if self.num_levels else ""
+        lv += f", num_classes={self.num_classes}" if self.num_classes else ""
         return f"Dataset({self.name!r}, n={len(self)}, shape={self.shape}, data_range={self.data_range}{lv})"
 
 
-def _from_levels(levels: torch.Tensor, num_levels: int, name: str, config: dict | None) -> Dataset:
+def _check_labels(labels, num_classes, n: int, name: str):
+    """(labels as int64 (n,) or None, num_classes or None), checked."""
+    if labels is None:
+        if num_classes is not None:
+            raise ValueError(f"{name}: num_classes given without labels")
+        return None, None
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"{name}: labels must be integers; got dtype {labels.dtype}")
+        labels = torch.from_numpy(labels.astype(np.int64))
+    if not isinstance(labels, torch.Tensor) or labels.is_floating_point() or labels.is_complex() \
+            or labels.dtype == torch.bool:
+        raise TypeError(f"{name}: labels must be an integer tensor (n,) of class indices")
+    if labels.shape != (n,):
+        raise ValueError(f"{name}: labels must have shape (n,) = ({n},); got {tuple(labels.shape)}")
+    labels = labels.to(torch.int64).contiguous()
+    lo, hi = (int(labels.min()), int(labels.max())) if n else (0, -1)
+    if num_classes is None:
+        num_classes = hi + 1
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"{name}: num_classes must be an integer >= 1; got {num_classes!r}")
+    if lo < 0 or hi > num_classes - 1:
+        raise ValueError(f"{name}: labels must lie in [0, num_classes - 1] = [0, {num_classes - 1}]; "
+                         f"got values in [{lo}, {hi}]")
+    return labels, int(num_classes)
+
+
+def _from_levels(levels: torch.Tensor, num_levels: int, name: str, config: dict | None, **labels) -> Dataset:
     return Dataset(levels_to_float(levels, num_levels), (-1.0, 1.0), levels=levels, num_levels=num_levels,
-                   name=name, config=config)
+                   name=name, config=config, **labels)
 
 
 def digits_split(split: str = "train") -> np.ndarray:
@@ -213,7 +260,8 @@ def digits(split: str = "train") -> Dataset:
             :func:`digits_split`.
     Returns:
         Dataset with levels (n, 1, 8, 8) int64 in [0, 16], data = (2k + 1)/17 - 1 (bin centres,
-        in [-16/17, 16/17]), num_levels 17, data_range (-1, 1), D = 64.
+        in [-16/17, 16/17]), num_levels 17, data_range (-1, 1), D = 64, and the digit classes as
+        labels (n,) int64 in 0..9 (``load_digits().target``), num_classes 10, classes "0".."9".
     Raises:
         ValueError: unknown split.
     Reference: Alpaydin & Kaynak 1998 (UCI "Optical Recognition of Handwritten Digits");
@@ -222,11 +270,15 @@ def digits(split: str = "train") -> Dataset:
     check_choice("split", split, ("train", "test", "all"))
     from sklearn.datasets import load_digits
 
-    images = load_digits().images  # (1797, 8, 8) float64 holding integers 0..16
+    bunch = load_digits()
+    images = bunch.images  # (1797, 8, 8) float64 holding integers 0..16
     levels = torch.from_numpy(np.rint(images).astype(np.int64)).unsqueeze(1)
+    labels = torch.from_numpy(np.asarray(bunch.target).astype(np.int64))
     if split != "all":
-        levels = levels[torch.from_numpy(digits_split(split))]
-    return _from_levels(levels, DIGITS_LEVELS, f"digits/{split}", {"loader": "digits", "split": split})
+        idx = torch.from_numpy(digits_split(split))
+        levels, labels = levels[idx], labels[idx]
+    return _from_levels(levels, DIGITS_LEVELS, f"digits/{split}", {"loader": "digits", "split": split},
+                        labels=labels, num_classes=10, classes=[str(k) for k in range(10)])
 
 
 def toy(name: str, n: int = 10000, seed: int = 0) -> Dataset:
@@ -280,7 +332,8 @@ def toy(name: str, n: int = 10000, seed: int = 0) -> Dataset:
 
 
 def from_array(source, *, key: str | None = None, num_levels: int | None = None,
-               data_range: Sequence[float] | None = None, channels_last: bool = False) -> Dataset:
+               data_range: Sequence[float] | None = None, channels_last: bool = False,
+               labels=None, num_classes: int | None = None) -> Dataset:
     """Data from a ``.npy`` / ``.npz`` file or an in-memory numpy array / torch tensor.
 
     Shapes: (n, d) vectors, (n, H, W) one-channel images (a channel axis is added) or
@@ -295,15 +348,27 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
         num_levels: number of integer levels (integer data only).
         data_range: (lo, hi) of float data.
         channels_last: the 4-D array is (n, H, W, C).
+        labels: class labels. None (default): a .npz's integer array named "labels" (n,), if it
+            holds one, else no labels (and with ``key=None`` a .npz of two arrays, one named
+            "labels", uses the other as the data); a str: the name of the labels array inside the
+            .npz; an integer array / tensor (n,): the labels themselves (for in-memory data; with a
+            file path the data set then cannot be rebuilt from its config); False: no labels.
+        num_classes: the number of classes K (default: max(labels) + 1); only with labels.
     Returns:
-        Dataset (integer data: levels plus bin-centre floats in (-1, 1); float data: float32 as given).
+        Dataset (integer data: levels plus bin-centre floats in (-1, 1); float data: float32 as
+        given), with ``labels`` (n,) int64 and ``num_classes`` when labels were found.
     Raises:
         FileNotFoundError: no such file. ValueError: unknown extension, a .npz with several
         arrays and no (or a wrong) key, a wrong shape, fewer than 1 sample, NaN / inf, levels
-        outside [0, num_levels - 1], floats outside data_range, num_levels for float data.
-        TypeError: bool, complex, object or string dtype; integer data without num_levels.
+        outside [0, num_levels - 1], floats outside data_range, num_levels for float data, a
+        labels key that is not in the .npz (or given for a .npy), labels not of shape (n,) or
+        outside [0, num_classes - 1].
+        TypeError: bool, complex, object or string dtype; integer data without num_levels; float labels.
     """
     config = None
+    auto_labels = labels is None
+    if labels is False:
+        labels = None
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
@@ -315,25 +380,49 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
             loaded = np.load(path, allow_pickle=False)
         except ValueError as e:
             raise ValueError(f"{path}: cannot read the array ({e}); object arrays are not accepted") from None
+        labels_key = None
         if ext == ".npz":
             with loaded:
                 names = list(loaded.keys())
+                if isinstance(labels, str):
+                    if labels not in names:
+                        raise ValueError(f"labels key {labels!r} not in {path}; valid values are {names}")
+                    labels_key = labels
+                elif auto_labels and LABELS_KEY in names and key != LABELS_KEY:
+                    labels_key = LABELS_KEY
                 if key is None:
-                    if len(names) != 1:
+                    data_names = [k for k in names if k != labels_key]
+                    if len(data_names) != 1:
                         raise ValueError(f"{path} holds arrays {names}; choose one with key=")
-                    key = names[0]
+                    key = data_names[0]
                 if key not in names:
                     raise ValueError(f"key {key!r} not in {path}; valid values are {names}")
                 arr = loaded[key]
+                if labels_key is not None:
+                    labels = loaded[labels_key]
         else:
+            if isinstance(labels, str):
+                raise ValueError(f"labels={labels!r} names an array of a .npz; {path} is a .npy (pass the labels "
+                                 "array itself)")
             arr = loaded
         config = {"loader": "array", "path": os.path.abspath(path), "key": key, "num_levels_arg": num_levels,
                   "data_range_arg": list(data_range) if data_range is not None else None,
                   "channels_last": channels_last}
+        if labels_key is not None:  # only then: configs of unlabelled files are unchanged
+            config["labels"] = labels_key
+            if num_classes is not None:
+                config["num_classes_arg"] = num_classes
+        elif labels is not None:
+            config = None  # labels from memory: the data cannot be rebuilt from the file alone
         name = os.path.basename(path) + (f"[{key}]" if key else "")
     else:
+        if isinstance(labels, str):
+            raise ValueError(f"labels={labels!r} names an array of a .npz file; pass the labels array for in-memory data")
         arr = source
         name = "array"
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu()
+    lab = {"labels": labels, "num_classes": num_classes} if labels is not None else {}
     if isinstance(arr, torch.Tensor):
         arr = arr.detach().cpu().numpy()
     if not isinstance(arr, np.ndarray):
@@ -357,7 +446,7 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
         if data_range is not None:
             raise ValueError("data_range applies to float data; integer levels map to (-1, 1)")
         levels = torch.from_numpy(arr.astype(np.int64))
-        return _from_levels(levels, num_levels, name, config)
+        return _from_levels(levels, num_levels, name, config, **lab)
     if num_levels is not None:
         raise ValueError(f"{name}: num_levels given for float data of dtype {arr.dtype}; pass integer levels")
     data = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
@@ -368,11 +457,18 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
         data_range = (lo, hi) if lo < hi else (lo - 1.0, hi + 1.0)
     elif lo < data_range[0] or hi > data_range[1]:
         raise ValueError(f"{name}: values in [{lo:g}, {hi:g}] fall outside data_range {tuple(data_range)}")
-    return Dataset(data.to(torch.float32), data_range, name=name, config=config)
+    return Dataset(data.to(torch.float32), data_range, name=name, config=config, **lab)
 
 
 def image_folder(path, *, mode: str = "L", image_size: int | None = None) -> Dataset:
-    """All image files directly inside a folder (sorted by name), as 8-bit levels.
+    """The image files of a folder as 8-bit levels; one sub-folder per class gives labels.
+
+    Two layouts (as ``torchvision.datasets.ImageFolder`` for the second):
+
+    * images directly inside ``path`` (sorted by name): no labels (sub-folders are ignored);
+    * no images directly inside, but sub-folders holding them: each sub-folder is a class
+      (hidden ones, starting with ".", are skipped), class k the k-th name in sorted order, the
+      images in class order and by name within a class.
 
     Arguments:
         path: the folder. Files with extensions .png .jpg .jpeg .bmp .gif .tif .tiff .webp
@@ -381,20 +477,36 @@ def image_folder(path, *, mode: str = "L", image_size: int | None = None) -> Dat
         image_size: resize every image to image_size x image_size (PIL bicubic); without it all
             images must have the same size.
     Returns:
-        Dataset with levels (n, C, H, W) in [0, 255], num_levels 256, data (2k + 1)/256 - 1 in (-1, 1).
+        Dataset with levels (n, C, H, W) in [0, 255], num_levels 256, data (2k + 1)/256 - 1 in
+        (-1, 1); with class sub-folders also labels (n,) int64, num_classes and ``classes`` (the
+        sub-folder names).
     Raises:
-        FileNotFoundError: no such folder. ValueError: no image files, an unreadable file or
-        images of different sizes (the message names the file), unknown mode.
+        FileNotFoundError: no such folder. ValueError: no image files (directly or in
+        sub-folders), a class sub-folder without images, an unreadable file or images of
+        different sizes (the message names the file), unknown mode.
     """
     check_choice("mode", mode, ("L", "RGB"))
     folder = os.fspath(path)
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"no such folder: {folder}")
-    files = sorted(f for f in os.listdir(folder) if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}")
     if image_size is not None:
         check_positive("image_size", image_size, integer=True)
+    files = _image_files(folder)
+    classes, labels = None, None
+    if not files:
+        classes = sorted(d for d in os.listdir(folder)
+                         if not d.startswith(".") and os.path.isdir(os.path.join(folder, d)))
+        if not classes:
+            raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder}, and no class sub-folders")
+        per_class = []
+        for c in classes:
+            fs = _image_files(os.path.join(folder, c))
+            if not fs:
+                raise ValueError(f"class folder {os.path.join(folder, c)} holds no image files "
+                                 f"({', '.join(IMAGE_EXTENSIONS)})")
+            per_class.append(fs)
+        files = [os.path.join(c, f) for c, fs in zip(classes, per_class) for f in fs]
+        labels = torch.tensor([k for k, fs in enumerate(per_class) for _ in fs], dtype=torch.int64)
     from PIL import Image
 
     arrays, size0 = [], None
@@ -417,7 +529,14 @@ def image_folder(path, *, mode: str = "L", image_size: int | None = None) -> Dat
     arr = np.stack(arrays)
     arr = arr[:, None] if mode == "L" else arr.transpose(0, 3, 1, 2)
     config = {"loader": "image_folder", "path": os.path.abspath(folder), "mode": mode, "image_size": image_size}
-    return _from_levels(torch.from_numpy(np.ascontiguousarray(arr).astype(np.int64)), 256, os.path.basename(folder), config)
+    lab = {"labels": labels, "num_classes": len(classes), "classes": classes} if classes else {}
+    return _from_levels(torch.from_numpy(np.ascontiguousarray(arr).astype(np.int64)), 256, os.path.basename(folder),
+                        config, **lab)
+
+
+def _image_files(folder: str) -> list[str]:
+    return sorted(f for f in os.listdir(folder) if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
+                  and os.path.isfile(os.path.join(folder, f)))
 
 
 def load_dataset(config: dict) -> Dataset:
@@ -436,7 +555,8 @@ def load_dataset(config: dict) -> Dataset:
         ds = toy(config["toy"], config["n_points"], config["seed"])
     elif loader == "array":
         ds = from_array(config["path"], key=config.get("key"), num_levels=config.get("num_levels_arg"),
-                        data_range=config.get("data_range_arg"), channels_last=config.get("channels_last", False))
+                        data_range=config.get("data_range_arg"), channels_last=config.get("channels_last", False),
+                        labels=config.get("labels", False), num_classes=config.get("num_classes_arg"))
     elif loader == "image_folder":
         ds = image_folder(config["path"], mode=config["mode"], image_size=config.get("image_size"))
     elif loader == "memory":

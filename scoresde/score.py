@@ -137,14 +137,22 @@ class ScoreModel(nn.Module):
             of the continuous alpha(t), sigma(t) to convert predictions (VP / sub-VP only):
             the score of a network trained with DDPM's discrete loss.
         learn_variance: the network also outputs the variance channels (see above).
+    Class labels: ``model(x, t, y=None)`` (and ``predict`` / ``raw``) pass ``y`` to the network
+        of a class-conditional model (one whose net has ``num_classes`` = K, as
+        :class:`~scoresde.models.UNet` / :class:`~scoresde.models.MLP`): y (B,) integer labels in
+        [0, K], K being the null class; y=None asks for the null class (the unconditional
+        score of a model trained with label dropout, Ho & Salimans 2022). On an unconditional
+        model (net.num_classes None) y must be None. A network without a ``num_classes``
+        attribute gets y only when it is given (it decides what y means).
     Shapes:
-        x (B, *S); t (B,) or a scalar in [0, T]; output (B, *S), in x's dtype.
+        x (B, *S); t (B,) or a scalar in [0, T]; y (B,) or None; output (B, *S), in x's dtype.
     Raises:
         TypeError: x not a floating-point tensor (integer x gave NaN).
         ValueError: unknown prediction / time_input, ``discrete`` with a VE SDE, t outside [0, T]
             or of the wrong batch size, an empty x (batch size 0) or one on the "meta" device (or
             a network whose parameters are), sigma(t) = 0 where the conversion divides by it (t = 0 on
-            VP / sub-VP: use t >= eps), a network output of the wrong shape.
+            VP / sub-VP: use t >= eps), a network output of the wrong shape, y given to an
+            unconditional model (or of the wrong shape / outside [0, K]).
     Reference: Song et al. 2021, App. C / reference ``get_score_fn``; Ho et al. 2020, Eq. (11).
     """
 
@@ -163,6 +171,19 @@ class ScoreModel(nn.Module):
         self.prediction, self.time_input = prediction, time_input
         self.discrete, self.learn_variance = bool(discrete), bool(learn_variance)
 
+    @property
+    def num_classes(self) -> int | None:
+        """K of a class-conditional network (its ``num_classes``; the null class is index K), else None."""
+        net = self.net
+        if isinstance(net, nn.parallel.DistributedDataParallel):
+            net = net.module
+        return getattr(net, "num_classes", None)
+
+    @property
+    def null_class(self) -> int | None:
+        """The label index of the null class (= ``num_classes``), or None for an unconditional model."""
+        return self.num_classes
+
     def coefficients(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(alpha, sigma) at t (B,) used by the conversions, continuous or from the table."""
         if self.discrete:
@@ -170,8 +191,10 @@ class ScoreModel(nn.Module):
             return ab.sqrt(), (1.0 - ab).sqrt()
         return self.sde.mean_coeff(t), self.sde.marginal_std(t)
 
-    def raw(self, x: torch.Tensor, t, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Network output split as (prediction (B, *S), variance channels or None, t (B,))."""
+    def raw(self, x: torch.Tensor, t, y: torch.Tensor | None = None,
+            **kwargs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """Network output split as (prediction (B, *S), variance channels or None, t (B,)); y as
+        in the class docstring."""
         check_batch("x", x, finite=False)  # integer, empty or meta x: a named error, not NaN
         p = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None
         if p is not None and p.device.type == "meta":
@@ -179,6 +202,15 @@ class ScoreModel(nn.Module):
                              "materialise it first, e.g. net.to_empty(device='cpu') then load_state_dict")
         t = as_time(t, x, self.sde.T)
         dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        net = self.net.module if isinstance(self.net, nn.parallel.DistributedDataParallel) else self.net
+        if hasattr(net, "num_classes"):
+            if self.num_classes is None and y is not None:
+                raise ValueError(f"y (class labels) given to an unconditional model (its {type(net).__name__} has "
+                                 "num_classes=None); call it without y, or build the network with num_classes=K")
+            if self.num_classes is not None:
+                kwargs["y"] = y  # None: the network's null class
+        elif y is not None:
+            kwargs["y"] = y
         out = self.net(x, network_time(self.sde, t, self.time_input, dtype), **kwargs)
         want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if self.learn_variance else tuple(x.shape)
         if tuple(out.shape) != want:

@@ -199,10 +199,10 @@ def test_bad_input_errors_name_the_argument():
     with pytest.raises(ValueError, match="y"):
         net(torch.randn(2, 1, 8, 8), torch.zeros(2), y=torch.tensor([0, 1]))
     cond = UNet(in_channels=1, image_size=8, ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), num_classes=2)
-    with pytest.raises(ValueError, match="y"):
-        cond(torch.randn(2, 1, 8, 8), torch.zeros(2))
+    xb = torch.randn(2, 1, 8, 8)  # y=None on a conditional net is the null class, index num_classes
+    assert torch.equal(cond(xb, torch.zeros(2)), cond(xb, torch.zeros(2), y=torch.tensor([2, 2])))
     with pytest.raises(ValueError, match="num_classes"):
-        cond(torch.randn(2, 1, 8, 8), torch.zeros(2), y=torch.tensor([0, 2]))
+        cond(torch.randn(2, 1, 8, 8), torch.zeros(2), y=torch.tensor([0, 3]))
     mlp = MLP(2, hidden=16)
     with pytest.raises(ValueError, match="dim"):
         mlp(torch.randn(4, 3), torch.zeros(4))

@@ -16,7 +16,8 @@ h = conv0(dropout(SiLU(GN(h)))), conv0 zero-initialised; out = (skip(x) + h) / s
 1x1 conv when the channels change. Attention (``AttnBlockpp``): single head, 1x1 q, k, v and a
 zero-initialised output projection, out = (x + h) / sqrt(2). GroupNorm with min(C / 4, 32)
 groups. Time embedding: embedding(ch) -> Linear(ch, 4 ch) -> SiLU -> Linear(4 ch, 4 ch) (plus a
-learned class embedding with ``num_classes``). Other weights: DDPM's init (Xavier-uniform, zero
+learned class embedding of num_classes + 1 rows with ``num_classes``, the last row the null
+class). Other weights: DDPM's init (Xavier-uniform, zero
 biases). With the zero-initialised output conv the network outputs exactly 0 at init.
 
 Parameter counts (in_channels = 1 unless said, embedding "sinusoidal"; "fourier" is the same,
@@ -29,7 +30,8 @@ Reproduced by ``tests/test_models.py::test_documented_parameter_counts``.
 
 Reference: Song et al. 2021, App. H (DDPM++: skip rescaling by 1/sqrt(2), residual blocks of
 BigGAN-free DDPM type) and the reference code's ``models/ncsnpp.py`` / ``layerspp.py``;
-Ho et al. 2020, App. B (the UNet, zero init, attention at 16x16).
+Ho et al. 2020, App. B (the UNet, zero init, attention at 16x16); Ho & Salimans 2022 (the null
+class of classifier-free guidance).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._checks import check_choice, check_positive
-from .embeddings import EMBEDDINGS, check_time, make_embedding
+from .embeddings import EMBEDDINGS, check_labels, check_time, make_embedding
 
 _SQRT2 = math.sqrt(2.0)
 
@@ -123,18 +125,24 @@ class UNet(nn.Module):
             level). The resolved tuple is what ``self.attn_resolutions`` and ``config()`` hold.
         dropout: dropout probability inside the residual blocks, in [0, 1).
         embedding: "sinusoidal" or "fourier" (see :mod:`scoresde.models.embeddings`).
-        num_classes: None, or the number of classes of a class-conditional model (forward then
-            needs y).
+        num_classes: None (unconditional), or the number of classes K of a class-conditional
+            model: a learned label embedding of **K + 1** rows (``nn.Embedding(K + 1, 4 ch)``,
+            added to the time embedding), rows 0..K-1 the classes and row K the **null class**
+            (``self.null_class``), which ``y=None`` and dropped labels (``TrainConfig.label_dropout``,
+            classifier-free guidance, Ho & Salimans 2022) map to. A model trained with
+            label_dropout = 0 never sees the null class, so its y=None output is untrained.
         learn_variance: output 2C channels, the prediction then Improved DDPM's variance
             interpolation v (Nichol & Dhariwal 2021, Eq. (15)).
     Forward:
         ``forward(x, time, y=None)``: x (B, in_channels, image_size, image_size); time (B,) or a
         scalar, the output of :func:`scoresde.score.network_time`; y (B,) integer class labels in
-        [0, num_classes) for a class-conditional model. Returns (B, C or 2C, s, s) in x's dtype.
+        [0, num_classes] for a class-conditional model (num_classes = the null class; y=None is
+        the null class for the whole batch); an unconditional model takes no y. Returns
+        (B, C or 2C, s, s) in x's dtype.
     Raises:
         ValueError: constructor values the network cannot take (each names its argument); x of
-            the wrong channels or side; time not of shape (B,); y missing, unexpected or out of
-            range.
+            the wrong channels or side; time not of shape (B,); y given to an unconditional
+            network, of the wrong shape or outside [0, num_classes].
         TypeError: non-integer sizes, y not an integer tensor.
     Reference: see the module docstring.
     """
@@ -143,37 +151,8 @@ class UNet(nn.Module):
                  num_res_blocks: int = 2, attn_resolutions=None, dropout: float = 0.0, embedding: str = "sinusoidal",
                  num_classes: int | None = None, learn_variance: bool = False):
         super().__init__()
-        check_positive("in_channels", in_channels, integer=True)
-        check_positive("image_size", image_size, integer=True)
-        check_positive("ch", ch, integer=True)
-        check_positive("num_res_blocks", num_res_blocks, integer=True)
-        check_positive("dropout", dropout, allow_zero=True)
-        check_choice("embedding", embedding, EMBEDDINGS)
-        if dropout >= 1:
-            raise ValueError(f"dropout must lie in [0, 1); got {dropout}")
-        ch_mult = tuple(ch_mult)
-        if not ch_mult:
-            raise ValueError("ch_mult must hold at least one channel multiplier")
-        for m in ch_mult:
-            check_positive("ch_mult entries", m, integer=True)
-        widths = [ch * m for m in ch_mult]
-        for c in [ch, *widths]:
-            if c % 4 or c % _groups(c):
-                raise ValueError(f"ch * ch_mult entries must be multiples of 4 (and of 32 from 128 on), for "
-                                 f"GroupNorm with min(C/4, 32) groups; got a width of {c} from ch={ch}, ch_mult={ch_mult}")
-        down = 2 ** (len(ch_mult) - 1)
-        if not 8 <= image_size <= 256 or image_size % down:
-            raise ValueError(f"image_size must lie in [8, 256] and be divisible by 2^(len(ch_mult) - 1) = {down} "
-                             f"(the down-sampling of ch_mult={ch_mult}); got {image_size}")
-        sides = [image_size // 2**lvl for lvl in range(len(ch_mult))]
-        if attn_resolutions is None:
-            below = [r for r in sides if r < image_size]
-            small = [r for r in below if r < 16]
-            attn_resolutions = (16,) if 16 in sides else (max(small),) if small else (min(below),) if below else ()
-        attn_resolutions = tuple(int(r) for r in attn_resolutions)
-        bad = [r for r in attn_resolutions if r not in sides]
-        if bad:
-            raise ValueError(f"attn_resolutions {bad} are not sides this network reaches; valid values are {sides}")
+        ch_mult, widths, sides, attn_resolutions = _layout(in_channels, image_size, ch, ch_mult, num_res_blocks,
+                                                           attn_resolutions, dropout, embedding)
         if num_classes is not None:
             check_positive("num_classes", num_classes, integer=True)
         self.in_channels, self.image_size, self.ch, self.ch_mult = int(in_channels), int(image_size), int(ch), ch_mult
@@ -181,27 +160,11 @@ class UNet(nn.Module):
         self.embedding, self.num_classes, self.learn_variance = embedding, num_classes, bool(learn_variance)
 
         temb_dim = 4 * ch
-        self.embed = make_embedding(embedding, ch)
-        self.temb = nn.Sequential(nn.Linear(ch, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
-        _init(self.temb)
-        self.label_emb = nn.Embedding(num_classes, temb_dim) if num_classes is not None else None
-        self.conv_in = nn.Conv2d(in_channels, ch, 3, padding=1)
-        _init(self.conv_in)
-
-        self.down = nn.ModuleList()
-        skips, c = [ch], ch
-        for lvl, w in enumerate(widths):
-            for _ in range(num_res_blocks):
-                blocks = [ResBlock(c, w, temb_dim, dropout)]
-                c = w
-                if sides[lvl] in attn_resolutions:
-                    blocks.append(AttnBlock(c))
-                self.down.append(nn.ModuleList(blocks))
-                skips.append(c)
-            if lvl < len(widths) - 1:
-                self.down.append(nn.ModuleList([_init_m(nn.Conv2d(c, c, 3, stride=2, padding=1))]))
-                skips.append(c)
-        self.mid = nn.ModuleList([ResBlock(c, c, temb_dim, dropout), AttnBlock(c), ResBlock(c, c, temb_dim, dropout)])
+        self.embed, self.temb = _time_embedding(embedding, ch)
+        # num_classes + 1 rows: row num_classes is the null class (y=None, dropped labels)
+        self.label_emb = nn.Embedding(num_classes + 1, temb_dim) if num_classes is not None else None
+        self.conv_in, self.down, self.mid, skips, c = _encoder(in_channels, ch, widths, sides, num_res_blocks,
+                                                               attn_resolutions, temb_dim, dropout)
         self.up = nn.ModuleList()
         for lvl in reversed(range(len(widths))):
             w = widths[lvl]
@@ -217,6 +180,11 @@ class UNet(nn.Module):
         self.norm_out = nn.GroupNorm(_groups(c), c, eps=1e-6)
         self.conv_out = _zero(nn.Conv2d(c, 2 * in_channels if learn_variance else in_channels, 3, padding=1))
 
+    @property
+    def null_class(self) -> int | None:
+        """The label index of the null class, ``num_classes`` (None for an unconditional network)."""
+        return self.num_classes
+
     def config(self) -> dict:
         """Constructor arguments (JSON-serialisable) with the class name under "model"."""
         return {"model": "UNet", "in_channels": self.in_channels, "image_size": self.image_size, "ch": self.ch,
@@ -231,19 +199,7 @@ class UNet(nn.Module):
         if x.dim() != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"x must have shape (B, in_channels, image_size, image_size) = (B, {want[0]}, {want[1]}, "
                              f"{want[2]}) for this network; got shape {tuple(x.shape)}")
-        if self.num_classes is None:
-            if y is not None:
-                raise ValueError("y (class labels) given to a network built with num_classes=None")
-            return None
-        if y is None:
-            raise ValueError(f"y (class labels, shape (B,)) is required: the network was built with num_classes={self.num_classes}")
-        if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise TypeError("y must be an integer tensor of class labels, shape (B,)")
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"y must have shape (B,) = ({x.shape[0]},); got {tuple(y.shape)}")
-        if bool((y < 0).any()) or bool((y >= self.num_classes).any()):
-            raise ValueError(f"y must lie in [0, num_classes={self.num_classes}); got values in [{int(y.min())}, {int(y.max())}]")
-        return y.to(x.device).long()
+        return check_labels(y, x, self.num_classes)
 
     def forward(self, x: torch.Tensor, time, y: torch.Tensor | None = None) -> torch.Tensor:
         y = self._check_input(x, y)
@@ -253,12 +209,7 @@ class UNet(nn.Module):
         if self.label_emb is not None:
             temb = temb + self.label_emb(y)
         temb = F.silu(temb)
-        h = self.conv_in(x.to(dtype))
-        hs = [h]
-        for blocks in self.down:
-            h = _run(blocks, h, temb)
-            hs.append(h)
-        h = _run(self.mid, h, temb)
+        h, hs = _encode(self, x.to(dtype), temb)
         for blocks in self.up:
             if isinstance(blocks[0], ResBlock):
                 h = torch.cat([h, hs.pop()], dim=1)
@@ -270,6 +221,82 @@ class UNet(nn.Module):
 def _init_m(m: nn.Module) -> nn.Module:
     _init(m)
     return m
+
+
+def _layout(in_channels, image_size, ch, ch_mult, num_res_blocks, attn_resolutions, dropout, embedding):
+    """Check the constructor values shared by :class:`UNet` and the classifier's encoder; return
+    (ch_mult tuple, widths ch * m_l, sides s / 2^l, the resolved attn_resolutions tuple)."""
+    check_positive("in_channels", in_channels, integer=True)
+    check_positive("image_size", image_size, integer=True)
+    check_positive("ch", ch, integer=True)
+    check_positive("num_res_blocks", num_res_blocks, integer=True)
+    check_positive("dropout", dropout, allow_zero=True)
+    check_choice("embedding", embedding, EMBEDDINGS)
+    if dropout >= 1:
+        raise ValueError(f"dropout must lie in [0, 1); got {dropout}")
+    ch_mult = tuple(ch_mult)
+    if not ch_mult:
+        raise ValueError("ch_mult must hold at least one channel multiplier")
+    for m in ch_mult:
+        check_positive("ch_mult entries", m, integer=True)
+    widths = [ch * m for m in ch_mult]
+    for c in [ch, *widths]:
+        if c % 4 or c % _groups(c):
+            raise ValueError(f"ch * ch_mult entries must be multiples of 4 (and of 32 from 128 on), for "
+                             f"GroupNorm with min(C/4, 32) groups; got a width of {c} from ch={ch}, ch_mult={ch_mult}")
+    down = 2 ** (len(ch_mult) - 1)
+    if not 8 <= image_size <= 256 or image_size % down:
+        raise ValueError(f"image_size must lie in [8, 256] and be divisible by 2^(len(ch_mult) - 1) = {down} "
+                         f"(the down-sampling of ch_mult={ch_mult}); got {image_size}")
+    sides = [image_size // 2**lvl for lvl in range(len(ch_mult))]
+    if attn_resolutions is None:
+        below = [r for r in sides if r < image_size]
+        small = [r for r in below if r < 16]
+        attn_resolutions = (16,) if 16 in sides else (max(small),) if small else (min(below),) if below else ()
+    attn_resolutions = tuple(int(r) for r in attn_resolutions)
+    bad = [r for r in attn_resolutions if r not in sides]
+    if bad:
+        raise ValueError(f"attn_resolutions {bad} are not sides this network reaches; valid values are {sides}")
+    return ch_mult, widths, sides, attn_resolutions
+
+
+def _time_embedding(embedding: str, ch: int) -> tuple[nn.Module, nn.Module]:
+    """(embedding(ch), Linear(ch, 4 ch) - SiLU - Linear(4 ch, 4 ch)) of the UNet's time input."""
+    embed = make_embedding(embedding, ch)
+    temb = nn.Sequential(nn.Linear(ch, 4 * ch), nn.SiLU(), nn.Linear(4 * ch, 4 * ch))
+    _init(temb)
+    return embed, temb
+
+
+def _encoder(in_channels, ch, widths, sides, num_res_blocks, attn_resolutions, temb_dim, dropout):
+    """The UNet's encoder half: (conv_in, down ModuleList, mid ModuleList, skip widths, out channels)."""
+    conv_in = _init_m(nn.Conv2d(in_channels, ch, 3, padding=1))
+    down = nn.ModuleList()
+    skips, c = [ch], ch
+    for lvl, w in enumerate(widths):
+        for _ in range(num_res_blocks):
+            blocks = [ResBlock(c, w, temb_dim, dropout)]
+            c = w
+            if sides[lvl] in attn_resolutions:
+                blocks.append(AttnBlock(c))
+            down.append(nn.ModuleList(blocks))
+            skips.append(c)
+        if lvl < len(widths) - 1:
+            down.append(nn.ModuleList([_init_m(nn.Conv2d(c, c, 3, stride=2, padding=1))]))
+            skips.append(c)
+    mid = nn.ModuleList([ResBlock(c, c, temb_dim, dropout), AttnBlock(c), ResBlock(c, c, temb_dim, dropout)])
+    return conv_in, down, mid, skips, c
+
+
+def _encode(net: nn.Module, x: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, list]:
+    """Run ``net.conv_in``, ``net.down`` and ``net.mid`` on x (B, C, s, s): (the middle output,
+    the down-path activations for the skips)."""
+    h = net.conv_in(x)
+    hs = [h]
+    for blocks in net.down:
+        h = _run(blocks, h, temb)
+        hs.append(h)
+    return _run(net.mid, h, temb), hs
 
 
 def _run(blocks, h, temb):
