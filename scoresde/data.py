@@ -544,7 +544,7 @@ def load_dataset(config: dict) -> Dataset:
 
     Raises:
         ValueError: the config has no known "loader", or describes in-memory data that cannot be
-        rebuilt; the rebuilt data's shape differs from the recorded one.
+            rebuilt; the rebuilt data's shape differs from the recorded one.
     """
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict; got {type(config).__name__}")

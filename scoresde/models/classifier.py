@@ -42,8 +42,8 @@ class Classifier(nn.Module):
             it fixes T and the network time (see the module docstring).
         num_classes: K >= 2, the number of classes (no null class: the classifier is not
             trained with dropped labels).
-        in_channels, image_size, ch, ch_mult, num_res_blocks, attn_resolutions, dropout,
-            embedding: as :class:`~scoresde.models.UNet` (same checks); the defaults are a
+        in_channels, image_size, ch, ch_mult, num_res_blocks, attn_resolutions, dropout, embedding:
+            as :class:`~scoresde.models.UNet` (same checks); the defaults are a
             small net for 8x8 digits (ch 32, ch_mult (1, 2), one block per level, no attention;
             77 k parameters for K = 10).
         time_input: "label", "sigma", "index" or "t" (:func:`scoresde.score.network_time`);
