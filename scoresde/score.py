@@ -20,12 +20,11 @@ Eq. (11) (eps); Salimans & Ho 2022 (v).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import nn
 
 from ._checks import as_time, bcast, check_batch, check_choice
+from .score_fn import call_score  # noqa: F401  (scoresde.score.call_score, as before)
 from .sde import SDE, VESDE, _VPFamily
 
 PREDICTIONS = ("eps", "score", "x0", "v")
@@ -104,22 +103,6 @@ def network_time(sde: SDE, t: torch.Tensor, time_input: str, dtype: torch.dtype 
     else:
         out = t
     return out.to(dtype)
-
-
-def call_score(score_fn: Callable, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Call ``score_fn(x, t)`` and check its output.
-
-    Raises:
-        ValueError: the output's shape differs from x's, or it holds NaN / inf (the message
-            gives the time range of the call, so a blow-up mid-solve is located).
-    """
-    s = score_fn(x, t)
-    if not isinstance(s, torch.Tensor) or s.shape != x.shape:
-        got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-        raise ValueError(f"score_fn returned shape {got} for x of shape {tuple(x.shape)}; it must match x")
-    if not bool(torch.isfinite(s).all()):
-        raise ValueError(f"score_fn returned NaN or inf at t in [{float(t.min()):.6g}, {float(t.max()):.6g}]")
-    return s
 
 
 class ScoreModel(nn.Module):

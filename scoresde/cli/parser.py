@@ -1,0 +1,330 @@
+"""The ``scoresde`` argument parser: five subcommands, one-line errors, and the options typed.
+
+    scoresde train --data digits --sde vp --out runs/digits
+    scoresde sample runs/digits/checkpoint.pt --method pc --steps 100 --out samples
+    scoresde likelihood runs/digits/checkpoint.pt --split test
+    scoresde compare runs/digits/checkpoint.pt --methods euler_maruyama pc ode ddim --steps 10 20 50 100
+    scoresde demo            # all of the above on scikit-learn's 8x8 digits, into ./scoresde-demo
+
+:func:`build_parser` builds it (one ``_add_<command>`` per subcommand); :class:`_Parser` makes
+its errors one :class:`CLIError` line and records in the namespace which options were typed
+(:func:`given_options`, read when a run is resumed). Nothing heavy is imported here, so that
+``scoresde --help`` is fast.
+"""
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["build_parser", "CLIError", "given_options", "GIVEN"]
+
+SDES = ("vp", "subvp", "ve", "vp-cosine")
+OBJECTIVES = ("dsm", "dsm-likelihood", "ddpm", "hybrid")
+MODELS = ("auto", "mlp", "unet")
+DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line, exit status ``status``."""
+
+    def __init__(self, message: str, status: int = 1, prog: str | None = None):
+        super().__init__(message)
+        self.status, self.prog = status, prog
+
+
+#: attribute of the parsed namespace: the ``dest`` names of the options given on the command line
+GIVEN = "_given"
+
+
+def given_options(args) -> frozenset | None:
+    """The options typed on the command line (``dest`` names), or None for a namespace that the
+    parser did not build (then every value counts as requested)."""
+    return getattr(args, GIVEN, None)
+
+
+def _mark_given(namespace, dest: str) -> None:
+    setattr(namespace, GIVEN, frozenset(getattr(namespace, GIVEN, frozenset())) | {dest})
+
+
+class _Store(argparse._StoreAction):
+    """The "store" action, recording that the option was given (even with its default value)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        if option_string is not None:
+            _mark_given(namespace, self.dest)
+
+
+class _StoreTrue(argparse._StoreTrueAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        _mark_given(namespace, self.dest)
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr (no usage dump), exit status 2, and
+    whose namespace records which options were typed (:func:`given_options`): a resumed run
+    compares those, so ``--seed 0`` is refused on a seed-3 run although 0 is the default."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Store)
+        self.register("action", "store", _Store)
+        self.register("action", "store_true", _StoreTrue)
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        if not hasattr(ns, GIVEN):
+            setattr(ns, GIVEN, frozenset())
+        return ns, extras
+
+    def error(self, message):  # noqa: D401 - argparse API
+        raise CLIError(f"{message} (see '{self.prog} --help')", status=2, prog=self.prog)
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return v
+
+
+def _decay(text: str) -> float:
+    """An EMA decay: a number in [0, 1) (1 would never move the average off its first value)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r} (1 freezes the EMA at its "
+                                         "first value)")
+    return v
+
+
+def _unit_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return v
+
+
+def _device(text: str) -> str:
+    """A torch device this machine has (checked before any work, so the error names --device)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    return text
+
+
+def _add_common(p: argparse.ArgumentParser, seed: int = 0) -> None:
+    p.add_argument("--seed", type=_nonneg_int, default=seed, help="random seed (sampling noise, data split draws)")
+    p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (0: torch's default). One thread is the fast and safe choice for "
+                        "the small networks of the demo: with 2 threads on a busy 2-core machine each step "
+                        "waits for the second thread (measured 60x slower)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _methods() -> list[str]:
+    """The sampler names of the solver registry (what ``scoresde.sample`` accepts)."""
+    from ..solvers.registry import METHODS
+    return list(METHODS)
+
+
+def _add_sampler_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampler options (names of scoresde.sample)")
+    g.add_argument("--eps", type=_positive_float, default=None,
+                   help="last time of the reverse solve; default: the SDE's (1e-3 VP / sub-VP, 1e-5 VE)")
+    g.add_argument("--predictor", default="reverse_diffusion",
+                   help="pc: predictor (euler_maruyama, reverse_diffusion, ancestral)")
+    g.add_argument("--corrector", default="langevin", help="pc: corrector (langevin, ald, none)")
+    g.add_argument("--snr", type=_positive_float, default=0.16, help="pc: corrector signal-to-noise ratio")
+    g.add_argument("--corrector-steps", type=_positive_int, default=1, help="pc: corrector steps per step")
+    g.add_argument("--sde-method", default="euler", help="sde: torchsde method")
+    g.add_argument("--ode-method", default="dopri5", help="ode: torchdiffeq method")
+    g.add_argument("--rtol", type=_positive_float, default=1e-5, help="ode: relative tolerance")
+    g.add_argument("--atol", type=_positive_float, default=1e-5, help="ode: absolute tolerance")
+    g.add_argument("--eta", type=_unit_float, default=0.0, help="ddim: eta in [0, 1] (0 = deterministic)")
+    g.add_argument("--variance", default=None,
+                   help="ddpm: fixed_small, fixed_large or learned_range; default: learned_range for a model "
+                        "with learned variance, else fixed_small")
+    g.add_argument("--spacing", choices=("uniform", "quadratic", "logsnr", "karras"), default=None,
+                   help="time grid of the grid and fast solvers; default: the method's own (uniform for "
+                        "the SDE samplers, logsnr for the DPM-Solver family and unipc, karras for heun)")
+    g.add_argument("--order", type=_positive_int, default=None, help="dpm_solver / dpm_adaptive / unipc: order")
+    g.add_argument("--rho", type=_positive_float, default=None, help="karras spacing: rho (default 7)")
+    g.add_argument("--no-denoise", action="store_true", help="return the last noisy state, not its mean")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``scoresde`` argument parser with its five subcommands."""
+    parser = _Parser(prog="scoresde", formatter_class=_Formatter,
+                     description="Score-based diffusion models as SDEs: train, sample, measure likelihood, "
+                                 "compare solvers.", epilog=__doc__.split("\n\n")[1])
+    from .. import __version__
+    parser.add_argument("--version", action="version", version=f"scoresde {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_train(sub)
+    _add_sample(sub)
+    _add_likelihood(sub)
+    _add_compare(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _add_train(sub) -> None:
+    """The ``train`` subcommand."""
+    p = sub.add_parser("train", formatter_class=_Formatter, help="train a score model (resumes from --out)",
+                       description="Train a score model. If --out already holds a checkpoint, training resumes "
+                                   "from it with the run's saved settings: an option typed here that differs from "
+                                   "them is an error (even if it is the default), except --steps, "
+                                   "--checkpoint-every, --device and --quiet; --steps and --checkpoint-every keep "
+                                   "the run's values unless typed.")
+    p.add_argument("--data", default="digits",
+                   help="'digits' (scikit-learn 8x8), a 2-D toy name (e.g. swiss_roll, two_moons, "
+                        "8gaussians, checkerboard), or a path to .npy / .npz / an image folder")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, config, training log)")
+    g = p.add_argument_group("SDE")
+    g.add_argument("--sde", choices=SDES, default="vp", help="forward SDE")
+    g.add_argument("--beta-min", type=_positive_float, default=0.1, help="VP / sub-VP: beta(0)")
+    g.add_argument("--beta-max", type=_positive_float, default=20.0, help="VP / sub-VP: beta(1)")
+    g.add_argument("--sigma-min", type=_positive_float, default=0.01, help="VE: sigma_min")
+    g.add_argument("--sigma-max", type=_positive_float, default=None,
+                   help="VE: sigma_max; default: the largest pairwise data distance (Song & Ermon 2020, "
+                        "Technique 1; over 2000 samples of larger data), raised if needed so that the prior is "
+                        "within 0.01 nats per dimension of the data's terminal marginal (off-centre data)")
+    g.add_argument("--num-scales", type=_positive_int, default=1000, help="N, steps of the discrete chain")
+    g = p.add_argument_group("model and objective")
+    g.add_argument("--model", choices=MODELS, default="auto", help="network; auto: UNet for square images of side >= 8, else the MLP (on flattened samples)")
+    g.add_argument("--hidden", type=_positive_int, default=512, help="MLP width")
+    g.add_argument("--layers", type=_positive_int, default=4, help="MLP hidden layers")
+    g.add_argument("--channels", type=_positive_int, default=16, help="UNet base channels (a multiple of 4)")
+    g.add_argument("--objective", choices=OBJECTIVES, default="dsm",
+                   help="dsm (continuous-time DSM, sigma^2 weighting), dsm-likelihood (g^2 weighting), "
+                        "ddpm (L_simple), hybrid (Improved DDPM, learned variance)")
+    g.add_argument("--prediction", choices=("eps", "score", "x0", "v"), default="eps", help="network target")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=_positive_int, default=3000, help="training steps")
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")
+    g.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate (after warm-up)")
+    g.add_argument("--warmup", type=_nonneg_int, default=200, help="linear warm-up steps")
+    g.add_argument("--ema", type=_decay, default=0.999, help="EMA decay, in [0, 1)")
+    g.add_argument("--checkpoint-every", type=_positive_int, default=2000, help="steps between checkpoints")
+    _add_common(p)
+
+
+def _add_sample(sub) -> None:
+    """The ``sample`` subcommand."""
+    p = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a checkpoint",
+                       description="Sample from a trained checkpoint (EMA weights). Writes <out>.npz with the "
+                                   "samples and <out>.png: an image grid, or a scatter plot for 2-D data.")
+    p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
+    p.add_argument("--method", default="pc", help="one of: " + ", ".join(_methods()))
+    p.add_argument("--steps", type=_positive_int, default=100, help="solver steps (fixed-step methods)")
+    p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of samples")
+    p.add_argument("--batch-size", type=_positive_int, default=1000, help="samples per batch")
+    p.add_argument("--out", default="samples", help="output stem: writes <out>.npz and <out>.png")
+    _add_sampler_options(p)
+    _add_common(p)
+
+
+def _add_likelihood(sub) -> None:
+    """The ``likelihood`` subcommand."""
+    p = sub.add_parser("likelihood", formatter_class=_Formatter, help="bits/dim by the probability-flow ODE",
+                       description="Exact likelihood of a data split under the probability-flow ODE, in bits/dim "
+                                   "(uniformly dequantized integer levels), with its standard error over the data; "
+                                   "optionally also the DDPM variational bound (VP / sub-VP).")
+    p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="data split of the checkpoint's data")
+    p.add_argument("--data", default=None, help="other data to evaluate (same forms as train --data); "
+                                                "default: the checkpoint's data")
+    p.add_argument("-n", "--num-points", type=int, default=0, help="evaluate the first n points (0 = all)")
+    p.add_argument("--divergence", choices=DIVERGENCES, default="hutchinson_rademacher",
+                   help="divergence estimator inside the ODE")
+    p.add_argument("--ode-method", default="dopri5", help="torchdiffeq method")
+    p.add_argument("--rtol", type=_positive_float, default=1e-5, help="relative tolerance")
+    p.add_argument("--atol", type=_positive_float, default=1e-5, help="absolute tolerance")
+    p.add_argument("--eps", type=_positive_float, default=1e-5, help="start time of the ODE")
+    p.add_argument("--batch-size", type=_positive_int, default=500, help="points per solve")
+    p.add_argument("--vlb", action="store_true", help="also the DDPM variational bound (VP / sub-VP)")
+    p.add_argument("--out", default="likelihood.json", help="JSON output file")
+    _add_common(p)
+
+
+def _add_compare(sub) -> None:
+    """The ``compare`` subcommand."""
+    p = sub.add_parser("compare", formatter_class=_Formatter, help="table of solvers: NFE, time, quality, bits/dim",
+                       description="Sample with several methods and step budgets; one table of NFE, wall time, "
+                                   "sample quality (Frechet distance in digit-classifier features for digits, sliced "
+                                   "Wasserstein otherwise) and bits/dim where defined (PF-ODE for 'ode', the DDPM "
+                                   "variational bound for 'ddpm'). Writes <out>/compare.md, compare.json and "
+                                   "quality_vs_nfe.png. A method may carry its own steps: 'pc:10,20'.")
+    p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
+    p.add_argument("--methods", nargs="+",
+                   default=["euler_maruyama", "pc", "sde", "ode", "ddpm", "ddim", "dpmpp_2m:10,20", "unipc:10,20",
+                            "heun:10,20"],
+                   help="methods: " + ", ".join(_methods()) + " (heun's budgets are NFE; ode's and "
+                        "dpm_adaptive's are tolerances)")
+    p.add_argument("--steps", type=_positive_int, nargs="+", default=[10, 20, 50, 100],
+                   help="step budgets of the fixed-step methods")
+    p.add_argument("--ode-rtols", type=_positive_float, nargs="+", default=[1e-2, 1e-3, 1e-5],
+                   help="tolerances (rtol = atol) of the adaptive ODE rows")
+    p.add_argument("-n", "--num-samples", type=_positive_int, default=500, help="samples per method")
+    p.add_argument("--bpd-points", type=int, default=100,
+                   help="test points for the bits/dim columns (0 = skip bits/dim)")
+    p.add_argument("--out", default="compare", help="output folder")
+    _add_sampler_options(p)
+    _add_common(p)
+
+
+def _add_demo(sub) -> None:
+    """The ``demo`` subcommand."""
+    p = sub.add_parser("demo", formatter_class=_Formatter, help="train -> compare -> likelihood on 8x8 digits",
+                       description="The whole job on scikit-learn's 8x8 digits (nothing downloaded): train a score "
+                                   "model, compare samplers, measure bits/dim on the test split by the PF-ODE and "
+                                   "by the DDPM variational bound, and write <out>/report.md with the images.")
+    p.add_argument("--out", default="scoresde-demo", help="output folder")
+    p.add_argument("--sde", choices=SDES, default="vp", help="forward SDE")
+    p.add_argument("--quick", action="store_true", help="a tiny run (under 2 minutes) that checks the pipeline")
+    from .demo_presets import FULL, QUICK
+    p.add_argument("--train-steps", type=_positive_int, default=None,
+                   help=f"training steps; default {FULL['steps']} ({QUICK['steps']} with --quick)")
+    _add_common(p)
