@@ -14,6 +14,7 @@ from .schedules import CosineSchedule, LinearSchedule
 from .score import ScoreModel, network_time
 from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, sde_from_config
 from .train import TrainConfig, load_score_model, shard_evaluate, train
+from .classify import classifier_accuracy, load_classifier, train_classifier
 from .data_stats import suggest_sigma_max
 from .vlb import VLBResult, ddpm_vlb
 
@@ -28,6 +29,7 @@ __all__ = [
     "log_likelihood", "bits_per_dim", "encode", "decode", "LikelihoodResult", "BitsPerDimResult", "ddpm_vlb", "VLBResult",
     "dsm_loss", "ddpm_loss", "hybrid_loss", "LossSecondMomentSampler",
     "train", "TrainConfig", "load_score_model", "shard_evaluate",
+    "train_classifier", "load_classifier", "classifier_accuracy",
     "sliced_wasserstein", "frechet_distance", "digit_frechet_distance",
     "suggest_sigma_max",
 ]

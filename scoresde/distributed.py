@@ -138,10 +138,14 @@ def shard_evaluate(fn: Callable, data: torch.Tensor, *, batch_size: int | None =
 
 
 def _wrap_ddp(model: ScoreModel, sde: SDE, world: int, device: torch.device):
-    """(DDP network or None, the ScoreModel the losses call): DDP around the network under torchrun."""
+    """(DDP network or None, the ScoreModel the losses call): DDP around the network under torchrun
+    (around the whole module for a model that is not a ScoreModel, e.g. a classifier)."""
     if world <= 1:
         return None, model
     ids = [device.index] if device.type == "cuda" else None
+    if not isinstance(model, ScoreModel):  # a classifier (scoresde.train_classifier): DDP around all of it
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return ddp, ddp
     ddp_net = nn.parallel.DistributedDataParallel(model.net, device_ids=ids)
     return ddp_net, ScoreModel(ddp_net, sde, model.prediction, model.time_input, model.discrete,
                                model.learn_variance)

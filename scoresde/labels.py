@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["drop_labels", "dataset_labels", "training_labels"]
+__all__ = ["drop_labels", "dataset_labels", "training_labels", "batch_labels"]
 
 
 def drop_labels(y: torch.Tensor, p: float, null_class: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -101,3 +101,19 @@ def training_labels(num_classes: int | None, label_dropout: float, dataset, eval
                              "null class)")
         out.append(lab)
     return out[0], out[1]
+
+
+def batch_labels(labels: torch.Tensor | None, idx: torch.Tensor, label_dropout: float, null_class: int | None,
+                 seed: int) -> torch.Tensor | None:
+    """The labels of one micro-batch: ``labels[idx]`` with label dropout from a generator seeded by ``seed``.
+
+    Returns None when the run has no labels (unconditional). The training loop passes
+    ``seed = _seed(config.seed, "labels", step, part)``, so that the dropped labels are a
+    function of (seed, step, part) and a resumed run drops the same ones.
+    """
+    if labels is None:
+        return None
+    y = labels[idx]
+    if label_dropout:
+        y = drop_labels(y, label_dropout, null_class, generator=torch.Generator().manual_seed(seed))
+    return y

@@ -116,6 +116,9 @@ def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None
     cfg = state.get("config")
     if not isinstance(cfg, dict) or "model" not in cfg or "sde" not in cfg:
         raise ValueError(f"{path} is a scoresde checkpoint without a model / sde config")
+    if cfg.get("kind") == "classifier":
+        raise ValueError(f"{path} holds a noise-conditional classifier, not a score model; load it with "
+                         "scoresde.classify.load_classifier")
     stored_sde = sde_from_config(cfg["sde"])
     if sde is not None:
         check_config({"sde": cfg["sde"]}, {"sde": sde.config()}, path)

@@ -59,6 +59,7 @@ from .sde import SDE
 from .distributed import (_cat_outputs, _check_rows, _dist_info, _to_cpu, _wrap_ddp, setup_distributed,  # noqa: F401
                           shard_evaluate)
 from .ema import ema_decay, ema_model
+from .labels import batch_labels, training_labels
 from .runs import (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, _load_weights, _read_log, _write_json,  # noqa: F401
                    load_score_model, resolve_checkpoint)
 from .train_config import (_FREE_ON_RESUME, _RESERVED_LOSS_KWARGS, OBJECTIVES, TrainConfig, _as_config,  # noqa: F401
@@ -129,7 +130,9 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
             1 / (N p_k); the sampler's history is stored in checkpoints and, with several
             processes, fed with every process's losses (all-gathered) in micro-batch order.
         dataset: a :class:`scoresde.data.Dataset` (its ``data`` floats are used) or a float
-            tensor (n, *S).
+            tensor (n, *S). A class-conditional model (``model.num_classes`` = K) needs its
+            ``labels``, passed to the objective as ``y=`` (with ``config.label_dropout`` of them
+            replaced by the null class K, :mod:`scoresde.labels`); an unconditional one ignores them.
         config: a :class:`TrainConfig` or a dict of its fields.
         eval_dataset: optional held-out data for the periodic evaluation loss of the EMA model
             (fixed noise, so successive values are comparable).
@@ -145,16 +148,19 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
             out_dir is corrupt or was made with another config (one line naming the first
             differences), ``model.sde`` differs from ``sde``, bad config values, a batch larger
             than the data, a non-finite gradient (the step is named, and whether a checkpoint
-            exists to resume from).
+            exists to resume from), a conditional model on data without labels (or with labels
+            outside [0, K - 1]), label_dropout > 0 for an unconditional model.
         TypeError: wrong argument types (named).
     Warns:
         scoresde.data_stats.PriorMismatchWarning: a VESDE whose sigma_max is below the largest
             pairwise distance of the data, or whose prior is > 0.01 nats per dimension from the
             data's terminal marginal (the message gives the measured KL and a sigma_max that fits).
-    Reference: Song et al. 2021, reference ``run_lib.train``; Ho et al. 2020, Alg. 1.
+    Reference: Song et al. 2021, reference ``run_lib.train``; Ho et al. 2020, Alg. 1; Ho & Salimans
+        2022, Alg. 1 (label dropout).
     """
     cfg = _as_config(config)
     objective, data, eval_data = _check_inputs(model, sde, objective, dataset, eval_dataset)
+    labels = training_labels(model.num_classes, cfg.label_dropout, dataset, eval_dataset)  # (None, None): unconditional
     rank, world, device = setup_distributed(cfg.device or (None if int(os.environ.get("WORLD_SIZE", "1")) > 1
                                                             else str(next(model.parameters()).device)))
     ckpt_path = os.path.join(cfg.out_dir, CHECKPOINT_NAME) if cfg.out_dir else None
@@ -169,7 +175,7 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
         _check_resume(saved["config"], full_config, ckpt_path)
 
     loop = _Loop(model, sde, cfg, objective, data, eval_data, sharder, saved, full_config, ckpt_path,
-                 (rank, world, device))
+                 (rank, world, device), labels=labels[0], eval_labels=labels[1])
     try:
         while loop.step < cfg.steps:
             lr, grad_norm = loop.update()
@@ -227,7 +233,8 @@ class _Loop:
     generator, metrics window, log file and progress bar, built (in this order, from the
     checkpoint when resuming) by the constructor; :meth:`update` makes one optimizer update."""
 
-    def __init__(self, model, sde, cfg, objective, data, eval_data, sharder, saved, full_config, ckpt_path, where):
+    def __init__(self, model, sde, cfg, objective, data, eval_data, sharder, saved, full_config, ckpt_path, where,
+                 labels=None, eval_labels=None):
         self.rank, self.world, self.device = where
         device = self.device
         self.model, self.sde, self.cfg, self.obj, self.sharder = model, sde, cfg, objective, sharder
@@ -254,6 +261,8 @@ class _Loop:
                 _sampler_load(self.t_sampler, saved["loss_sampler"])
         self.data = data.to(device)
         self.eval_data = eval_data.to(device) if eval_data is not None else None
+        # class labels (n,) of a conditional run (train passes them to the loss as y=), else None
+        self.labels, self.eval_labels = (v.to(device) if v is not None else None for v in (labels, eval_labels))
         self.gen = torch.Generator(device=device)
         self.mine = list(range(self.rank, self.parts, self.world))
         self.scale = self.world / self.parts  # DDP divides by world: the gradient is the mean over all parts
@@ -328,7 +337,11 @@ class _Loop:
         step_loss = torch.zeros((), dtype=torch.float64, device=device)
         seen = []
         for j, c in enumerate(self.mine):
-            x0 = self.data[self.sharder.indices(s, c).to(device)]
+            idx = self.sharder.indices(s, c).to(device)
+            x0 = self.data[idx]
+            y = batch_labels(self.labels, idx, self.cfg.label_dropout, getattr(self.model, "num_classes", None),
+                             _seed(self.cfg.seed, "labels", s, c))
+            kwargs = self.obj.kwargs if y is None else {**self.obj.kwargs, "y": y}
             gen.manual_seed(_seed(self.cfg.seed, "noise", s, c))
             _seed_global(_seed(self.cfg.seed, "dropout", s, c), device)
             last = self.ddp_net is None or j == len(self.mine) - 1
@@ -400,11 +413,12 @@ class _Loop:
                 if j % self.world != self.rank:
                     continue
                 x0 = self.eval_data[start:start + b]
+                lab = {} if self.eval_labels is None else {"y": self.eval_labels[start:start + b]}
                 gen.manual_seed(_seed(self.cfg.seed, "eval", j))
                 if self.obj.config["loss"] == "custom":
-                    total[0] += fn(net, sde, x0, generator=gen).double() * x0.shape[0]
+                    total[0] += fn(net, sde, x0, generator=gen, **lab).double() * x0.shape[0]
                 else:
-                    total[0] += fn(net, sde, x0, generator=gen, per_sample=True, **kwargs).double().sum()
+                    total[0] += fn(net, sde, x0, generator=gen, per_sample=True, **kwargs, **lab).double().sum()
                 total[1] += x0.shape[0]
         net.train(was)
         if self.world > 1:

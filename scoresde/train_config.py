@@ -53,6 +53,11 @@ class TrainConfig:
         quiet: no progress bar.
         device: "cpu", "cuda", "cuda:1", ...; None: the model's device (under torchrun with
             CUDA: cuda:LOCAL_RANK).
+        label_dropout: for a class-conditional model, the probability in [0, 1) with which each
+            training label is replaced by the null class (index num_classes, :mod:`scoresde.labels`),
+            drawn from (seed, step, micro-batch). 0 (default): plain conditional training; 0.1
+            (k-diffusion's default, Ho & Salimans 2022 use 0.1-0.2): one network for
+            classifier-free guidance. Must be 0 for an unconditional model.
     """
 
     steps: int = 10000
@@ -74,6 +79,7 @@ class TrainConfig:
     resume: bool = True
     quiet: bool = False
     device: str | None = None
+    label_dropout: float = 0.0
 
     @classmethod
     def small(cls, steps: int, **overrides) -> "TrainConfig":
@@ -131,6 +137,10 @@ def _as_config(config) -> TrainConfig:
     cfg.adam_betas = tuple(float(b) for b in cfg.adam_betas)
     if cfg.micro_batches is not None:
         check_positive("micro_batches", cfg.micro_batches, integer=True)
+    if isinstance(cfg.label_dropout, bool) or not isinstance(cfg.label_dropout, (int, float)) \
+            or not 0.0 <= cfg.label_dropout < 1.0:
+        raise ValueError(f"label_dropout must lie in [0, 1); got {cfg.label_dropout!r}")
+    cfg.label_dropout = float(cfg.label_dropout)
     if cfg.out_dir is not None:
         cfg.out_dir = os.path.abspath(os.fspath(cfg.out_dir))
     return cfg
@@ -233,6 +243,7 @@ def _check_inputs(model, sde, objective, dataset, eval_dataset) -> tuple[_Object
 def _check_resume(old: dict, new: dict, ckpt_path: str) -> None:
     """A resumed run must have the saved config, except the train fields free on resume."""
     old_train = {k: v for k, v in old.get("train", {}).items() if k not in _FREE_ON_RESUME}
+    old_train.setdefault("label_dropout", 0.0)  # runs saved before the field existed trained without it
     new_train = {k: v for k, v in new["train"].items() if k not in _FREE_ON_RESUME}
     check_config({**{k: old.get(k) for k in ("sde", "model", "objective", "data")}, "train": old_train},
                  {**{k: new[k] for k in ("sde", "model", "objective", "data")}, "train": new_train},

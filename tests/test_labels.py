@@ -169,3 +169,80 @@ def test_conditional_losses_take_y():
     loss = scoresde.dsm_loss(model, model.sde, x0, generator=g, y=y)
     loss.backward()
     assert model.net.label_emb.weight.grad is not None
+
+
+# -------------------------------------------------------------------------------------- training
+def _cond_model(seed=0, K=10):
+    torch.manual_seed(seed)
+    return scoresde.ScoreModel(UNet(num_classes=K, **SMALL), scoresde.VPSDE())
+
+
+def _cfg(out=None, steps=4, **kw):
+    from scoresde.train import TrainConfig
+
+    base = dict(steps=steps, batch_size=16, lr=1e-3, warmup=0, ema_decay=0.9, log_every=1, eval_every=0,
+                checkpoint_every=0, quiet=True, out_dir=str(out) if out else None)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_conditional_train_and_checkpoint_reload(tmp_path):
+    from scoresde.train import load_score_model, train
+
+    model = _cond_model()
+    res = train(model, model.sde, "dsm", digits("train"), _cfg(tmp_path / "run", label_dropout=0.1),
+                eval_dataset=digits("test"))
+    assert res.step == 4 and res.eval_loss is not None
+    assert res.config["model"]["net"]["num_classes"] == 10 and res.config["train"]["label_dropout"] == 0.1
+    loaded, sde, cfg = load_score_model(tmp_path / "run", quiet=True)
+    assert loaded.num_classes == 10 and loaded.null_class == 10
+    x, t = torch.randn(3, 1, 8, 8), torch.full((3,), 0.4)
+    y = torch.tensor([1, 5, 9])
+    ema = res.ema_model.eval()
+    assert torch.equal(loaded(x, t, y=y), ema(x, t, y=y)) and torch.equal(loaded(x, t), ema(x, t, y=None))
+    with pytest.raises(ValueError, match="label_dropout"):  # resume compares it like any other setting
+        train(_cond_model(), model.sde, "dsm", digits("train"), _cfg(tmp_path / "run", steps=6, label_dropout=0.2))
+    more = train(_cond_model(seed=3), model.sde, "dsm", digits("train"), _cfg(tmp_path / "run", steps=6,
+                                                                           label_dropout=0.1))
+    assert more.step == 6
+
+
+def test_training_loop_drops_the_expected_fraction_of_labels():
+    from scoresde.losses import dsm_loss
+    from scoresde.train import train
+
+    seen = []
+
+    def objective(model, sde, x0, generator=None, y=None):
+        seen.append(y.clone())
+        return dsm_loss(model, sde, x0, generator=generator, y=y)
+
+    model = _cond_model()
+    p, steps, b = 0.3, 30, 50
+    train(model, model.sde, objective, digits("train"), _cfg(steps=steps, batch_size=b, label_dropout=p))
+    y = torch.cat(seen)
+    n = y.numel()
+    assert n == steps * b
+    frac = float((y == 10).float().mean())
+    assert abs(frac - p) < 4 * (p * (1 - p) / n) ** 0.5  # Binomial(n, p) / n: 4 standard errors
+    assert int(y.max()) == 10 and int(y.min()) == 0
+    seen.clear()
+    train(_cond_model(), model.sde, objective, digits("train"), _cfg(steps=3, batch_size=b))
+    assert not bool((torch.cat(seen) == 10).any())  # label_dropout 0: conditional training only
+
+
+def test_label_errors_in_training():
+    from scoresde.data import Dataset
+    from scoresde.train import TrainConfig, train
+
+    model = _cond_model()
+    unlabelled = Dataset(digits("test").data, (-1.0, 1.0))
+    with pytest.raises(ValueError, match="no labels"):
+        train(model, model.sde, "dsm", unlabelled, _cfg(steps=1))
+    with pytest.raises(ValueError, match="num_classes"):
+        train(_cond_model(K=5), model.sde, "dsm", digits("test"), _cfg(steps=1))
+    plain = scoresde.ScoreModel(UNet(**SMALL), scoresde.VPSDE())
+    with pytest.raises(ValueError, match="unconditional"):
+        train(plain, plain.sde, "dsm", digits("test"), _cfg(steps=1, label_dropout=0.1))
+    train(plain, plain.sde, "dsm", digits("test"), _cfg(steps=1))  # labels of the data are ignored
+    with pytest.raises(ValueError, match=r"label_dropout must lie in \[0, 1\)"):
+        train(model, model.sde, "dsm", digits("test"), TrainConfig(steps=1, batch_size=8, label_dropout=1.0))
