@@ -83,23 +83,33 @@ def _check_known(y, mask) -> tuple[torch.Tensor, torch.Tensor]:
 def _constrained(score_fn, sde, y_basis, mask, to_basis, from_basis, *, method, generator, jump_length,
                  jump_n_sample, **kwargs):
     """Sample with the known part ``mask`` of ``to_basis(x)`` constrained to ``y_basis``."""
+    taken = sorted({"shape", "step_hook", "resample"} & set(kwargs))
+    if taken:
+        raise TypeError(f"{taken} are set by the constrained sampler itself and cannot be passed")
     resample = None
     if jump_length is not None or jump_n_sample != 1:
         if method not in GRID_METHODS:
             raise ValueError(f"RePaint resampling (jump_length, jump_n_sample) needs a grid sampler {list(GRID_METHODS)}; "
                              f"got method {method!r}")
         resample = (1 if jump_length is None else jump_length, jump_n_sample)
+        steps = kwargs.get("steps")
+        if isinstance(steps, int) and resample[0] >= steps:
+            raise ValueError(f"jump_length={resample[0]} must be smaller than steps={steps}, or nothing is resampled")
+    x_T = kwargs.get("x_T")
+    dtype = kwargs.pop("dtype", None) or (x_T.dtype if isinstance(x_T, torch.Tensor) else y_basis.dtype)
+    device = kwargs.pop("device", None) or y_basis.device
+    y_basis, mask = y_basis.to(device), mask.to(device)
 
     def hook(x, x_mean, alpha, sigma):
         xb, mb = to_basis(x), to_basis(x_mean)
         a, s = (bcast(torch.as_tensor(v, dtype=torch.float64, device=x.device).reshape(-1), xb).to(x.dtype)
                 for v in (alpha, sigma))
-        known_mean = a * y_basis
+        known_mean = a * y_basis.to(x.dtype)
         known = known_mean + s * randn(x.shape, generator, x.device, x.dtype)
         return from_basis(torch.where(mask, known, xb)), from_basis(torch.where(mask, known_mean, mb))
 
     out = sample(score_fn, sde, tuple(y_basis.shape), method=method, generator=generator, step_hook=hook,
-                 device=y_basis.device, dtype=kwargs.pop("dtype", None) or y_basis.dtype, resample=resample, **kwargs)
+                 device=device, dtype=dtype, resample=resample, **kwargs)
     x, info = out if isinstance(out, tuple) else (out, None)
     x = from_basis(torch.where(mask, y_basis.to(x.dtype), to_basis(x)))  # the known part exactly
     return (x, info) if info is not None else x
@@ -166,6 +176,10 @@ def colorize(score_fn, sde, gray: torch.Tensor, *, method: str, steps=None, gene
     """
     if not isinstance(gray, torch.Tensor) or not gray.is_floating_point() or gray.dim() != 4:
         raise TypeError("gray must be a floating tensor (B, C, H, W) (or (B, 1, H, W))")
+    if not bool(torch.isfinite(gray).all()):
+        raise ValueError("gray contains NaN or inf")
+    if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int)):
+        raise TypeError(f"channels must be an int; got {channels!r}")
     C = gray.shape[1]
     if C == 1:
         C = 3 if channels is None else channels
@@ -178,11 +192,11 @@ def colorize(score_fn, sde, gray: torch.Tensor, *, method: str, steps=None, gene
         raise ValueError("gray must have equal channels (a gray image); got channels that differ")
     M = colorization_basis(C, gray.dtype).to(gray.device)
 
-    def to_basis(v):
-        return torch.einsum("bihw,ij->bjhw", v, M)
+    def to_basis(v):  # M in v's dtype: the fast solvers hand the hook float32 states of a half-precision sample
+        return torch.einsum("bihw,ij->bjhw", v, M.to(device=v.device, dtype=v.dtype))
 
     def from_basis(v):
-        return torch.einsum("bjhw,ij->bihw", v, M)
+        return torch.einsum("bjhw,ij->bihw", v, M.to(device=v.device, dtype=v.dtype))
 
     mask = torch.zeros_like(gray, dtype=torch.bool)
     mask[:, 0] = True

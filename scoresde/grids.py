@@ -66,14 +66,16 @@ def time_grid(sde: SDE, steps: int, eps: float | None = None, spacing: str = "un
     elif spacing == "logsnr":
         lam = sde.log_snr(torch.tensor([T, eps], dtype=torch.float64))
         grid = sde.t_from_log_snr(lam[0] + (lam[1] - lam[0]) * u)
-    else:  # karras: sigma-tilde = exp(-lambda) = exp(-log_snr / 2)
+    else:  # karras: sigma-tilde = exp(-lambda) = exp(-log_snr / 2); the ramp in logs (no overflow at small rho)
         log_st = -0.5 * sde.log_snr(torch.tensor([T, eps], dtype=torch.float64))
-        lo, hi = torch.exp(log_st[1] / rho), torch.exp(log_st[0] / rho)
-        grid = sde.t_from_log_snr(-2.0 * rho * torch.log(hi + (lo - hi) * u))
+        a, b = float(log_st[0]) / rho, float(log_st[1]) / rho
+        ramp = torch.logaddexp(torch.log1p(-u) + a, torch.log(u) + b)
+        grid = sde.t_from_log_snr(-2.0 * rho * ramp)
     grid[0], grid[-1] = T, eps
     if not bool((grid[1:] < grid[:-1]).all()):
+        hint = f"; rho={rho:g} packs the grid into its ends, use rho >= 1" if spacing == "karras" and rho < 1 else ""
         raise ValueError(f"the {spacing!r} grid with steps={steps} and eps={eps} is not strictly decreasing "
-                         "in float64; use fewer steps")
+                         f"in float64; use fewer steps{hint}")
     return grid.to(device=device, dtype=dtype)
 
 

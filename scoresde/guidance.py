@@ -38,9 +38,19 @@ def _labels(y, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_scale(scale) -> float:
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+        scale = float(scale)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale == scale or abs(scale) == float("inf"):
         raise ValueError(f"scale must be a finite number; got {scale!r}")
     return float(scale)
+
+
+def _check_y(y) -> None:
+    """y must be an int or an integer tensor (checked when the guided score is made)."""
+    ok = (isinstance(y, int) and not isinstance(y, bool)) or (
+        isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool)
+    if not ok:
+        raise TypeError(f"y must be an int class label or a (B,) integer tensor; got {y!r}")
 
 
 def classifier_guidance(score_fn: Callable, classifier: Callable, y, scale: float = 1.0) -> Callable:
@@ -67,6 +77,7 @@ def classifier_guidance(score_fn: Callable, classifier: Callable, y, scale: floa
     if not callable(score_fn) or not callable(classifier):
         raise TypeError("score_fn and classifier must be callable (x, t) -> tensor")
     scale = _check_scale(scale)
+    _check_y(y)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s = score_fn(x, t)
@@ -76,14 +87,20 @@ def classifier_guidance(score_fn: Callable, classifier: Callable, y, scale: floa
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             logits = classifier(xg, t)
+            if not isinstance(logits, torch.Tensor):
+                raise TypeError(f"classifier must return a logits tensor (B, K); got {type(logits).__name__}")
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"classifier must return logits (B, K) = ({x.shape[0]}, K); got {tuple(logits.shape)}")
             if int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
                 raise ValueError(f"y must lie in [0, {logits.shape[1] - 1}] (the classifier has {logits.shape[1]} classes)")
+            if not logits.requires_grad:
+                raise ValueError("classifier's logits do not depend on x through autograd (detached, or computed "
+                                 "under no_grad / inference_mode); guidance needs grad_x log p_t(y | x)")
             logp = torch.log_softmax(logits.to(torch.float64), dim=1).gather(1, labels[:, None]).sum()
             grad = torch.autograd.grad(logp, xg)[0]
         return (s + scale * grad.to(s.dtype)).detach()
 
+    guided.discrete = getattr(score_fn, "discrete", False)  # the samplers' table / continuous default
     return guided
 
 
@@ -118,6 +135,7 @@ def classifier_free_guidance(model: Callable, y, scale: float) -> Callable:
     if not callable(model):
         raise TypeError(f"model must be callable (x, t, y=...) -> score; got {type(model).__name__}")
     w = _check_scale(scale)
+    _check_y(y)
     null = null_label(model)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -131,4 +149,5 @@ def classifier_free_guidance(model: Callable, y, scale: float) -> Callable:
             s_c, s_u = model(x, t, y=labels), model(x, t, y=None)
         return (1.0 + w) * s_c - w * s_u
 
+    guided.discrete = getattr(model, "discrete", False)
     return guided

@@ -217,8 +217,11 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
             raise TypeError(f"{name} must be True or False; got {flag!r}")
     if x_T is not None:
         if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape or not x_T.is_floating_point():
-            got = tuple(x_T.shape) if isinstance(x_T, torch.Tensor) else type(x_T).__name__
+            got = (f"shape {tuple(x_T.shape)}, dtype {x_T.dtype}" if isinstance(x_T, torch.Tensor)
+                   else type(x_T).__name__)
             raise ValueError(f"x_T must be a floating tensor of shape {shape}; got {got}")
+        if not bool(torch.isfinite(x_T).all()):
+            raise ValueError("x_T contains NaN or inf")
         device = x_T.device if device is None else _check_device(device)
         dtype = x_T.dtype if dtype is None else dtype
     device = _check_device(device) if device is not None else (generator_device(generator) or torch.device("cpu"))

@@ -230,3 +230,43 @@ def test_colorize_keeps_the_gray_channel(method):
     assert torch.allclose(x.mean(1), gray[:, 0], atol=1e-6)
     with pytest.raises(ValueError, match="equal channels"):
         colorize(data.score_fn(sde), sde, torch.randn(2, 3, 4, 4), method="pc", steps=2)
+
+
+# ---- regressions from the break-test -----------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["dpmpp_2m", "heun", "pc"])
+def test_colorize_in_half_precision(method):
+    """float16 gray: the fast solvers hand the hook float32 states; the result is float16 with the gray axis kept."""
+    sde = VPSDE()
+    score = GaussianData(mu=0.2, std=0.5, shape=(3, 4, 4)).score_fn(sde)
+    gray = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)).half()
+    x = colorize(score, sde, gray, method=method, steps=5, generator=torch.Generator().manual_seed(1))
+    assert x.dtype == torch.float16 and torch.allclose(x.float().mean(1), gray[:, 0].float(), atol=2e-3)
+
+
+def test_inpaint_dtype_device_and_reserved_options():
+    sde = VPSDE()
+    y = IND.sample(8).float()
+    for method in ("pc", "ddim", "dpmpp_2m"):
+        x = inpaint(IND.score_fn(sde), sde, y, MASK, method=method, steps=5, dtype=torch.float16)
+        assert x.dtype == torch.float16, method
+    xT = sde.prior_sampling(y.shape, torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert inpaint(IND.score_fn(sde), sde, y, MASK, method="pc", steps=5, x_T=xT).dtype == torch.float64
+    assert inpaint(IND.score_fn(sde), sde, y, MASK, method="pc", steps=5, device="cpu").shape == y.shape
+    with pytest.raises(TypeError, match="step_hook"):
+        inpaint(IND.score_fn(sde), sde, y, MASK, method="pc", steps=5, step_hook=lambda *a: a[:2])
+    with pytest.raises(ValueError, match="jump_length=10 must be smaller"):
+        inpaint(IND.score_fn(sde), sde, y, MASK, method="pc", steps=10, jump_length=10, jump_n_sample=2)
+
+
+def test_guidance_arguments_are_checked_when_made():
+    sde = VPSDE()
+    score = MIX.score_fn(sde)
+    for bad in (None, "1", 0.5, torch.tensor([0.5])):
+        with pytest.raises(TypeError, match="y must be"):
+            classifier_guidance(score, MIX.logits_fn(sde), bad)
+    g = classifier_guidance(score, lambda x, t: MIX.logits_fn(sde)(x, t).detach(), 0)
+    x, t = torch.randn(3, 2, dtype=torch.float64), torch.full((3,), 0.5, dtype=torch.float64)
+    with pytest.raises(ValueError, match="do not depend on x"):
+        g(x, t)
+    assert classifier_guidance(score, MIX.logits_fn(sde), 0, scale=torch.tensor(2.0))(x, t).shape == (3, 2)

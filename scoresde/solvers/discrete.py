@@ -168,9 +168,10 @@ def ddim_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, eta:
 
 
 def resolve_alphas(alphas, score_fn) -> str:
-    """``alphas`` option: None picks "table" for a ``ScoreModel(discrete=True)``, else "continuous"."""
+    """``alphas`` option: None picks "table" for a ``ScoreModel(discrete=True)`` (or a wrapper of one,
+    e.g. a guided score, that carries ``discrete = True``), else "continuous"."""
     if alphas is None:  # the alpha-bar the model's score was formed with
-        return "table" if isinstance(score_fn, ScoreModel) and score_fn.discrete else "continuous"
+        return "table" if getattr(score_fn, "discrete", False) is True else "continuous"
     return alphas
 
 

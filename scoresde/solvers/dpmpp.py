@@ -12,8 +12,8 @@ the data predictions D_i = x0(x_i, t_i) (one NFE per step; the end node is not e
   x_i = (sigma_i / sigma_{i-1}) x - alpha_i phi1 D_{i-1} + alpha_i phi2 D1 - c alpha_i phi3 D2,
   phi1 = expm1(-h), phi2 = phi1 / h + 1, phi3 = phi2 / h - 1/2.
   D1 ~ h x0' and D2 ~ h^2 x0'' / 2 (Taylor in lambda), while the exact integral of the
-  quadratic term is -h^2 phi3 x0'' alpha_i: third order needs c = 2 (``variant="taylor"``, the
-  default). The peers' 3M (LuChengTHU's ``multistep_dpm_solver_third_update``, diffusers'
+  quadratic term is -h^2 phi3 x0'' alpha_i: third order needs c = 2 (``variant="taylor"``).
+  The peers' 3M (LuChengTHU's ``multistep_dpm_solver_third_update``, diffusers'
   ``solver_order=3``, k-diffusion's ``sample_dpmpp_3m_sde``) use c = 1, which leaves an
   O(h^3) local error: on the Gaussian oracle it converges at order 2.0 (errors 4.2e-4, 9.4e-5,
   2.3e-5 at 40 / 80 / 160 steps, VP) against 3.9 for c = 2 (5.8e-5, 3.8e-6, 2.6e-7).

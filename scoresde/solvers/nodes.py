@@ -66,6 +66,12 @@ class Nodes:
         return self.sigma[-1] == 0.0
 
 
+def karras_log_ramp(log_hi: float, log_lo: float, u: np.ndarray) -> np.ndarray:
+    """log((1 - u) e^log_hi + u e^log_lo), elementwise, without overflow (the rho-schedule's ramp)."""
+    with np.errstate(divide="ignore"):
+        return np.logaddexp(np.log1p(-u) + log_hi, np.log(u) + log_lo)
+
+
 def continuous_nodes(sde, steps: int, eps: float | None, spacing: str, rho: float = 7.0) -> Nodes:
     """Nodes of the continuous SDE on ``time_grid(sde, steps, eps, spacing, rho=rho)``."""
     eps = check_eps(sde.default_eps if eps is None else eps, sde)
@@ -83,9 +89,8 @@ def _table_selection(sde, steps, spacing: str, rho: float):
     lam = (0.5 * (torch.log(ab) - torch.log1p(-ab))).numpy()  # decreasing in the index
     if spacing == "logsnr":
         target = np.linspace(lam[-1], lam[0], steps)
-    else:
-        s_hi, s_lo = math.exp(-lam[-1] / rho), math.exp(-lam[0] / rho)
-        target = -rho * np.log(s_hi + (s_lo - s_hi) * np.linspace(0.0, 1.0, steps))
+    else:  # the rho-schedule in sigma-tilde = e^{-lambda}, in logs (no overflow at small rho)
+        target = -rho * karras_log_ramp(-lam[-1] / rho, -lam[0] / rho, np.linspace(0.0, 1.0, steps))
     # fractional index by interpolation in lambda (increasing along the reversed table), then rounded
     frac = np.interp(target, lam[::-1], np.arange(n)[::-1].astype(float))
     return sorted(set(int(round(v)) for v in frac))
@@ -99,9 +104,11 @@ def table_nodes(sde, steps, spacing: str, skip: str | None = None, rho: float = 
     "logsnr" / "karras" the table steps nearest to a lambda-uniform (rho-) grid, repeats dropped
     (so fewer than ``steps`` where the table is coarser than the grid; the NFE reported is exact).
     """
-    if isinstance(steps, int) and not isinstance(steps, bool) and spacing in ("logsnr", "karras"):
+    if isinstance(steps, (int, np.integer)) and not isinstance(steps, bool):
+        steps = int(steps)
         check_positive("steps", steps, integer=True)
-        steps = _table_selection(sde, steps, spacing, rho)
+        if spacing in ("logsnr", "karras"):
+            steps = _table_selection(sde, steps, spacing, rho)
     elif skip is None:
         skip = spacing if spacing in ("uniform", "quadratic") else "uniform"
     chain = make_chain(sde, steps, skip or "uniform", "table")
@@ -119,14 +126,21 @@ def make_nodes(sde, score_fn, steps, eps, *, spacing: str, rho: float, alphas, d
     from ..grids import SPACINGS
     from .discrete import resolve_alphas
 
+    from ..sde import VPSDE
+
     check_choice("spacing", spacing, SPACINGS)
     check_positive("rho", rho)
     source = resolve_alphas(alphas, score_fn)
     check_choice("alphas", source, ("continuous", "table"))
+    steps = default_steps if steps is None else steps
+    if isinstance(steps, np.integer):
+        steps = int(steps)
     if source == "table":
+        if type(sde) is not VPSDE:
+            raise ValueError(f"table nodes (alphas='table', the default for a ScoreModel(discrete=True)) need the DDPM "
+                             f"table of a VPSDE; got {type(sde).__name__}: pass alphas='continuous'")
         if eps is not None:
             raise ValueError("eps does not apply to table nodes (alphas='table'): they end on alpha-bar = 1 (t = 0)")
         return table_nodes(sde, steps, spacing, rho=rho)
-    steps = default_steps if steps is None else steps
     check_positive("steps", steps, integer=True)
     return continuous_nodes(sde, steps, eps, spacing, rho)
