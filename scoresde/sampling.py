@@ -134,7 +134,9 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
             ``ode_method`` (required there, not accepted by adaptive ones); "ddpm" / "ddim": the
             chain's steps as :func:`scoresde.grids.select_timesteps` takes them (an int K with
             ``skip``, a respacing string such as "ddim50" or "250", or an explicit list of
-            indices; default all N steps).
+            indices; default all N steps); the fast solvers: their steps (default 20, "heun" 18;
+            on table nodes a ``select_timesteps`` selection of that many; "dpm_solver" counts NFE;
+            "dpm_adaptive" takes none).
         eps: last time of the continuous methods, in (0, T); default ``sde.default_eps``
             (1e-3 VP / sub-VP, 1e-5 VE, as the reference code). Not accepted by "ddpm" / "ddim",
             which end on alpha-bar = 1.
