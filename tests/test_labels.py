@@ -246,3 +246,54 @@ def test_label_errors_in_training():
     train(plain, plain.sde, "dsm", digits("test"), _cfg(steps=1))  # labels of the data are ignored
     with pytest.raises(ValueError, match=r"label_dropout must lie in \[0, 1\)"):
         train(model, model.sde, "dsm", digits("test"), TrainConfig(steps=1, batch_size=8, label_dropout=1.0))
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _cli_digits(out, *extra):
+    return ["train", "--data", "digits", "--out", str(out), "--channels", "8", "--batch-size", "16", "--warmup", "0",
+            "--quiet", *extra]
+
+
+def test_cli_class_conditional_train_resume_and_flags(tmp_path, capsys):
+    import json
+
+    from scoresde.cli import main
+    from scoresde.cli.common import load_run
+
+    out = tmp_path / "cond"
+    assert main(_cli_digits(out, "--steps", "2", "--class-conditional", "--label-dropout", "0.1")) == 0
+    saved = json.loads((out / "train_args.json").read_text())
+    assert saved["class_conditional"] is True and saved["label_dropout"] == 0.1 and saved["num_classes"] == 10
+    model, sde, cfg, ds = load_run(str(out), quiet=True)
+    assert model.num_classes == 10 and cfg["train"]["label_dropout"] == 0.1 and ds.num_classes == 10
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--steps", "3", "--label-dropout", "0.2", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "--label-dropout 0.2 (saved 0.1)" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--out", str(out), "--steps", "3", "--class-conditional", "--quiet"]) == 0  # as saved
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 3
+
+    plain = tmp_path / "plain"
+    assert main(_cli_digits(plain, "--steps", "1")) == 0
+    assert load_run(str(plain), quiet=True)[0].num_classes is None
+    capsys.readouterr()
+    assert main(["train", "--out", str(plain), "--steps", "2", "--class-conditional", "--quiet"]) == 1
+    assert "--class-conditional True (saved False)" in capsys.readouterr().err
+    args = json.loads((plain / "train_args.json").read_text())  # a run saved before the flags existed
+    del args["class_conditional"], args["label_dropout"]
+    (plain / "train_args.json").write_text(json.dumps(args))
+    assert main(["train", "--out", str(plain), "--steps", "2", "--label-dropout", "0.1", "--quiet"]) == 1
+    assert "--label-dropout 0.1 (saved 0.0)" in capsys.readouterr().err
+    assert main(["train", "--out", str(plain), "--steps", "2", "--quiet"]) == 0
+
+
+def test_cli_label_flag_errors(tmp_path, capsys):
+    from scoresde.cli import main
+
+    assert main(_cli_digits(tmp_path / "a", "--steps", "1", "--label-dropout", "0.1")) == 1
+    assert "--class-conditional" in capsys.readouterr().err
+    assert main(["train", "--data", "two_moons", "--out", str(tmp_path / "b"), "--steps", "1", "--class-conditional",
+                 "--hidden", "8", "--layers", "1", "--batch-size", "8", "--quiet"]) == 1
+    assert "needs labelled data" in capsys.readouterr().err
+    assert main(_cli_digits(tmp_path / "c", "--class-conditional", "--label-dropout", "1")) == 2
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -27,17 +27,23 @@ class FlatMLP(nn.Module):
 
     Arguments:
         shape: per-sample shape S, e.g. (1, 8, 8).
-        hidden, num_layers, embedding, embed_dim, learn_variance: of the MLP (dim = prod(S)).
+        hidden, num_layers, embedding, embed_dim, learn_variance, num_classes: of the MLP (dim = prod(S)).
     Forward:
-        x (B, *S), time (B,) -> (B, *S) (or (B, 2C, H, W) with ``learn_variance`` for images).
+        x (B, *S), time (B,), y (B,) or None (a class-conditional MLP; None = the null class) ->
+        (B, *S) (or (B, 2C, H, W) with ``learn_variance`` for images).
     """
 
     def __init__(self, shape, hidden: int = 512, num_layers: int = 4, embedding: str = "sinusoidal",
-                 embed_dim: int = 128, learn_variance: bool = False):
+                 embed_dim: int = 128, learn_variance: bool = False, num_classes: int | None = None):
         super().__init__()
         self.shape = tuple(int(s) for s in shape)
         self.mlp = MLP(math.prod(self.shape), hidden=hidden, num_layers=num_layers, embedding=embedding,
-                       embed_dim=embed_dim, learn_variance=learn_variance)
+                       embed_dim=embed_dim, learn_variance=learn_variance, num_classes=num_classes)
+
+    @property
+    def num_classes(self) -> int | None:
+        """K of a class-conditional MLP (null class K), else None (ScoreModel reads it)."""
+        return self.mlp.num_classes
 
     def config(self) -> dict:
         c = self.mlp.config()
@@ -45,10 +51,10 @@ class FlatMLP(nn.Module):
         c.update(model="FlatMLP", custom=True, shape=list(self.shape))
         return c
 
-    def forward(self, x: torch.Tensor, time) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, time, y: torch.Tensor | None = None) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"x must have shape (B, {', '.join(map(str, self.shape))}); got {tuple(x.shape)}")
-        out = self.mlp(x.reshape(x.shape[0], -1), time)
+        out = self.mlp(x.reshape(x.shape[0], -1), time, y=y)
         if self.mlp.learn_variance:
             return out.reshape(x.shape[0], 2 * self.shape[0], *self.shape[1:])
         return out.reshape(x.shape)

@@ -137,6 +137,14 @@ def _unit_float(text: str) -> float:
     return v
 
 
+def _dropout(text: str) -> float:
+    """A label-dropout probability in [0, 1) (1 would drop every label: an unconditional model)."""
+    v = _unit_float(text)
+    if v >= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r} (1 drops every label)")
+    return v
+
+
 def _device(text: str) -> str:
     """A torch device this machine has (checked before any work, so the error names --device)."""
     import torch
@@ -241,6 +249,12 @@ def _add_train(sub) -> None:
                    help="dsm (continuous-time DSM, sigma^2 weighting), dsm-likelihood (g^2 weighting), "
                         "ddpm (L_simple), hybrid (Improved DDPM, learned variance)")
     g.add_argument("--prediction", choices=("eps", "score", "x0", "v"), default="eps", help="network target")
+    g.add_argument("--class-conditional", action="store_true",
+                   help="a class-conditional model on the data's labels (digits: 0..9; .npz: its 'labels' array; "
+                        "image folder: one sub-folder per class); y=None / dropped labels are the null class K")
+    g.add_argument("--label-dropout", type=_dropout, default=0.0,
+                   help="with --class-conditional: probability that a training label is replaced by the null class "
+                        "(0.1 for classifier-free guidance, Ho & Salimans 2022; 0: conditional only)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=_positive_int, default=3000, help="training steps")
     g.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")

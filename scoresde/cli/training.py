@@ -20,6 +20,8 @@ _RESUME_FREE = ("steps", "quiet", "checkpoint_every", "out", "device", "command"
 _KEEP_UNLESS_GIVEN = ("steps", "checkpoint_every")
 #: settings a train_args.json must hold (run_train reads them)
 #: settings a train_args.json must hold (run_train reads them)
+#: options added after runs were saved, with the value those runs had
+_ADDED_DEFAULTS = {"class_conditional": False, "label_dropout": 0.0}
 _REQUIRED = ("data", "sde", "beta_min", "beta_max", "sigma_min", "sigma_max", "num_scales", "model", "hidden",
              "layers", "channels", "objective", "prediction", "steps", "batch_size", "lr", "warmup", "ema", "seed",
              "checkpoint_every")
@@ -62,13 +64,16 @@ def make_model(args_d: dict, shape, sde):
     kind = args_d["model"]
     if kind == "auto":
         kind = "unet" if len(shape) == 3 and shape[1] == shape[2] and shape[1] >= 8 else "mlp"
+    num_classes = args_d.get("num_classes") if args_d.get("class_conditional") else None
     if kind == "mlp":
-        net = FlatMLP(shape, hidden=args_d["hidden"], num_layers=args_d["layers"], learn_variance=learn_variance)
+        net = FlatMLP(shape, hidden=args_d["hidden"], num_layers=args_d["layers"], learn_variance=learn_variance,
+                      num_classes=num_classes)
     else:
         if len(shape) != 3 or shape[1] != shape[2]:
             raise ValueError(f"--model unet needs square images (C, H, W); the data have shape {tuple(shape)}")
         net = UNet(shape[0], shape[1], ch=args_d["channels"], ch_mult=(1, 2, 2) if shape[1] >= 16 else (1, 2),
-                   num_res_blocks=1 if shape[1] <= 16 else 2, attn_resolutions=(), learn_variance=learn_variance)
+                   num_res_blocks=1 if shape[1] <= 16 else 2, attn_resolutions=(), learn_variance=learn_variance,
+                   num_classes=num_classes)
     model = ScoreModel(net, sde, prediction=args_d["prediction"], discrete=discrete, learn_variance=learn_variance)
     if objective in ("dsm", "dsm-likelihood"):
         weighting = "likelihood" if objective == "dsm-likelihood" else "sigma2"
@@ -126,6 +131,8 @@ def run_train(args) -> dict:
             raise ValueError(f"{ckpt} was not written by 'scoresde train' (no {TRAIN_ARGS}); resume it from Python "
                              "with scoresde.train.train")
         saved = _read_train_args(saved_path)
+        for k, v in _ADDED_DEFAULTS.items():  # runs saved before these options existed had their defaults
+            saved.setdefault(k, v)
         if typed("data") and settings["data"] != saved.get("data"):
             raise ValueError(f"{out} holds a run on --data {saved.get('data')}; train on {settings['data']} in "
                              "another --out folder")
@@ -147,6 +154,7 @@ def run_train(args) -> dict:
         settings["warmup"] = min(settings["warmup"], settings["steps"])  # fixed for the run's resumes
     ds = load_data(settings["data"], split="train", seed=0)
     evald = load_data(settings["data"], split="test", seed=0) if settings["data"] == "digits" else None
+    _check_labels(settings, ds)
     settings.setdefault("dequantize", True)
     settings["num_levels"] = ds.num_levels
     sde = make_sde(settings["sde"], beta_min=settings["beta_min"], beta_max=settings["beta_max"],
@@ -173,7 +181,8 @@ def run_train(args) -> dict:
                             warmup=settings["warmup"], ema_decay=settings["ema"],
                             seed=settings["seed"], out_dir=str(out), quiet=args.quiet,
                             checkpoint_every=settings["checkpoint_every"], device=settings["device"],
-                            eval_every=settings.get("eval_every", max(settings["steps"] // 10, 1)))
+                            eval_every=settings.get("eval_every", max(settings["steps"] // 10, 1)),
+                            label_dropout=settings.get("label_dropout", 0.0))
     out.mkdir(parents=True, exist_ok=True)  # only now: bad data or settings leave no folder behind
     with atomic_file(saved_path) as f:
         json.dump(settings, f, indent=2, sort_keys=True)
@@ -188,6 +197,18 @@ def run_train(args) -> dict:
         loss = (load_checkpoint(res.checkpoint).get("metrics") or {}).get("loss")
     return {**summary, "step": res.step, "loss": loss, "eval_loss": res.eval_loss, "checkpoint": res.checkpoint,
             "wall_s": wall, "trained": res.step > resumed_from}
+
+
+def _check_labels(settings: dict, ds) -> None:
+    """--class-conditional needs labelled data (it records their num_classes); --label-dropout needs it."""
+    if settings.get("label_dropout") and not settings.get("class_conditional"):
+        raise ValueError(f"--label-dropout {settings['label_dropout']} applies to a class-conditional model; add "
+                         "--class-conditional")
+    if settings.get("class_conditional"):
+        if ds.num_classes is None:
+            raise ValueError(f"--class-conditional needs labelled data; {ds.name} has no labels (a .npz needs a "
+                             "'labels' array, an image folder one sub-folder per class)")
+        settings["num_classes"] = ds.num_classes
 
 
 def _sigma_max_note(sigma_max: float, ds) -> str:
