@@ -25,13 +25,9 @@ MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 120
 
 #: module name -> why it may be longer
-LONG_MODULES = {
-    "scoresde.data": "grew from 449 to 569 lines with the class labels (289b3d4, issue 12) while this split was "
-                     "made; to be split (Dataset / file loaders / the rest)",
-}
+LONG_MODULES: dict[str, str] = {}
 #: "module:qualified.function" -> why it may be longer
 LONG_FUNCTIONS = {
-    "scoresde.data:from_array": "grew to 127 lines with the labels of a .npz (289b3d4); to be split with data.py",
     "scoresde.sampling:sample": "the public entry point of every sampler (argument checks, plan, hooks, info); "
                                 "scoresde/sampling.py belongs to the solver work and was left out of the split "
                                 "of issue 10, item 8",
