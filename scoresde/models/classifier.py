@@ -45,7 +45,7 @@ class Classifier(nn.Module):
         in_channels, image_size, ch, ch_mult, num_res_blocks, attn_resolutions, dropout, embedding:
             as :class:`~scoresde.models.UNet` (same checks); the defaults are a
             small net for 8x8 digits (ch 32, ch_mult (1, 2), one block per level, no attention;
-            77 k parameters for K = 10).
+            301,322 parameters for K = 10; ch=16 gives 75,906 for K = 2).
         time_input: "label", "sigma", "index" or "t" (:func:`scoresde.score.network_time`);
             default as ScoreModel's: "sigma" for VE, "label" otherwise.
     Forward:
