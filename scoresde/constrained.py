@@ -29,37 +29,13 @@ from __future__ import annotations
 import torch
 
 from ._checks import bcast
+from .grids import repaint_schedule  # noqa: F401  (public here too)
 from .sampling import sample
 from .solvers.common import randn
 
 __all__ = ["inpaint", "colorize", "colorization_basis", "repaint_schedule"]
 
 GRID_METHODS = ("euler_maruyama", "reverse_diffusion", "ancestral", "pc")
-
-
-def repaint_schedule(times: torch.Tensor, jump_length: int, jump_n_sample: int) -> list[float]:
-    """RePaint's time sequence on a descending grid: after every ``jump_length`` steps down, go back up
-    ``jump_length`` steps and come down again, ``jump_n_sample - 1`` times (Lugmayr et al. 2022, Alg. 1).
-
-    Returns the list of times (down steps are sampler steps, up steps forward-process jumps).
-    Raises ValueError for jump_length < 1 or jump_n_sample < 1.
-    """
-    for name, v in (("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
-    ts = times.tolist()
-    M = len(ts) - 1
-    left = {k: jump_n_sample - 1 for k in range(jump_length, M, jump_length)}
-    seq, k = [0], 0
-    while k < M:
-        k += 1
-        seq.append(k)
-        if left.get(k, 0) > 0:
-            left[k] -= 1
-            for _ in range(jump_length):
-                k -= 1
-                seq.append(k)
-    return [ts[i] for i in seq]
 
 
 def _check_known(y, mask) -> tuple[torch.Tensor, torch.Tensor]:

@@ -205,3 +205,28 @@ def respaced_betas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> tor
     ab = alphas_cumprod.to(torch.float64)[timesteps]
     prev = torch.cat([ab.new_ones(1), ab[:-1]])
     return 1.0 - ab / prev
+
+
+def repaint_schedule(times: torch.Tensor, jump_length: int, jump_n_sample: int) -> list[float]:
+    """RePaint's time sequence on a descending grid: after every ``jump_length`` steps down, go back up
+    ``jump_length`` steps and come down again, ``jump_n_sample - 1`` times (Lugmayr et al. 2022, Alg. 1).
+
+    Returns the list of times (down steps are sampler steps, up steps forward-process jumps).
+    Raises ValueError for jump_length < 1 or jump_n_sample < 1.
+    """
+    for name, v in (("jump_length", jump_length), ("jump_n_sample", jump_n_sample)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {v!r}")
+    ts = times.tolist()
+    M = len(ts) - 1
+    left = {k: jump_n_sample - 1 for k in range(jump_length, M, jump_length)}
+    seq, k = [0], 0
+    while k < M:
+        k += 1
+        seq.append(k)
+        if left.get(k, 0) > 0:
+            left[k] -= 1
+            for _ in range(jump_length):
+                k -= 1
+                seq.append(k)
+    return [ts[i] for i in seq]

@@ -36,11 +36,12 @@ from dataclasses import dataclass
 import torch
 
 from ._checks import bcast
+from .grids import repaint_schedule
 from .sde import SDE
-from .solvers.base import SOLVERS, get_solver
+from .solvers.base import SOLVERS
 from .solvers.common import ScoreEval, check_generator, generator_device
 from .solvers.ode import HALF_DTYPES
-from .solvers.registry import METHODS
+from .solvers.registry import METHODS, get_solver
 
 #: the method-specific keyword arguments of :func:`sample` and their defaults (read from the registry)
 OPTIONS = {name: dict(cls.options) for name, cls in SOLVERS.items()}
@@ -109,6 +110,28 @@ def _tweedie(score: ScoreEval, sde: SDE, x: torch.Tensor, eps: float) -> torch.T
     s = score(x, t)
     a, sig = sde.mean_coeff(t), sde.marginal_std(t)
     return ((x + bcast(sig**2, x).to(x.dtype) * s) / bcast(a, x).to(x.dtype)).to(out_dtype)
+
+
+def _placement(shape: tuple, x_T, device, dtype, generator) -> tuple[torch.device, torch.dtype]:
+    """The samples' device and dtype from the arguments (``x_T``'s, the generator's, else CPU float32);
+    checks x_T (shape, floating, finite), dtype, device and the generator's device."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, ...); got {dtype!r}")
+    if x_T is not None:
+        if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape or not x_T.is_floating_point():
+            got = (f"shape {tuple(x_T.shape)}, dtype {x_T.dtype}" if isinstance(x_T, torch.Tensor)
+                   else type(x_T).__name__)
+            raise ValueError(f"x_T must be a floating tensor of shape {shape}; got {got}")
+        if not bool(torch.isfinite(x_T).all()):
+            raise ValueError("x_T contains NaN or inf")
+        device = x_T.device if device is None else _check_device(device)
+        dtype = x_T.dtype if dtype is None else dtype
+    device = _check_device(device) if device is not None else (generator_device(generator) or torch.device("cpu"))
+    gdev = generator_device(generator)
+    if gdev is not None and gdev.type != device.type:
+        raise ValueError(f"generator is on {gdev} but the samples are on {device}; create the generator on the "
+                         f"sampling device: torch.Generator(device={str(device)!r})")
+    return device, dtype or torch.float32
 
 
 def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | None = None, generator=None,
@@ -212,37 +235,28 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
                         f"got {type(step_hook).__name__}")
     solver = solver_cls(**options)
     shape = _check_shape(shape)
-    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
-        raise TypeError(f"dtype must be a floating torch.dtype (torch.float32, torch.float64, ...); got {dtype!r}")
     for name, flag in (("denoise", denoise), ("progress", progress), ("return_info", return_info)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be True or False; got {flag!r}")
-    if x_T is not None:
-        if not isinstance(x_T, torch.Tensor) or tuple(x_T.shape) != shape or not x_T.is_floating_point():
-            got = (f"shape {tuple(x_T.shape)}, dtype {x_T.dtype}" if isinstance(x_T, torch.Tensor)
-                   else type(x_T).__name__)
-            raise ValueError(f"x_T must be a floating tensor of shape {shape}; got {got}")
-        if not bool(torch.isfinite(x_T).all()):
-            raise ValueError("x_T contains NaN or inf")
-        device = x_T.device if device is None else _check_device(device)
-        dtype = x_T.dtype if dtype is None else dtype
-    device = _check_device(device) if device is not None else (generator_device(generator) or torch.device("cpu"))
-    dtype = dtype or torch.float32
-    gdev = generator_device(generator)
-    if gdev is not None and gdev.type != device.type:
-        raise ValueError(f"generator is on {gdev} but the samples are on {device}; create the generator on the "
-                         f"sampling device: torch.Generator(device={str(device)!r})")
+    device, dtype = _placement(shape, x_T, device, dtype, generator)
 
     plan = solver.plan(score_fn, sde, steps, eps)
     if resample is not None:
         if not hasattr(solver, "with_schedule"):
             raise ValueError(f"resample (RePaint) needs a grid sampler (euler_maruyama, reverse_diffusion, ancestral, "
                              f"pc); got method {method!r}")
-        from .constrained import repaint_schedule
         plan = solver.with_schedule(plan, repaint_schedule(plan.times, *resample))
+    x, nfe = _run(solver, score_fn, sde, plan, shape, x_T, device, dtype, generator, denoise, progress, step_hook,
+                  method)
+    if return_info:
+        return x, SampleInfo(nfe=nfe, method=method, steps=plan.steps, times=plan.times)
+    return x
+
+
+def _run(solver, score_fn, sde, plan, shape, x_T, device, dtype, generator, denoise, progress, hook, method):
+    """Draw (or take) x_T, solve, apply Tweedie's step for ``denoise``; returns (samples, NFE)."""
     tweedie = denoise and plan.tweedie_eps is not None
     total = None if plan.nfe is None else plan.nfe + int(tweedie)
-
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -251,16 +265,11 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
     score = ScoreEval(score_fn, bar)
     try:
         with torch.no_grad():
-            if x_T is None:
-                x = _prior(sde, shape, generator, device, dtype)
-            else:
-                x = x_T.to(device=device, dtype=dtype)
-            x = solver.solve(score, sde, x, plan, generator=generator, denoise=denoise, hook=step_hook)
+            x = _prior(sde, shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
+            x = solver.solve(score, sde, x, plan, generator=generator, denoise=denoise, hook=hook)
             if tweedie:
                 x = _tweedie(score, sde, x, plan.tweedie_eps)
     finally:
         if bar is not None:
             bar.close()
-    if return_info:
-        return x, SampleInfo(nfe=score.nfe, method=method, steps=plan.steps, times=plan.times)
-    return x
+    return x, score.nfe

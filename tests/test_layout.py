@@ -27,21 +27,9 @@ MAX_FUNCTION_LINES = 120
 #: module name -> why it may be longer
 LONG_MODULES: dict[str, str] = {}
 #: "module:qualified.function" -> why it may be longer
-LONG_FUNCTIONS = {
-    "scoresde.sampling:sample": "the public entry point of every sampler (argument checks, plan, hooks, info); "
-                                "scoresde/sampling.py belongs to the solver work and was left out of the split "
-                                "of issue 10, item 8",
-}
+LONG_FUNCTIONS: dict[str, str] = {}
 #: (importer, imported) -> why this edge may close a cycle
-CYCLE_EDGES = {
-    ("scoresde.solvers.base", "scoresde.solvers.registry"):
-        "get_solver fills the registry on first use (registry imports every solver, which imports base to "
-        "register itself); a plug-in registry owned by the solver work",
-    ("scoresde.sampling", "scoresde.constrained"):
-        "sample() reads repaint_schedule from constrained.py, which imports sample (landed in 3c37268 during "
-        "issue 10, item 8); fix by moving repaint_schedule to a module both import: needs scoresde/sampling.py, "
-        "which belongs to the solver work",
-}
+CYCLE_EDGES: dict[tuple[str, str], str] = {}
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

@@ -15,8 +15,9 @@ one score; build the grid) and :meth:`Solver.solve` (integrate from x at T). Wha
 method shares (shape, device, dtype, generator, ``x_T``, ``denoise``, progress,
 :class:`~scoresde.sampling.SampleInfo`) stays in :func:`scoresde.sample`.
 
-Adding a sampler is adding a class decorated with :func:`register`; the registry
-(:data:`SOLVERS`, filled by importing :mod:`scoresde.solvers.registry`) is what
+Adding a sampler is adding a class decorated with :func:`register` (and importing its module
+in :mod:`scoresde.solvers.registry`); the registry (:data:`SOLVERS`, complete once
+:mod:`scoresde.solvers.registry` is imported; look names up with its ``get_solver``) is what
 ``scoresde.sample``, the docs' solver table, the CLI's ``--method`` choices and
 ``scoresde compare`` read.
 """
@@ -27,7 +28,6 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
-from .._checks import check_choice
 
 #: ``hook(x, x_mean, alpha, sigma) -> (x, x_mean)``: called by every solver on its start state and
 #: after each step, with the state x (B, *S), its noise-free mean x_mean (x itself for
@@ -126,8 +126,3 @@ def register(cls: type[Solver]) -> type[Solver]:
     return cls
 
 
-def get_solver(method: str) -> type[Solver]:
-    """The Solver class registered as ``method``; ValueError listing the registered names otherwise."""
-    from . import registry  # noqa: F401  (fills SOLVERS)
-
-    return SOLVERS[check_choice("method", method, tuple(SOLVERS))]

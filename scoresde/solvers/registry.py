@@ -7,12 +7,18 @@
 from __future__ import annotations
 
 from . import deis, discrete, dpm_solver, dpmpp, heun, pc, pfode, sdeint, unipc  # noqa: F401  (register)
-from .base import SOLVERS, Solver, get_solver
+from .._checks import check_choice
+from .base import SOLVERS, Solver
 
 _FIRST = ("euler_maruyama", "reverse_diffusion", "ancestral", "pc", "sde", "ode", "ddpm", "ddim", "dpm_solver",
           "dpm_adaptive", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "deis", "heun")
 #: the method names: the SDE samplers, the discrete chain, then the fast solvers (later additions last)
 METHODS = tuple(n for n in _FIRST if n in SOLVERS) + tuple(n for n in SOLVERS if n not in _FIRST)
+
+
+def get_solver(method: str) -> type[Solver]:
+    """The Solver class registered as ``method``; ValueError listing the registered names otherwise."""
+    return SOLVERS[check_choice("method", method, METHODS)]
 
 
 def nfe_formula(cls: type[Solver]) -> str:
