@@ -496,3 +496,20 @@ def test_ve_default_sigma_max_uses_the_helper_and_covers_off_centre_data(tmp_pat
     warn = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     assert len(warn) == 1 and warn[0].startswith("scoresde train: warning: VESDE: sigma_max 1 is below")
     assert re.search(r"KL of [\d.e+-]+ nats per dimension", warn[0])
+
+
+def test_sampler_flags_the_method_does_not_take_are_errors(demo, tmp_path):
+    """--spacing on ddim or --rtol on pc is a one-line error; dpm_adaptive takes --rtol / --atol (break-test)."""
+    out, _ = demo
+    proc = run_cli("sample", str(out / "model"), "--method", "ddim", "--steps", "5", "--spacing", "karras",
+                   "--out", str(tmp_path / "a"), cwd=tmp_path)
+    one_line_error(proc, "--spacing does not apply to method 'ddim'")
+    stem = tmp_path / "b"
+    proc = run_cli("sample", str(out / "model"), "--method", "dpm_adaptive", "--rtol", "0.1", "--atol", "0.1",
+                   "-n", "4", "--quiet", "--out", str(stem), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    loose = int(np.load(str(stem) + ".npz")["nfe"][0])
+    proc = run_cli("sample", str(out / "model"), "--method", "dpm_adaptive", "--rtol", "0.03", "--atol", "0.03",
+                   "-n", "4", "--quiet", "--out", str(stem), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert int(np.load(str(stem) + ".npz")["nfe"][0]) > loose

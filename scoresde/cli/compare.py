@@ -133,7 +133,7 @@ def parse_methods(methods, steps, ode_rtols, opts: dict, sde) -> tuple[list[Run]
                 runs.append(Run(name, f"{_label(name)} (tol {b:g})", {"method": name, "rtol": b, "atol": b}, None, b))
                 continue
             if name in NFE_BUDGETED:
-                runs.append(Run(name, f"{_label(name)}, NFE {b}", {"method": name}, None, None, nfe_budget=b))
+                runs.append(Run(name, f"{_label(name)}, NFE <= {b}", {"method": name}, None, None, nfe_budget=b))
                 continue
             kw = {"method": name, "steps": b}
             label = _label(name)

@@ -187,8 +187,10 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--corrector-steps", type=_positive_int, default=1, help="pc: corrector steps per step")
     g.add_argument("--sde-method", default="euler", help="sde: torchsde method")
     g.add_argument("--ode-method", default="dopri5", help="ode: torchdiffeq method")
-    g.add_argument("--rtol", type=_positive_float, default=1e-5, help="ode: relative tolerance")
-    g.add_argument("--atol", type=_positive_float, default=1e-5, help="ode: absolute tolerance")
+    g.add_argument("--rtol", type=_positive_float, default=1e-5,
+                   help="ode: relative tolerance (dpm_adaptive: when typed; its default 0.05)")
+    g.add_argument("--atol", type=_positive_float, default=1e-5,
+                   help="ode: absolute tolerance (dpm_adaptive: when typed; its default 0.0078)")
     g.add_argument("--eta", type=_unit_float, default=0.0, help="ddim: eta in [0, 1] (0 = deterministic)")
     g.add_argument("--variance", default=None,
                    help="ddpm: fixed_small, fixed_large or learned_range; default: learned_range for a model "
@@ -196,7 +198,7 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spacing", choices=("uniform", "quadratic", "logsnr", "karras"), default=None,
                    help="time grid of the grid and fast solvers; default: the method's own (uniform for "
                         "the SDE samplers, logsnr for the DPM-Solver family and unipc, karras for heun)")
-    g.add_argument("--order", type=_positive_int, default=None, help="dpm_solver / dpm_adaptive / unipc: order")
+    g.add_argument("--order", type=_positive_int, default=None, help="dpm_solver / dpm_adaptive / unipc / deis: order")
     g.add_argument("--rho", type=_positive_float, default=None, help="karras spacing: rho (default 7)")
     g.add_argument("--no-denoise", action="store_true", help="return the last noisy state, not its mean")
 

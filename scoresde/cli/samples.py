@@ -6,16 +6,32 @@ import math
 import torch
 
 
+#: command-line flag (dest) -> the ``scoresde.sample`` option it sets (the method must declare it)
+_FLAGS = {"predictor": "predictor", "corrector": "corrector", "snr": "snr", "corrector_steps": "corrector_steps",
+          "sde_method": "sde_method", "ode_method": "ode_method", "rtol": "rtol", "atol": "atol", "eta": "eta",
+          "variance": "variance", "spacing": "spacing", "order": "order", "rho": "rho"}
+
+
 def sampler_options(method: str, args) -> dict:
     """The options of ``scoresde.sample`` that ``method`` takes, from the command line.
 
-    Reads the solver registry: a flag is passed when the method declares that option
-    (``--spacing``, ``--order`` and ``--rho`` only when typed, so each method keeps its own default).
+    Reads the solver registry: every sampler flag whose option the method declares is passed
+    (pc's, sde's, ode's and ddim's with their command-line defaults, as before; the others only
+    when typed, so each method keeps its own default). A typed flag the method does not take is a
+    ValueError naming the method's options, not silently ignored.
     """
     from ..solvers.registry import SOLVERS
+    from .parser import given_options
     if method not in SOLVERS:
         raise ValueError(f"unknown method {method!r}; valid values are {list(SOLVERS)}")
     takes = SOLVERS[method].options
+    typed = given_options(args)
+    typed = set(_FLAGS) if typed is None else set(typed) & set(_FLAGS)
+    stray = sorted(f"--{f.replace('_', '-')}" for f in typed if _FLAGS[f] not in takes and getattr(args, f, None)
+                   is not None)
+    if stray:
+        raise ValueError(f"{', '.join(stray)} {'does' if len(stray) == 1 else 'do'} not apply to method {method!r}; "
+                         f"its options are {sorted(takes)}")
     opts = {}
     if method == "pc":
         opts = {"predictor": args.predictor, "corrector": args.corrector, "snr": args.snr,
@@ -28,10 +44,10 @@ def sampler_options(method: str, args) -> dict:
         opts = {"variance": args.variance} if args.variance else {}
     elif method == "ddim":
         opts = {"eta": args.eta}
-    for flag in ("spacing", "order", "rho"):
+    for flag in typed:
         value = getattr(args, flag, None)
-        if value is not None and flag in takes:
-            opts[flag] = value
+        if value is not None and _FLAGS[flag] in takes:
+            opts[_FLAGS[flag]] = value
     return opts
 
 
