@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import math
 import os
 import sys
 import time
-import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -327,28 +326,16 @@ def run_diffusers(prob: Problem, clsname: str, kwargs: dict, plan, space: str, b
 # k-diffusion
 # ---------------------------------------------------------------------------------------------
 def k_diffusion_sampling():
-    """k-diffusion's ``sampling`` module loaded without its package ``__init__`` (as tests/peers.py)."""
-    if "_kd_peer.sampling" in sys.modules:
-        return sys.modules["_kd_peer.sampling"]
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("k-diffusion is not installed (bash setup.sh installs it with --no-deps)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "sampling.py")
-    pkg = types.ModuleType("_kd_peer")
-    pkg.__path__ = []
-    utils = types.ModuleType("_kd_peer.utils")
-
-    def append_dims(x, target_dims):
-        return x[(...,) + (None,) * (target_dims - x.ndim)]
-
-    utils.append_dims = append_dims
-    pkg.utils = utils
-    sys.modules["_kd_peer"], sys.modules["_kd_peer.utils"] = pkg, utils
-    mspec = importlib.util.spec_from_file_location("_kd_peer.sampling", path)
-    mod = importlib.util.module_from_spec(mspec)
-    sys.modules["_kd_peer.sampling"] = mod
-    mspec.loader.exec_module(mod)
-    return mod
+    """k-diffusion's ``sampling`` module loaded without its package ``__init__`` (tests/peers.py's loader)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    try:
+        from peers import load_k_diffusion_sampling
+    finally:
+        sys.path.pop(0)
+    try:
+        return load_k_diffusion_sampling()
+    except ImportError as e:
+        raise SystemExit(str(e)) from None
 
 
 @contextlib.contextmanager

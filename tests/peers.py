@@ -12,16 +12,26 @@ import os
 import sys
 import types
 
-import pytest
 
 
 def k_diffusion_sampling():
     """k-diffusion's ``sampling`` module, or skip the test when k-diffusion is not installed."""
+    import pytest
+
+    try:
+        return load_k_diffusion_sampling()
+    except ImportError as e:
+        pytest.skip(str(e))
+
+
+def load_k_diffusion_sampling():
+    """k-diffusion's ``sampling`` module; ImportError when k-diffusion is not installed (also used by
+    benchmarks/bench_solvers.py)."""
     if "_kd_peer.sampling" in sys.modules:
         return sys.modules["_kd_peer.sampling"]
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("k-diffusion is not installed (bash setup.sh installs it with --no-deps)")
+        raise ImportError("k-diffusion is not installed (bash setup.sh installs it with --no-deps)")
     path = os.path.join(list(spec.submodule_search_locations)[0], "sampling.py")
     pkg = types.ModuleType("_kd_peer")
     pkg.__path__ = []
