@@ -13,6 +13,7 @@ from .guidance import classifier_free_guidance, classifier_guidance
 from .schedules import CosineSchedule, LinearSchedule
 from .score import ScoreModel, network_time
 from .pretrained import from_diffusers
+from .reference import load_reference_checkpoint
 from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, sde_from_config
 from .train import TrainConfig, load_score_model, shard_evaluate, train
 from .classify import classifier_accuracy, load_classifier, train_classifier
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "sde_from_config",
     "LinearSchedule", "CosineSchedule",
-    "ScoreModel", "network_time", "from_diffusers",
+    "ScoreModel", "network_time", "from_diffusers", "load_reference_checkpoint",
     "time_grid", "select_timesteps", "space_timesteps", "respaced_betas",
     "sample", "SampleInfo", "inpaint", "colorize", "classifier_guidance", "classifier_free_guidance",
     "log_likelihood", "bits_per_dim", "encode", "decode", "LikelihoodResult", "BitsPerDimResult", "ddpm_vlb", "VLBResult",

@@ -15,12 +15,13 @@ from torch import nn
 from .classifier import Classifier
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from .mlp import MLP
+from .ncsnpp import NCSNpp
 from .unet import UNet
 
 MODELS = {"UNet": UNet, "MLP": MLP}
 
 __all__ = ["UNet", "MLP", "Classifier", "SinusoidalEmbedding", "GaussianFourierEmbedding", "model_from_config",
-           "MODELS"]
+           "MODELS", "NCSNpp"]
 
 
 def model_from_config(cfg: dict) -> nn.Module:
