@@ -18,7 +18,7 @@ from .mlp import MLP
 from .ncsnpp import NCSNpp
 from .unet import UNet
 
-MODELS = {"UNet": UNet, "MLP": MLP}
+MODELS = {"UNet": UNet, "MLP": MLP, "NCSNpp": NCSNpp}
 
 __all__ = ["UNet", "MLP", "Classifier", "SinusoidalEmbedding", "GaussianFourierEmbedding", "model_from_config",
            "MODELS", "NCSNpp"]
@@ -28,7 +28,7 @@ def model_from_config(cfg: dict) -> nn.Module:
     """Build the network described by ``cfg`` (the output of its ``config()``), freshly initialised.
 
     Arguments:
-        cfg: dict with "model" (one of ``MODELS``: "UNet", "MLP"; or "Classifier", rebuilt by
+        cfg: dict with "model" (one of ``MODELS``: "UNet", "MLP", "NCSNpp"; or "Classifier", rebuilt by
             :meth:`Classifier.from_config`) and the constructor arguments.
     Returns:
         the network (load a state dict into it to restore weights).
