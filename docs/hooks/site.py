@@ -71,6 +71,37 @@ def _public_names(module) -> list[str]:
             == module.__name__ and (inspect.isclass(o) or inspect.isfunction(o))]
 
 
+def doc_stats(module, names) -> dict:
+    """Counts for the API overview: public names, classes and functions among them, those with a
+    docstring, and those whose docstring has the Arguments / Returns layout."""
+    st = {"names": len(names), "callables": 0, "documented": 0, "layout": 0, "no_layout": []}
+    for n in names:
+        obj = getattr(module, n)
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            continue
+        st["callables"] += 1
+        own = obj.__doc__ or ""
+        if inspect.isclass(obj):
+            own += "\n" + (obj.__init__.__doc__ or "" if "__init__" in vars(obj) else "")
+        if own.strip():
+            st["documented"] += 1
+        args = re.search(r"^\s*(Arguments|Args|Parameters):", own, re.M) or not _takes_arguments(obj)
+        returns = inspect.isclass(obj) or re.search(r"^\s*(Returns|Yields):", own, re.M)
+        if args and returns:
+            st["layout"] += 1
+        else:
+            st["no_layout"].append(n)
+    return st
+
+
+def _takes_arguments(obj) -> bool:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return True
+    return any(p.name not in ("self", "cls") for p in sig.parameters.values())
+
+
 def api_pages() -> dict[str, str]:
     import scoresde
     import scoresde.solvers
@@ -88,7 +119,7 @@ def api_pages() -> dict[str, str]:
         text.append(f"## {g}\n")
         text += [_block(f"scoresde.{n}", 3) for n in ns]
     pages["api/scoresde.md"] = "\n".join(text)
-    counts.append(("scoresde", names, [n for n in names if inspect.getdoc(getattr(scoresde, n))]))
+    counts.append(("scoresde", scoresde, names))
 
     mods = [m.name for m in pkgutil.iter_modules(scoresde.solvers.__path__) if not m.name.startswith("_")]
     order = ["base", "registry"] + [m for m in mods if m not in ("base", "registry")]
@@ -98,27 +129,32 @@ def api_pages() -> dict[str, str]:
         mod = importlib.import_module(f"scoresde.solvers.{m}")
         text.append(_block(f"scoresde.solvers.{m}", 2))
         pub = _public_names(mod)
-        counts.append((f"scoresde.solvers.{m}", pub, [n for n in pub if inspect.getdoc(getattr(mod, n))]))
+        counts.append((f"scoresde.solvers.{m}", mod, pub))
     pages["api/solvers.md"] = "\n".join(text)
 
     for page, modname in PACKAGES.items():
         mod = importlib.import_module(modname)
         pages[f"api/{page}.md"] = f"# `{modname}`\n\n" + _block(modname, 2)
         pub = _public_names(mod)
-        counts.append((modname, pub, [n for n in pub if inspect.getdoc(getattr(mod, n))]))
+        counts.append((modname, mod, pub))
 
-    total = sum(len(p) for _, p, _ in counts)
-    documented = sum(len(d) for _, _, d in counts)
-    rows = "\n".join(f"| `{m}` | {len(p)} | {len(d)} | {', '.join(f'`{n}`' for n in p if n not in d) or '-'} |"
-                     for m, p, d in counts)
+    stats = [(m, doc_stats(mod, pub)) for m, mod, pub in counts]
+    total = sum(st["callables"] for _, st in stats)
+    documented = sum(st["documented"] for _, st in stats)
+    layout = sum(st["layout"] for _, st in stats)
+    rows = "\n".join(f"| `{m}` | {st['names']} | {st['callables']} | {st['documented']} | {st['layout']} | "
+                     f"{', '.join(f'`{n}`' for n in st['no_layout']) or '-'} |" for m, st in stats)
     pages["api/index.md"] = (
         "# API reference\n\nGenerated from the docstrings by mkdocstrings at every build: "
         "[`scoresde`](scoresde.md) (the names of `scoresde.__all__`), [`scoresde.solvers`](solvers.md), "
         "[`scoresde.models`](models.md), [`scoresde.data`](data.md) and [`scoresde.oracle`](oracle.md).\n\n"
-        f"**{documented} of {total} public names have a docstring** (a module's public names are its "
-        "`__all__`, else the classes and functions it defines without a leading underscore).\n\n"
-        "| module | public names | with a docstring | without |\n|---|---|---|---|\n" + rows + "\n")
-    _STATE["api_counts"] = (documented, total)
+        f"**{documented} of {total} public classes and functions have a docstring; {layout} of them have both an "
+        "`Arguments:` and a `Returns:` section** (classes: `Arguments:` in the class or `__init__` docstring). A "
+        "module's public names are its `__all__`, else the classes and functions it defines without a leading "
+        "underscore; constants and other data are documented on their module's page and not counted.\n\n"
+        "| module | public names | classes and functions | with a docstring | with Arguments and Returns | "
+        "without that layout |\n|---|---|---|---|---|---|\n" + rows + "\n")
+    _STATE["api_counts"] = (documented, layout, total)
     return pages
 
 

@@ -138,8 +138,8 @@ print(f"reference flows solved; MMD^2 (1e-3) of five exact draws of {N} points: 
 # %% [markdown]
 # ## Samples of every sampler at 20 NFE
 #
-# One panel per registered method, all from the same prior draw, at the largest step count whose
-# NFE fits in 20 (`pc` then gets 10 predictor + 10 corrector evaluations, `heun` 10 steps, the
+# One panel per registered method, each with its default options (its default grid), all from
+# the same prior draw, at the largest step count whose NFE fits in 20 (`pc` then gets 10 predictor + 10 corrector evaluations, `heun` 10 steps, the
 # adaptive `ode` and `dpm_adaptive` a loose tolerance, with their actual NFE in the title). The
 # title gives the MMD² to the mixture (floor above).
 

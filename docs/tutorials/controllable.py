@@ -20,7 +20,7 @@
 # is independent of the kind of control. (The same on the 8x8 digits needs a trained score model
 # and classifier, minutes of training: not part of this page.)
 #
-# Run: `python docs/tutorials/controllable.py` (full size, under a minute on one core) or
+# Run: `python docs/tutorials/controllable.py` (full size, about 15 seconds on one core) or
 # `--quick`.
 
 # %%

@@ -17,7 +17,7 @@
 #
 # SDE: `VPSDE()` (beta 0.1 to 20, N = 1000). The continuous solvers stop at eps = 1e-3; DDIM and
 # DDPM walk the chain onto alpha-bar = 1 (t = 0), and each is compared with the flow to where it
-# stops. Run: `python docs/tutorials/discretizations.py` (full size, under a minute on one core)
+# stops. Run: `python docs/tutorials/discretizations.py` (full size, about 1.5 minutes on one core)
 # or `--quick`.
 
 # %%
