@@ -51,7 +51,9 @@ GROUPS = {
     "Likelihood": ["log_likelihood", "bits_per_dim", "encode", "decode", "LikelihoodResult", "BitsPerDimResult",
                    "ddpm_vlb", "VLBResult"],
     "Losses": ["dsm_loss", "ddpm_loss", "hybrid_loss", "LossSecondMomentSampler"],
-    "Training": ["train", "TrainConfig", "load_score_model", "shard_evaluate"],
+    "Training": ["train", "TrainConfig", "load_score_model", "shard_evaluate", "train_classifier", "load_classifier",
+                 "classifier_accuracy"],
+    "Pretrained models": ["from_diffusers", "load_reference_checkpoint"],
     "Metrics": ["sliced_wasserstein", "frechet_distance", "digit_frechet_distance"],
 }
 PACKAGES = {"models": "scoresde.models", "data": "scoresde.data", "oracle": "scoresde.oracle"}
