@@ -90,17 +90,21 @@ def image_grid(x, nrow: int | None = None, data_range=(-1.0, 1.0), pad: int = 1,
     return grid[0] if c == 1 else grid.transpose(1, 2, 0)
 
 
-def save_image_grid(x, path, nrow: int | None = None, data_range=(-1.0, 1.0), scale: int = 6) -> None:
+def save_image_grid(x, path, nrow: int | None = None, data_range=(-1.0, 1.0), scale: int = 6,
+                    pad_value: float | None = None) -> None:
     """Write images x (B, C, H, W) as one PNG grid (dark strokes on white for C = 1).
 
-    Each pixel becomes a ``scale`` x ``scale`` block, so 8x8 digits stay legible.
+    Each pixel becomes a ``scale`` x ``scale`` block, so 8x8 digits stay legible. ``pad_value``:
+    the padding's value in [0, 1] of the grid (default light gray for C = 1, white for C = 3).
     """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     gray = np.shape(x)[1] == 1 if len(np.shape(x)) == 4 else True
     # grayscale: the low end of data_range is "no ink", drawn white, with light-gray padding
-    g = image_grid(x, nrow, data_range, pad_value=0.25 if gray else 1.0)
+    if pad_value is None:
+        pad_value = 0.25 if gray else 1.0
+    g = image_grid(x, nrow, data_range, pad_value=pad_value)
     g = np.kron(g, np.ones((scale, scale))) if g.ndim == 2 else np.repeat(np.repeat(g, scale, 0), scale, 1)
     with atomic_file(path, "path") as tmp:
         if g.ndim == 2:

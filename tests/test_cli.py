@@ -52,11 +52,11 @@ def test_demo_quick_writes_report_with_images(demo):
     out, proc = demo
     report = (out / "report.md").read_text()
     images = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
-    # the test digits, the six sampler grids and the quality-vs-NFE figure
-    assert len(images) >= 8
+    # the test digits, the sampler grids, the quality-vs-NFE figure, the class-conditional and inpainting grids
+    assert len(images) >= 10 and {"class_conditional.png", "inpainting.png"} <= set(images)
     for name in images:
         assert (out / name).is_file() and (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("compare.json", "compare.md", "likelihood.json", "model/checkpoint.pt"):
+    for name in ("compare.json", "compare.md", "likelihood.json", "guided.json", "model/checkpoint.pt"):
         assert (out / name).is_file()
     assert not list(out.rglob("*.tmp*")), "temporary files left behind"
 
@@ -176,7 +176,7 @@ def test_corrupt_checkpoint_unknown_method_wrong_shape(demo, tmp_path):
 
 
 def test_help_shows_defaults_for_every_subcommand(capsys):
-    for cmd in ("train", "sample", "likelihood", "compare", "demo"):
+    for cmd in ("train", "train-classifier", "sample", "inpaint", "likelihood", "compare", "demo"):
         assert main([cmd, "--help"]) == 0
         text = capsys.readouterr().out
         assert "(default:" in text, cmd
@@ -513,3 +513,197 @@ def test_sampler_flags_the_method_does_not_take_are_errors(demo, tmp_path):
                    "-n", "4", "--quiet", "--out", str(stem), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert int(np.load(str(stem) + ".npz")["nfe"][0]) > loose
+
+
+# ---------------------------------------------------------------------------- issue 12, item 6
+def test_demo_quick_reports_class_conditional_and_inpainting(demo):
+    """The demo's model is class-conditional with label dropout 0.1 (the comparison above ran on it without
+    labels, i.e. with the null class); its report has the accuracy-against-scale table, the class grid (one
+    row per digit) and the inpainting grid and table, with the numbers of guided.json and the summary."""
+    from PIL import Image
+
+    from scoresde.cli.options import CFG_SCALE
+    out, proc = demo
+    args = json.loads((out / "model" / "train_args.json").read_text())
+    assert args["class_conditional"] is True and args["label_dropout"] == 0.1 and args["num_classes"] == 10
+    g = json.loads((out / "guided.json").read_text())
+    cc, ip = g["cc"], g["ip"]
+    assert [r["scale"] for r in cc["rows"]] == [0, 0.5, 2] and cc["scale"] == CFG_SCALE
+    report = (out / "report.md").read_text()
+    assert "## Class-conditional samples (classifier-free guidance)" in report and "## Inpainting held-out digits" in report
+    for r in cc["rows"]:
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["nfe"] == 10 and np.isfinite(r["fd"])
+        assert f"| {r['accuracy']:.3f} ± {r['se']:.3f} | {r['fd']:.2f} |" in report
+    assert f"| {CFG_SCALE:g} (default) |" in report
+    at = {r["scale"]: r["accuracy"] for r in cc["rows"]}
+    assert f"digit-classifier accuracy {at[CFG_SCALE]:.3f} at w = {CFG_SCALE:g}" in proc.stdout
+    rep, rp = ip["rows"]
+    assert rep["method"] == "replacement" and rp["method"].startswith("RePaint") and rp["nfe"] > rep["nfe"]
+    assert f"{rep['accuracy']:.3f} by replacement (NFE {rep['nfe']}), {rp['accuracy']:.3f} by RePaint" in proc.stdout
+    # the class grid: 10 rows (one per digit) of 3 samples; the inpainting grid: 10 rows of masked, 2 samples, truth
+    for name, rows, cols in (("class_conditional.png", 10, 3), ("inpainting.png", 10, 4)):
+        w, h = Image.open(out / name).size
+        assert (h, w) == (6 * (rows * 9 + 1), 6 * (cols * 9 + 1)), (name, w, h)
+
+
+def test_sample_class_on_the_conditional_run(demo, tmp_path):
+    """--class all: -n samples of each class, labels sorted by class, CFG at the default w; --class 3 --scale 2."""
+    from scoresde.cli.options import CFG_SCALE
+    out, _ = demo
+    stem = tmp_path / "all"
+    assert main(["sample", str(out / "model"), "--class", "all", "-n", "2", "--method", "ddim", "--steps", "5",
+                 "--quiet", "--out", str(stem)]) == 0
+    z = np.load(str(stem) + ".npz")
+    assert z["samples"].shape == (20, 1, 8, 8) and int(z["nfe"][0]) == 5  # CFG: one batched call per step
+    assert z["labels"].tolist() == [k for k in range(10) for _ in range(2)]
+    assert float(z["scale"]) == CFG_SCALE and str(z["guidance"]) == "classifier-free"
+    assert (tmp_path / "all.png").read_bytes()[:4] == b"\x89PNG"
+    stem = tmp_path / "three"
+    assert main(["sample", str(out / "model"), "--class", "3", "--scale", "2", "-n", "4", "--method", "ddim",
+                 "--steps", "5", "--quiet", "--out", str(stem)]) == 0
+    z = np.load(str(stem) + ".npz")
+    assert z["labels"].tolist() == [3] * 4 and float(z["scale"]) == 2.0
+
+
+@pytest.fixture(scope="module")
+def guide_runs(tmp_path_factory):
+    """An unconditional digits run and a tiny noise-conditional classifier (VP), a few seconds each."""
+    root = tmp_path_factory.mktemp("guide")
+    assert main(["train", "--data", "digits", "--model", "mlp", "--hidden", "32", "--layers", "1", "--steps", "5",
+                 "--batch-size", "32", "--out", str(root / "uncond"), "--quiet"]) == 0
+    assert main(["train-classifier", "--out", str(root / "clf"), "--steps", "6", "--channels", "8",
+                 "--batch-size", "32", "--quiet"]) == 0
+    return root
+
+
+def test_train_classifier_and_classifier_guidance(guide_runs, demo, tmp_path, capsys):
+    root = guide_runs
+    from scoresde import load_classifier
+    clf, cfg = load_classifier(root / "clf", quiet=True)
+    assert cfg["kind"] == "classifier" and cfg["step"] == 6 and clf.num_classes == 10
+    for run in (root / "uncond", demo[0] / "model"):  # an unconditional and a conditional run
+        stem = tmp_path / run.name
+        capsys.readouterr()
+        assert main(["sample", str(run), "--class", "2", "--classifier", str(root / "clf"), "-n", "3", "--method",
+                     "ddim", "--steps", "4", "--quiet", "--out", str(stem)]) == 0
+        assert "class 2, classifier guidance scale 1" in capsys.readouterr().out
+        z = np.load(str(stem) + ".npz")
+        assert z["samples"].shape == (3, 1, 8, 8) and z["labels"].tolist() == [2, 2, 2]
+        assert str(z["guidance"]) == "classifier" and float(z["scale"]) == 1.0
+    # resuming to more steps trains on
+    capsys.readouterr()
+    assert main(["train-classifier", "--out", str(root / "clf"), "--steps", "8", "--channels", "8",
+                 "--batch-size", "32", "--quiet"]) == 0
+    assert "classifier trained to step 8" in capsys.readouterr().out
+
+
+def test_class_errors_are_one_line(guide_runs, demo, tmp_path, capsys):
+    root, model = guide_runs, str(demo[0] / "model")
+    cases = [
+        (["sample", str(root / "uncond"), "--class", "3"], ["unconditional run", "--classifier"]),
+        (["sample", model, "--class", "10"], ["--class 10 is out of range", "10 classes (0..9)"]),
+        (["sample", str(root / "uncond"), "--class", "12", "--classifier", str(root / "clf")],
+         ["--class 12 is out of range", "the classifier"]),
+        (["sample", model, "--scale", "1"], ["add --class K"]),
+        (["sample", model, "--classifier", str(root / "clf")], ["add --class K"]),
+        (["sample", model, "--class", "-1"], ["argument --class", "'all'"]),
+        (["sample", model, "--class", "seven"], ["argument --class"]),
+        (["sample", model, "--class", "1", "--classifier", str(root / "uncond")], ["not a classifier checkpoint"]),
+        (["sample", model, "--class", "1", "--classifier", str(root / "nope")], ["no such checkpoint"]),
+        (["train-classifier", "--data", "two_moons", "--out", str(tmp_path / "c")], ["labelled"]),
+        (["inpaint", model, "--method", "ddim", "--jump-length", "2"], ["grid sampler", "--method ddim"]),
+        (["inpaint", model, "--method", "pc", "--steps", "4", "--jump-length", "4", "--jump-n-sample", "2"],
+         ["--jump-length 4 must be smaller than --steps 4"]),
+        (["inpaint", model, "--mask", "diagonal"], ["argument --mask", "invalid choice"]),
+    ]
+    for argv, fragments in cases:
+        capsys.readouterr()
+        status = main(argv + (["--out", str(tmp_path / "x")] if argv[0] != "train-classifier" else []) + ["--quiet"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert status in (1, 2) and len(err) == 1, (argv, err)
+        assert re.match(rf"scoresde {argv[0]}: error: ", err[0]), err[0]
+        assert all(f in err[0] for f in fragments), (fragments, err[0])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_classifier_on_another_sde_is_refused(guide_runs, tmp_path, capsys):
+    root = guide_runs
+    assert main(["train-classifier", "--sde", "subvp", "--out", str(tmp_path / "clf"), "--steps", "2", "--channels",
+                 "8", "--batch-size", "32", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(root / "uncond"), "--class", "1", "--classifier", str(tmp_path / "clf"),
+                 "--out", str(tmp_path / "s"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained on another SDE" in err[0], err
+    assert not (tmp_path / "s.npz").exists()
+
+
+_HIDDEN = {"left": (slice(None), slice(0, 4)), "right": (slice(None), slice(4, 8)),
+           "top": (slice(0, 4), slice(None)), "bottom": (slice(4, 8), slice(None)),
+           "center": (slice(2, 6), slice(2, 6))}
+
+
+@pytest.mark.parametrize("mask", ["left", "right", "top", "bottom", "center", "random"])
+def test_inpaint_masks_keep_the_known_pixels_exactly(demo, tmp_path, mask):
+    """inpaint on held-out digits: the known pixels of every sample equal the test digit's exactly (float and
+    levels), the hidden ones are sampled; the grid has one row per image of (masked, k samples, truth)."""
+    from PIL import Image
+
+    from scoresde.data import digits
+    out, _ = demo
+    stem = tmp_path / mask
+    assert main(["inpaint", str(out / "model"), "--mask", mask, "-n", "3", "-k", "2", "--method", "ddim",
+                 "--steps", "5", "--quiet", "--out", str(stem)]) == 0
+    z = np.load(str(stem) + ".npz")
+    test = digits("test")
+    assert z["samples"].shape == (3, 2, 1, 8, 8) and z["known"].shape == (3, 1, 8, 8) and str(z["mask"]) == mask
+    assert np.array_equal(z["truth"], test.data[:3].numpy()) and z["labels"].tolist() == test.labels[:3].tolist()
+    known = z["known"]
+    if mask == "random":
+        frac = 1 - known.mean()
+        assert 0.3 < frac < 0.7 and not np.array_equal(known[0], known[1])  # one draw per image
+    else:
+        want = np.ones((1, 8, 8), dtype=bool)
+        want[(0, *_HIDDEN[mask])] = False
+        assert (known == want).all()
+    for j in range(2):
+        s = z["samples"][:, j]
+        assert np.array_equal(s[known], z["truth"][known])  # bit for bit
+        assert np.array_equal(z["levels"][:, j][known], z["truth_levels"][known])
+        assert not np.array_equal(s[~known], z["truth"][~known])
+    assert int(z["nfe"][0]) == 5
+    w, h = Image.open(str(stem) + ".png").size
+    assert (h, w) == (6 * (3 * 9 + 1), 6 * (4 * 9 + 1))
+
+
+def test_inpaint_repaint_spends_more_nfe_and_checks_out_first(demo, tmp_path, monkeypatch, capsys):
+    out, _ = demo
+    nfe = {}
+    for name, extra in (("plain", []), ("repaint", ["--jump-length", "2", "--jump-n-sample", "3"])):
+        stem = tmp_path / name
+        assert main(["inpaint", str(out / "model"), "-n", "2", "-k", "1", "--method", "pc", "--steps", "6",
+                     "--quiet", "--out", str(stem), *extra]) == 0
+        z = np.load(str(stem) + ".npz")
+        assert np.array_equal(z["samples"][:, 0][z["known"]], z["truth"][z["known"]])
+        nfe[name] = int(z["nfe"][0])
+    assert nfe["plain"] == 12 and nfe["repaint"] > 2 * nfe["plain"]
+    from scoresde.cli import common, samples
+
+    def no_work(*a, **k):
+        raise AssertionError("the work started before --out was checked")
+
+    monkeypatch.setattr(common, "load_run", no_work)
+    monkeypatch.setattr(samples, "draw", no_work)
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    for bad, fragment in ((str(blocker / "o"), "is a file, not a folder"), (str(tmp_path / "no" / "o"), "does not exist")):
+        capsys.readouterr()
+        assert main(["inpaint", str(out / "model"), "--out", bad, "--quiet"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("scoresde inpaint: error: --out ") and fragment in err[0], err
+
+
+def test_inpaint_needs_images(toy_run, tmp_path, capsys):
+    assert main(["inpaint", str(toy_run), "--out", str(tmp_path / "i"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "inpaint needs images (C, H, W)" in err and not list(tmp_path.iterdir())

@@ -1,4 +1,5 @@
-"""The ``scoresde`` command: train, sample, likelihood, compare and demo (examples: ``scoresde --help``).
+"""The ``scoresde`` command: train, train-classifier, sample, inpaint, likelihood, compare and demo
+(examples: ``scoresde --help``).
 
 Every subcommand has ``--help`` with its defaults. A bad argument, a missing or corrupt
 checkpoint, data of the wrong shape or an unknown method prints one line
@@ -9,8 +10,9 @@ are written to a temporary name and renamed, so a failed run leaves no partial f
 This module imports only the parser (:mod:`scoresde.cli.parser`, so ``--help`` is fast) and
 runs the command: :mod:`scoresde.cli.commands` holds one ``cmd_<name>`` per subcommand, the
 work behind them is in :mod:`~scoresde.cli.training`, :mod:`~scoresde.cli.samples`,
-:mod:`~scoresde.cli.measure`, :mod:`~scoresde.cli.compare` and :mod:`~scoresde.cli.demo`
-(shared helpers: :mod:`~scoresde.cli.common`).
+:mod:`~scoresde.cli.measure`, :mod:`~scoresde.cli.compare`, :mod:`~scoresde.cli.guided` (class-conditional
+sampling, the classifier), :mod:`~scoresde.cli.inpainting` and :mod:`~scoresde.cli.demo` (shared helpers:
+:mod:`~scoresde.cli.common`; option types: :mod:`~scoresde.cli.options`).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def main(argv=None) -> int:
         from . import commands
         with warnings.catch_warnings():
             _one_line_warnings(command)
-            return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
+            return int(getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0)
     except SystemExit as e:  # --help / --version
         return int(e.code or 0) if not isinstance(e.code, str) else 1
     except KeyboardInterrupt:

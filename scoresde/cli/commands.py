@@ -21,7 +21,7 @@ from ..runs import resolve_checkpoint
 # commands look them up here, so that a test can replace them)
 from .common import _check_shape, _log, _threads, _weights_note, load_data, load_run  # noqa: F401
 from .measure import eval_split, likelihood, vlb_bits  # noqa: F401
-from .samples import draw, sampler_options, save_samples_figure
+from .samples import as_data, draw, sampler_options, save_samples_figure
 from .training import (_KEEP_UNLESS_GIVEN, _REQUIRED, _RESUME_FREE, TRAIN_ARGS, _read_train_args,  # noqa: F401
                        _sigma_max_note, make_model, make_sde, run_train)
 
@@ -46,7 +46,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .. import data as D
+    from .guided import guidance
     from .outputs import check_output_file
     _threads(args)
     opts = sampler_options(args.method, args)
@@ -56,31 +56,52 @@ def cmd_sample(args) -> int:
     for f in (npz, png):  # before any work: a bad --out used to fail after the sampling
         check_output_file(f, "--out", args.out)
     model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
+    guide = guidance(args, model, sde, cfg, args.num_samples)  # None without --class
     _log(args, _weights_note(cfg))
     shape = tuple(cfg["data"]["shape"])
+    n = len(guide.labels) if guide is not None else args.num_samples
     t0 = time.perf_counter()
-    x, nfes = draw(model, sde, shape, method=args.method, steps=args.steps, n=args.num_samples,
-                   batch_size=args.batch_size, seed=args.seed, progress=not args.quiet, eps=args.eps,
-                   denoise=not args.no_denoise, device=args.device, **opts)
+    x, nfes = draw(model, sde, shape, method=args.method, steps=args.steps, n=n, batch_size=args.batch_size,
+                   seed=args.seed, progress=not args.quiet, eps=args.eps, denoise=not args.no_denoise,
+                   device=args.device, score_for=guide.score_for if guide is not None else None, **opts)
     wall = time.perf_counter() - t0
-    data_range = tuple(cfg["data"].get("data_range", (-1.0, 1.0)))
-    bounded = ds.bounded if ds is not None else True
-    if bounded:
-        x = x.clamp(*data_range)
-    arrays = {"samples": x.numpy().astype(np.float32)}
-    picture = x
-    if cfg["data"].get("num_levels"):
-        L = int(cfg["data"]["num_levels"])
-        levels = D.float_to_levels(x, L)
-        arrays["levels"] = levels.numpy().astype(np.int16)
-        picture = D.levels_to_float(levels, L)  # what the data look like: rounded to the levels
+    x, arrays, picture = as_data(x, cfg, ds)
     ref = ds.data[:2000] if ds is not None and ds.shape == (2,) else None
     title = f"{args.method}, {args.steps if args.method != 'ode' else 'adaptive'} steps, NFE {nfes[0]}"
-    made_png = save_samples_figure(picture, shape, png, data_range, reference=ref, title=title)
+    nrow = None
+    if guide is not None:
+        arrays.update(labels=guide.labels.numpy(), scale=np.array(guide.scale), guidance=guide.kind)
+        if len(guide.classes) > 1:  # one row per class (its first 16 samples)
+            per = guide.per_class
+            keep = min(per, 16)
+            picture = picture.reshape(len(guide.classes), per, *shape)[:, :keep].reshape(-1, *shape)
+            nrow = keep
+    made_png = save_samples_figure(picture, shape, png, tuple(cfg["data"].get("data_range", (-1.0, 1.0))),
+                                   reference=ref, title=title, nrow=nrow)
     with atomic_file(npz, "wb") as f:
         np.savez(f, **arrays, method=args.method, nfe=np.array(nfes))
-    print(f"{len(x)} samples by {args.method} ({'NFE ' + str(nfes[0]) + ' per batch'}) in {wall:.2f} s -> {npz}"
+    what = f" ({guide.text()})" if guide is not None else ""
+    print(f"{len(x)} samples{what} by {args.method} (NFE {nfes[0]} per batch) in {wall:.2f} s -> {npz}"
           + (f", {png}" if made_png else ""))
+    return 0
+
+
+def cmd_inpaint(args) -> int:
+    from .inpainting import run_inpaint
+    _threads(args)
+    return run_inpaint(args)
+
+
+def cmd_train_classifier(args) -> int:
+    from .guided import run_train_classifier
+    r = run_train_classifier(args)
+    msg = f"classifier trained to step {r['step']} in {r['wall_s']:.1f} s"
+    if r["loss"] is not None:
+        msg += f"; cross-entropy {r['loss']:.4f} nats"
+    if r["accuracy"]:
+        msg += f"; accuracy on the {r['eval_name']} split at t = " + ", ".join(
+            f"{t:g}: {a:.3f}" for t, a in r["accuracy"].items())
+    print(f"{msg}; checkpoint {r['checkpoint']}")
     return 0
 
 

@@ -2,17 +2,22 @@
 
 Steps (each reuses the subcommand's code, with the subcommand's parser defaults):
 
-1. ``train``: an MLP score network on the flattened 8x8 digits (train split, 1 500 images,
-   17 gray levels), continuous-time denoising score matching on uniformly dequantized data, VP SDE
-   by default (``--sde`` to switch), into ``<out>/model``. A finished run is reused, an
-   interrupted one resumed.
+1. ``train``: a class-conditional score network (a small UNet; an MLP on the flattened pixels
+   with ``--quick``) on the 8x8 digits (train split, 1 500 images, 17 gray levels) with label
+   dropout 0.1 (the null class learns the unconditional score), continuous-time denoising score
+   matching on uniformly dequantized data, VP SDE by default (``--sde`` to switch), into
+   ``<out>/model``. A finished run is reused, an interrupted one resumed.
 2. ``compare``: Euler-Maruyama, PC (reverse diffusion + Langevin), the torchsde reverse SDE,
-   DDPM ancestral and DDIM at 10, 20, 50 and 100 steps and the probability-flow ODE (dopri5) at
-   three tolerances, all from the same prior draw; Frechet distance to the test split in
-   digit-classifier features beside the train-vs-test floor.
+   DDPM ancestral and DDIM at 10, 20, 50 and 100 steps, the probability-flow ODE (dopri5) at
+   three tolerances and the fast solvers at 10 / 20 NFE, all unconditional (the null class) from
+   the same prior draw; Frechet distance to the test split in digit-classifier features beside
+   the train-vs-test floor.
 3. ``likelihood``: bits/dim of the test split (297 images) by the probability-flow ODE and by
    the DDPM variational bound (VP / sub-VP).
-4. ``report.md`` with the sample grids, the table and the figure.
+4. class-conditional samples by classifier-free guidance (digit-classifier accuracy against the
+   scale w, one grid row per digit) and inpainting of held-out digits (a grid, replacement
+   against RePaint): :mod:`scoresde.cli.demo_guided`.
+5. ``report.md`` with the sample grids, the tables and the figure.
 
 ``--quick`` shrinks everything (tiny network, a few hundred updates, two step budgets, few
 samples) to check the pipeline in well under two minutes; its pictures are not digits yet.
@@ -28,7 +33,7 @@ import torch
 
 from ..plotting import atomic_file, save_image_grid
 from .compare import markdown_table
-from .demo_presets import FULL, QUICK
+from .demo_presets import FULL, LABEL_DROPOUT, QUICK
 
 
 def _args(argv):
@@ -42,6 +47,7 @@ def run_demo(args) -> int:
     from .training import run_train
     from .compare import parse_methods, run_compare, write_compare
     from .. import data as D
+    from .demo_guided import class_conditional, inpainting
     t_start = time.perf_counter()
     p = dict(QUICK if args.quick else FULL)
     if args.train_steps is not None:
@@ -55,12 +61,14 @@ def run_demo(args) -> int:
         (["--quiet"] if quiet else [])
 
     # 1. train ------------------------------------------------------------------------------
-    say(f"[1/4] training a score model on the 8x8 digits ({p['steps']} steps, {args.sde} SDE) -> {model_dir}")
+    say(f"[1/5] training a class-conditional score model on the 8x8 digits ({p['steps']} steps, {args.sde} SDE, "
+        f"label dropout {LABEL_DROPOUT:g}) -> {model_dir}")
     targs = _args(["train", "--data", "digits", "--out", str(model_dir), "--sde", args.sde, "--model", p["model"],
                    "--channels", str(p["channels"]), "--hidden", str(p["hidden"]), "--layers", str(p["layers"]),
                    "--steps", str(p["steps"]),
                    "--batch-size", str(p["batch_size"]), "--lr", str(p["lr"]),
-                   "--checkpoint-every", str(max(p["steps"] // 4, 1))] + common)
+                   "--checkpoint-every", str(max(p["steps"] // 4, 1)), "--class-conditional",
+                   "--label-dropout", str(LABEL_DROPOUT)] + common)
     tr = run_train(targs)
     tr["time_text"] = (f"{tr['wall_s']:.0f} s" if tr["resumed_from"] < tr["step"]
                        else "reused the finished checkpoint already in the folder")
@@ -69,7 +77,7 @@ def run_demo(args) -> int:
     save_image_grid(test.data[:100], out / "real_test_digits.png", nrow=10)
 
     # 2. compare ----------------------------------------------------------------------------
-    say(f"[2/4] comparing samplers ({p['n_samples']} samples each)")
+    say(f"[2/5] comparing samplers ({p['n_samples']} samples each)")
     cargs = _args(["compare", str(model_dir)] + common)
     opts = {k: getattr(cargs, k) for k in ("predictor", "corrector", "snr", "corrector_steps", "sde_method",
                                             "ode_method", "eta", "variance")}
@@ -97,7 +105,7 @@ def run_demo(args) -> int:
         pictures.append((f.name, f"{label}, NFE {nfe}"))
 
     # 3. likelihood -------------------------------------------------------------------------
-    say(f"[3/4] bits/dim of the test split ({p['lik_points'] or len(test)} images)")
+    say(f"[3/5] bits/dim of the test split ({p['lik_points'] or len(test)} images)")
     lik = likelihood(model, sde, test, n=p["lik_points"], rtol=p["lik_tol"], atol=p["lik_tol"], seed=args.seed,
                      progress=not quiet)
     from ..sde import VPSDE, SubVPSDE
@@ -111,13 +119,24 @@ def run_demo(args) -> int:
         json.dump(lik, f, indent=2)
         f.write("\n")
 
-    # 4. report -----------------------------------------------------------------------------
+    # 4. class-conditional samples and inpainting ------------------------------------------
+    say(f"[4/5] class-conditional samples (w = {', '.join(f'{w:g}' for w in p['cfg_scales'])}) and inpainting")
+    pc_opts = {k: opts[k] for k in ("predictor", "corrector", "snr", "corrector_steps")}
+    log = (lambda m: None) if quiet else (lambda m: print("  " + m, flush=True))
+    guided = {"cc": class_conditional(model, sde, ds, out, p, seed=args.seed, device=args.device, pc_opts=pc_opts,
+                                      log=log),
+              "ip": inpainting(model, sde, ds, out, p, seed=args.seed, device=args.device, pc_opts=pc_opts, log=log)}
+    with atomic_file(out / "guided.json") as f:
+        json.dump(guided, f, indent=2)
+        f.write("\n")
+
+    # 5. report -----------------------------------------------------------------------------
     total = time.perf_counter() - t_start
-    say("[4/4] writing the report")
-    report = _report(args, p, tr, cfg, result, lik, pictures, total)
+    say("[5/5] writing the report")
+    report = _report(args, p, tr, cfg, result, lik, pictures, total, guided)
     with atomic_file(out / "report.md") as f:
         f.write(report)
-    summary = _summary(args, p, tr, result, lik, total, out)
+    summary = _summary(args, p, tr, result, lik, total, out, guided)
     print(summary)
     return 0
 
@@ -153,8 +172,12 @@ def _lik_line(lik):
     return s
 
 
-def _summary(args, p, tr, result, lik, total, out) -> str:
+def _summary(args, p, tr, result, lik, total, out, guided) -> str:
     best = _best(result)
+    cc, ip = guided["cc"], guided["ip"]
+    at = {r["scale"]: r["accuracy"] for r in cc["rows"]}
+    others = ", ".join(f"{w:g}: {a:.3f}" for w, a in at.items() if w != cc["scale"])
+    rep, rp = ip["rows"]
     lines = [
         f"scoresde demo{' --quick' if args.quick else ''}: {tr['sde']} on the 8x8 digits, {tr['net']} with "
         f"{tr['n_params']:,} parameters, {tr['step']} training steps ({tr['time_text']})",
@@ -162,12 +185,17 @@ def _summary(args, p, tr, result, lik, total, out) -> str:
         f"Frechet distance to the test split (digit-classifier features, {result['n_samples']} samples): "
         + (f"best {best['quality']:.2f} by {best['label']} at NFE {best['nfe']}; " if best else "every sampler failed; ")
         + f"real-data floor {result['quality_floor']:.2f}",
+        f"class-conditional samples (classifier-free guidance, {cc['label']} at NFE {cc['rows'][0]['nfe']}, "
+        f"{cc['n']} samples): digit-classifier accuracy {at[cc['scale']]:.3f} at w = {cc['scale']:g} (w = {others})",
+        f"inpainting ({ip['mask']} mask, {ip['n']} test digits): completions classified as the truth's digit "
+        f"{rep['accuracy']:.3f} by replacement (NFE {rep['nfe']}), {rp['accuracy']:.3f} by RePaint (NFE {rp['nfe']})",
         f"report: {out / 'report.md'} ({total / 60:.1f} min in all)",
     ]
     return "\n".join(lines)
 
 
-def _report(args, p, tr, cfg, result, lik, pictures, total) -> str:
+def _report(args, p, tr, cfg, result, lik, pictures, total, guided) -> str:
+    from .demo_guided import class_section, inpaint_section
     best = _best(result)
     sde_cfg = cfg["sde"]
     vlb = ""
@@ -191,14 +219,16 @@ torch {torch.__version__}, Python {platform.python_version()}.
 - Data: the train split of `sklearn.datasets.load_digits` ({tr['n_data']} images of 8x8 pixels, 17 gray levels,
   mapped to the bin centres in [-1, 1]); nothing is downloaded.
 - SDE: `{sde_cfg}`.
-- Network: {_net_text(cfg)}, {tr['n_params']:,} parameters, predicting eps, time input 999 t.
+- Network: {_net_text(cfg)}, {tr['n_params']:,} parameters, predicting eps, time input 999 t; class-conditional
+  (the 10 digits and a null class, label dropout {LABEL_DROPOUT:g}: the unconditional rows below call it without
+  labels, i.e. with the null class).
 - Objective: continuous-time denoising score matching (sigma^2 weighting, Song et al. 2021 Eq. (7)) on
   uniformly dequantized data; {tr['step']} Adam steps of batch {p['batch_size']}, EMA 0.999
   ({tr['time_text']}; final training loss {tr['loss'] if tr['loss'] is None else format(tr['loss'], '.4f')}).
 - Checkpoint: `model/checkpoint.pt` (config inside; `scoresde sample model --method ode` works on it).
 
 ## Samples
-Samples rounded to the 17 gray levels; every sampler starts from the same prior draw (so the same
+Unconditional samples (the null class), rounded to the 17 gray levels; every sampler starts from the same prior draw (so the same
 cell shows "the same" sample under each solver). Real test digits for comparison:
 
 ![real test digits](real_test_digits.png)
@@ -233,5 +263,8 @@ log2(17) = 4.087 bits/dim.
 PF-ODE per image: median {lik['bpd_median']:.3f}, largest {lik['bpd_max']:.3f} bits/dim (a mean far above the median
 means a few images whose flow leaves the region the network was trained on).
 
-Files: `compare.md`, `compare.json`, `likelihood.json`, `quality_vs_nfe.png`, `samples_*.png`, `model/`.
+{class_section(guided['cc'])}
+{inpaint_section(guided['ip'])}
+Files: `compare.md`, `compare.json`, `likelihood.json`, `guided.json`, `quality_vs_nfe.png`, `samples_*.png`,
+`class_conditional.png`, `inpainting.png`, `model/`.
 """

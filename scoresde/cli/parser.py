@@ -1,7 +1,10 @@
-"""The ``scoresde`` argument parser: five subcommands, one-line errors, and the options typed.
+"""The ``scoresde`` argument parser: its subcommands, one-line errors, and the options typed.
 
     scoresde train --data digits --sde vp --out runs/digits
     scoresde sample runs/digits/checkpoint.pt --method pc --steps 100 --out samples
+    scoresde train --class-conditional --label-dropout 0.1 --out runs/cond && scoresde sample runs/cond --class all
+    scoresde train-classifier --data digits --out runs/clf && scoresde sample runs/digits --class 3 --classifier runs/clf
+    scoresde inpaint runs/digits --mask center --method pc --steps 100 --out inpaint
     scoresde likelihood runs/digits/checkpoint.pt --split test
     scoresde compare runs/digits/checkpoint.pt --methods euler_maruyama pc ode ddim --steps 10 20 50 100
     scoresde demo            # all of the above on scikit-learn's 8x8 digits, into ./scoresde-demo
@@ -15,9 +18,15 @@ from __future__ import annotations
 
 import argparse
 
+from .options import (SDES, _add_common, _add_sampler_options, _add_sde_options, _class_arg,  # noqa: F401
+                      _decay, _device, _dropout, _finite_float, _methods, _nonneg_int, _positive_float,
+                      _positive_int, _unit_float, CFG_SCALE)
+
 __all__ = ["build_parser", "CLIError", "given_options", "GIVEN"]
 
-SDES = ("vp", "subvp", "ve", "vp-cosine")
+#: inpaint --mask: the hidden region (scoresde.cli.inpainting.make_mask)
+MASKS = ("left", "right", "top", "bottom", "center", "random")
+
 OBJECTIVES = ("dsm", "dsm-likelihood", "ddpm", "hybrid")
 MODELS = ("auto", "mlp", "unet")
 DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
@@ -85,135 +94,19 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return v
-
-
-def _nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return v
-
-
-def _decay(text: str) -> float:
-    """An EMA decay: a number in [0, 1) (1 would never move the average off its first value)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r} (1 freezes the EMA at its "
-                                         "first value)")
-    return v
-
-
-def _unit_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
-    return v
-
-
-def _dropout(text: str) -> float:
-    """A label-dropout probability in [0, 1) (1 would drop every label: an unconditional model)."""
-    v = _unit_float(text)
-    if v >= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r} (1 drops every label)")
-    return v
-
-
-def _device(text: str) -> str:
-    """A torch device this machine has (checked before any work, so the error names --device)."""
-    import torch
-
-    try:
-        dev = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
-    return text
-
-
-def _add_common(p: argparse.ArgumentParser, seed: int = 0) -> None:
-    p.add_argument("--seed", type=_nonneg_int, default=seed, help="random seed (sampling noise, data split draws)")
-    p.add_argument("--device", type=_device, default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (0: torch's default). One thread is the fast and safe choice for "
-                        "the small networks of the demo: with 2 threads on a busy 2-core machine each step "
-                        "waits for the second thread (measured 60x slower)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def _methods() -> list[str]:
-    """The sampler names of the solver registry (what ``scoresde.sample`` accepts)."""
-    from ..solvers.registry import METHODS
-    return list(METHODS)
-
-
-def _add_sampler_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("sampler options (names of scoresde.sample)")
-    g.add_argument("--eps", type=_positive_float, default=None,
-                   help="last time of the reverse solve; default: the SDE's (1e-3 VP / sub-VP, 1e-5 VE)")
-    g.add_argument("--predictor", default="reverse_diffusion",
-                   help="pc: predictor (euler_maruyama, reverse_diffusion, ancestral)")
-    g.add_argument("--corrector", default="langevin", help="pc: corrector (langevin, ald, none)")
-    g.add_argument("--snr", type=_positive_float, default=0.16, help="pc: corrector signal-to-noise ratio")
-    g.add_argument("--corrector-steps", type=_positive_int, default=1, help="pc: corrector steps per step")
-    g.add_argument("--sde-method", default="euler", help="sde: torchsde method")
-    g.add_argument("--ode-method", default="dopri5", help="ode: torchdiffeq method")
-    g.add_argument("--rtol", type=_positive_float, default=1e-5,
-                   help="ode: relative tolerance (dpm_adaptive: when typed; its default 0.05)")
-    g.add_argument("--atol", type=_positive_float, default=1e-5,
-                   help="ode: absolute tolerance (dpm_adaptive: when typed; its default 0.0078)")
-    g.add_argument("--eta", type=_unit_float, default=0.0, help="ddim: eta in [0, 1] (0 = deterministic)")
-    g.add_argument("--variance", default=None,
-                   help="ddpm: fixed_small, fixed_large or learned_range; default: learned_range for a model "
-                        "with learned variance, else fixed_small")
-    g.add_argument("--spacing", choices=("uniform", "quadratic", "logsnr", "karras"), default=None,
-                   help="time grid of the grid and fast solvers; default: the method's own (uniform for "
-                        "the SDE samplers, logsnr for the DPM-Solver family and unipc, karras for heun)")
-    g.add_argument("--order", type=_positive_int, default=None, help="dpm_solver / dpm_adaptive / unipc / deis: order")
-    g.add_argument("--rho", type=_positive_float, default=None, help="karras spacing: rho (default 7)")
-    g.add_argument("--no-denoise", action="store_true", help="return the last noisy state, not its mean")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    """The ``scoresde`` argument parser with its five subcommands."""
+    """The ``scoresde`` argument parser with its subcommands."""
     parser = _Parser(prog="scoresde", formatter_class=_Formatter,
-                     description="Score-based diffusion models as SDEs: train, sample, measure likelihood, "
-                                 "compare solvers.", epilog=__doc__.split("\n\n")[1])
+                     description="Score-based diffusion models as SDEs: train, sample (class-conditional too), "
+                                 "inpaint, measure likelihood, compare solvers.", epilog=__doc__.split("\n\n")[1])
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"scoresde {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     _add_train(sub)
+    _add_train_classifier(sub)
     _add_sample(sub)
+    _add_inpaint(sub)
     _add_likelihood(sub)
     _add_compare(sub)
     _add_demo(sub)
@@ -232,16 +125,7 @@ def _add_train(sub) -> None:
                    help="'digits' (scikit-learn 8x8), a 2-D toy name (e.g. swiss_roll, two_moons, "
                         "8gaussians, checkerboard), or a path to .npy / .npz / an image folder")
     p.add_argument("--out", required=True, help="output folder (checkpoint, config, training log)")
-    g = p.add_argument_group("SDE")
-    g.add_argument("--sde", choices=SDES, default="vp", help="forward SDE")
-    g.add_argument("--beta-min", type=_positive_float, default=0.1, help="VP / sub-VP: beta(0)")
-    g.add_argument("--beta-max", type=_positive_float, default=20.0, help="VP / sub-VP: beta(1)")
-    g.add_argument("--sigma-min", type=_positive_float, default=0.01, help="VE: sigma_min")
-    g.add_argument("--sigma-max", type=_positive_float, default=None,
-                   help="VE: sigma_max; default: the largest pairwise data distance (Song & Ermon 2020, "
-                        "Technique 1; over 2000 samples of larger data), raised if needed so that the prior is "
-                        "within 0.01 nats per dimension of the data's terminal marginal (off-centre data)")
-    g.add_argument("--num-scales", type=_positive_int, default=1000, help="N, steps of the discrete chain")
+    _add_sde_options(p)
     g = p.add_argument_group("model and objective")
     g.add_argument("--model", choices=MODELS, default="auto", help="network; auto: UNet for square images of side >= 8, else the MLP (on flattened samples)")
     g.add_argument("--hidden", type=_positive_int, default=512, help="MLP width")
@@ -278,7 +162,75 @@ def _add_sample(sub) -> None:
     p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--batch-size", type=_positive_int, default=1000, help="samples per batch")
     p.add_argument("--out", default="samples", help="output stem: writes <out>.npz and <out>.png")
+    g = p.add_argument_group("class-conditional sampling")
+    g.add_argument("--class", dest="label", type=_class_arg, default=None, metavar="K",
+                   help="draw class K (an index 0..num_classes-1), or 'all': -n samples of every class, one grid "
+                        "row per class. A class-conditional run (train --class-conditional) uses classifier-free "
+                        "guidance; any run takes --classifier")
+    g.add_argument("--scale", type=_finite_float, default=None,
+                   help=f"guidance weight. Classifier-free: w in (1 + w) s(x, t, y) - w s(x, t, null), 0 = the "
+                        f"conditional model (diffusers' guidance_scale is 1 + w); default {CFG_SCALE:g} for a run "
+                        f"trained with --label-dropout > 0, else 0. With --classifier: s + scale grad log p_t(y | x), "
+                        f"default 1")
+    g.add_argument("--classifier", default=None, metavar="RUN",
+                   help="classifier guidance with this noise-conditional classifier (a train-classifier checkpoint "
+                        "or folder, on the run's SDE); the guided score is the run's unconditional one, or its "
+                        "conditional s(x, t, y) for a class-conditional run")
     _add_sampler_options(p)
+    _add_common(p)
+
+
+def _add_inpaint(sub) -> None:
+    """The ``inpaint`` subcommand."""
+    p = sub.add_parser("inpaint", formatter_class=_Formatter, help="inpaint held-out images with any sampler",
+                       description="Fill in the hidden part of held-out images (the test split) with the run's "
+                                   "unconditional score: the known pixels are replaced after every step by a draw "
+                                   "of their forward perturbation (Song et al. 2021, App. I.2) and pasted exactly "
+                                   "at the end. Writes <out>.png, one row per image (masked input with the hidden "
+                                   "pixels in light red, the samples, the truth), and <out>.npz.")
+    p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
+    p.add_argument("--mask", choices=MASKS, default="center",
+                   help="the hidden region: a half (left, right, top, bottom), the central half-size square "
+                        "(center), or each pixel with probability 1/2 (random, drawn from --seed)")
+    p.add_argument("--method", default="pc", help="one of: " + ", ".join(_methods()))
+    p.add_argument("--steps", type=_positive_int, default=100, help="solver steps (fixed-step methods)")
+    p.add_argument("-n", "--num-images", type=_positive_int, default=8, help="held-out images (the first n)")
+    p.add_argument("-k", "--samples-per-image", type=_positive_int, default=4, help="samples per image")
+    p.add_argument("--split", choices=("test", "train"), default="test", help="data split of the checkpoint's data")
+    p.add_argument("--batch-size", type=_positive_int, default=1000, help="samples per batch")
+    p.add_argument("--jump-length", type=_positive_int, default=None,
+                   help="RePaint resampling (Lugmayr et al. 2022): go back this many steps and redo them; grid "
+                        "samplers only (euler_maruyama, reverse_diffusion, ancestral, pc)")
+    p.add_argument("--jump-n-sample", type=_positive_int, default=1,
+                   help="RePaint: times each block of --jump-length steps is done (1 = no resampling; about this "
+                        "many times the NFE)")
+    p.add_argument("--out", default="inpaint", help="output stem: writes <out>.npz and <out>.png")
+    _add_sampler_options(p)
+    _add_common(p)
+
+
+def _add_train_classifier(sub) -> None:
+    """The ``train-classifier`` subcommand."""
+    p = sub.add_parser("train-classifier", formatter_class=_Formatter,
+                       help="train a noise-conditional classifier (for sample --classifier)",
+                       description="Train a noise-conditional classifier p_t(y | x_t) (the UNet's encoder half; "
+                                   "cross-entropy on x_t from the SDE's perturbation kernel at t ~ U[1e-5, T], "
+                                   "Dhariwal & Nichol 2021) on labelled image data, for 'scoresde sample --class K "
+                                   "--classifier <out>'. Give it the SDE options of the score run it will guide. "
+                                   "If --out holds a classifier checkpoint, training resumes (same settings; "
+                                   "--steps may grow).")
+    p.add_argument("--data", default="digits", help="labelled images: 'digits', a .npz with a 'labels' array, or an "
+                                                    "image folder of class sub-folders")
+    p.add_argument("--out", required=True, help="output folder (checkpoint, config, training log)")
+    _add_sde_options(p)
+    g = p.add_argument_group("classifier and optimisation")
+    g.add_argument("--channels", type=_positive_int, default=32, help="base channels (a multiple of 4)")
+    g.add_argument("--steps", type=_positive_int, default=400, help="training steps")
+    g.add_argument("--batch-size", type=_positive_int, default=128, help="batch size")
+    g.add_argument("--lr", type=_positive_float, default=1e-3, help="Adam learning rate (after warm-up)")
+    g.add_argument("--warmup", type=_nonneg_int, default=20, help="linear warm-up steps")
+    g.add_argument("--ema", type=_decay, default=0.999, help="EMA decay, in [0, 1)")
+    g.add_argument("--checkpoint-every", type=_positive_int, default=200, help="steps between checkpoints")
     _add_common(p)
 
 
@@ -333,10 +285,12 @@ def _add_compare(sub) -> None:
 
 def _add_demo(sub) -> None:
     """The ``demo`` subcommand."""
-    p = sub.add_parser("demo", formatter_class=_Formatter, help="train -> compare -> likelihood on 8x8 digits",
+    p = sub.add_parser("demo", formatter_class=_Formatter, help="train -> compare -> likelihood -> guidance, inpainting on 8x8 digits",
                        description="The whole job on scikit-learn's 8x8 digits (nothing downloaded): train a score "
-                                   "model, compare samplers, measure bits/dim on the test split by the PF-ODE and "
-                                   "by the DDPM variational bound, and write <out>/report.md with the images.")
+                                   "model (class-conditional, label dropout 0.1), compare samplers, measure bits/dim "
+                                   "on the test split by the PF-ODE and by the DDPM variational bound, draw each "
+                                   "digit by classifier-free guidance against the scale, inpaint held-out digits, and "
+                                   "write <out>/report.md with the images.")
     p.add_argument("--out", default="scoresde-demo", help="output folder")
     p.add_argument("--sde", choices=SDES, default="vp", help="forward SDE")
     p.add_argument("--quick", action="store_true", help="a tiny run (under 2 minutes) that checks the pipeline")

@@ -52,8 +52,16 @@ def sampler_options(method: str, args) -> dict:
 
 
 def draw(model, sde, shape, *, method, steps, n, batch_size, seed, progress, eps=None, denoise=True, device="cpu",
-         **options):
-    """n samples in batches (batch b seeded with seed + b); returns (samples (n, *S) CPU, NFE per batch list)."""
+         score_for=None, known=None, **options):
+    """n samples in batches (batch b seeded with seed + b); returns (samples (n, *S) CPU, NFE per batch list).
+
+    score_for: optional ``score_for(start, m)`` -> the score_fn of samples start..start+m-1 (a
+        guided score whose labels are those samples'); default ``model`` for every batch.
+    known: optional (y (n, *S), mask (n, *S) bool, True = known): inpaint those entries with
+        :func:`scoresde.inpaint` instead of sampling freely (``options`` may then hold its
+        ``jump_length`` / ``jump_n_sample``).
+    """
+    from ..constrained import inpaint
     from ..sampling import sample
     from ..solvers.ode import ADAPTIVE_METHODS
     from ..solvers.registry import SOLVERS
@@ -67,21 +75,51 @@ def draw(model, sde, shape, *, method, steps, n, batch_size, seed, progress, eps
         fixed_ode = method == "ode" and options.get("ode_method", "dopri5") not in ADAPTIVE_METHODS
         if SOLVERS[method].steps_kind != "adaptive" or fixed_ode:
             kw["steps"] = steps  # adaptive solvers choose their own steps
-        x, info = sample(model, sde, (m, *shape), method=method, generator=g, progress=progress, return_info=True,
-                         denoise=denoise, device=device, **kw)
+        score = score_for(start, m) if score_for is not None else model
+        common = dict(method=method, generator=g, progress=progress, return_info=True, denoise=denoise, device=device)
+        if known is None:
+            x, info = sample(score, sde, (m, *shape), **common, **kw)
+        else:
+            y, mask = known
+            x, info = inpaint(score, sde, y[start:start + m], mask[start:start + m], **common, **kw)
         outs.append(x.cpu())
         nfes.append(int(info.nfe))
     return torch.cat(outs), nfes
 
 
-def save_samples_figure(x, ds_shape, path, data_range=(-1.0, 1.0), reference=None, title=None) -> bool:
-    """Image grid (images) or scatter plot (2-D points) of samples; False if neither applies."""
+def save_samples_figure(x, ds_shape, path, data_range=(-1.0, 1.0), reference=None, title=None, nrow=None,
+                        pad_value=None) -> bool:
+    """Image grid (images) or scatter plot (2-D points) of samples; False if neither applies.
+
+    Images: the first 256, ``nrow`` per row (default: a square grid of at most 16 columns),
+    ``pad_value`` as :func:`scoresde.plotting.save_image_grid`.
+    """
     from ..plotting import save_image_grid, save_scatter
     if len(ds_shape) == 3 and ds_shape[0] in (1, 3):
-        save_image_grid(x[:256], path, nrow=min(16, max(1, int(math.ceil(math.sqrt(min(len(x), 256)))))),
-                        data_range=data_range)
+        if nrow is None:
+            nrow = min(16, max(1, int(math.ceil(math.sqrt(min(len(x), 256))))))
+        save_image_grid(x[:256], path, nrow=nrow, data_range=data_range, pad_value=pad_value)
         return True
     if len(ds_shape) == 1 and ds_shape[0] == 2:
         save_scatter(x, path, reference=reference, title=title)
         return True
     return False
+
+
+def as_data(x, cfg, ds):
+    """(samples clamped to the data range when bounded, their arrays for the .npz, the picture):
+    for integer-level data the .npz also holds the ``levels`` and the picture is rounded to them."""
+    import numpy as np
+
+    from .. import data as D
+    data_range = tuple(cfg["data"].get("data_range", (-1.0, 1.0)))
+    if ds.bounded if ds is not None else True:
+        x = x.clamp(*data_range)
+    arrays = {"samples": x.numpy().astype(np.float32)}
+    picture = x
+    if cfg["data"].get("num_levels"):
+        L = int(cfg["data"]["num_levels"])
+        levels = D.float_to_levels(x, L)
+        arrays["levels"] = levels.numpy().astype(np.int16)
+        picture = D.levels_to_float(levels, L)  # what the data look like: rounded to the levels
+    return x, arrays, picture
