@@ -21,6 +21,7 @@ from ..runs import resolve_checkpoint
 # commands look them up here, so that a test can replace them)
 from .common import _check_shape, _log, _threads, _weights_note, load_data, load_run  # noqa: F401
 from .measure import eval_split, likelihood, vlb_bits  # noqa: F401
+from .pretrained import check_source, load_model as load_pretrained, wants_pretrained
 from .samples import as_data, draw, sampler_options, save_samples_figure
 from .training import (_KEEP_UNLESS_GIVEN, _REQUIRED, _RESUME_FREE, TRAIN_ARGS, _read_train_args,  # noqa: F401
                        _sigma_max_note, make_model, make_sde, run_train)
@@ -53,9 +54,13 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     npz = out.with_name(out.name + ".npz")
     png = out.with_name(out.name + ".png")
+    check_source(args)
     for f in (npz, png):  # before any work: a bad --out used to fail after the sampling
         check_output_file(f, "--out", args.out)
-    model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
+    if wants_pretrained(args):
+        model, sde, cfg, ds = load_pretrained(args)
+    else:
+        model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
     guide = guidance(args, model, sde, cfg, args.num_samples)  # None without --class
     _log(args, _weights_note(cfg))
     shape = tuple(cfg["data"]["shape"])
@@ -111,8 +116,14 @@ def cmd_likelihood(args) -> int:
     _threads(args)
     if args.num_points < 0:
         raise ValueError(f"--num-points must be >= 0; got {args.num_points}")
+    check_source(args)
     out = check_output_file(args.out, "--out", args.out)  # before any work (it used to fail after the solves)
-    model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
+    if wants_pretrained(args):
+        if args.data is None:
+            raise ValueError("--reference-ckpt needs --data: a CIFAR-shaped .npz or image folder of 256-level images")
+        model, sde, cfg, ds = load_pretrained(args)
+    else:
+        model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
     evd, desc = eval_split(args.data, args.split, cfg, ds, args.seed)
     _check_shape(evd, cfg, f"--data {args.data}" if args.data else "the data")
     _log(args, _weights_note(cfg))
@@ -120,7 +131,8 @@ def cmd_likelihood(args) -> int:
     res = likelihood(model, sde, evd, n=args.num_points, divergence=args.divergence, ode_method=args.ode_method,
                      rtol=args.rtol, atol=args.atol, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
                      vlb=args.vlb, progress=not args.quiet)
-    res.update({"checkpoint": resolve_checkpoint(args.checkpoint), "data": desc, "sde": sde.config(),
+    res.update({"checkpoint": cfg.get("source") or resolve_checkpoint(args.checkpoint), "data": desc,
+                "sde": sde.config(),
                 "prior_warning": prior_note})
     with atomic_file(out) as f:
         json.dump(res, f, indent=2)

@@ -72,6 +72,8 @@ def load_run(path: str, *, device="cpu", quiet=False):
 
 
 def _weights_note(cfg) -> str:
+    if cfg.get("weights") == "pretrained":
+        return f"scoresde: using the {cfg.get('source')}"
     w = "EMA" if cfg.get("weights") == "ema" else "online (no EMA in the checkpoint)"
     return f"scoresde: using the {w} weights of the checkpoint (step {cfg.get('step')})"
 

@@ -156,7 +156,11 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a checkpoint",
                        description="Sample from a trained checkpoint (EMA weights). Writes <out>.npz with the "
                                    "samples and <out>.png: an image grid, or a scatter plot for 2-D data.")
-    p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="checkpoint file (or a training folder holding checkpoint.pt); or give --diffusers")
+    p.add_argument("--diffusers", default=None, metavar="PATH",
+                   help="a diffusers UNet2DModel folder (save_pretrained; a pipeline folder with unet/ and "
+                        "scheduler/ gives the SDE) instead of a checkpoint")
     p.add_argument("--method", default="pc", help="one of: " + ", ".join(_methods()))
     p.add_argument("--steps", type=_positive_int, default=100, help="solver steps (fixed-step methods)")
     p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of samples")
@@ -240,7 +244,15 @@ def _add_likelihood(sub) -> None:
                        description="Exact likelihood of a data split under the probability-flow ODE, in bits/dim "
                                    "(uniformly dequantized integer levels), with its standard error over the data; "
                                    "optionally also the DDPM variational bound (VP / sub-VP).")
-    p.add_argument("checkpoint", help="checkpoint file (or a training folder holding checkpoint.pt)")
+    p.add_argument("checkpoint", nargs="?", default=None,
+                   help="checkpoint file (or a training folder holding checkpoint.pt); or give --reference-ckpt")
+    p.add_argument("--reference-ckpt", default=None, metavar="PATH",
+                   help="a checkpoint of the reference score-SDE code (with --config and --data: CIFAR-shaped "
+                        ".npz or image folder, 256 levels)")
+    p.add_argument("--config", default=None, metavar="NAME",
+                   help="its reference config, e.g. vp/cifar10_ddpmpp_deep_continuous, ve/cifar10_ncsnpp_continuous")
+    p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                   help="change a model field of --config (Python literal values), e.g. nf=64 or ch_mult=(1,2,2)")
     p.add_argument("--split", choices=("test", "train"), default="test", help="data split of the checkpoint's data")
     p.add_argument("--data", default=None, help="other data to evaluate (same forms as train --data); "
                                                 "default: the checkpoint's data")
