@@ -133,7 +133,8 @@ def parse_methods(methods, steps, ode_rtols, opts: dict, sde) -> tuple[list[Run]
                 runs.append(Run(name, f"{_label(name)} (tol {b:g})", {"method": name, "rtol": b, "atol": b}, None, b))
                 continue
             if name in NFE_BUDGETED:
-                runs.append(Run(name, f"{_label(name)}, NFE <= {b}", {"method": name}, None, None, nfe_budget=b))
+                # one label per method (the figure draws one curve per label); the NFE column gives the budget
+                runs.append(Run(name, _label(name), {"method": name}, None, None, nfe_budget=b))
                 continue
             kw = {"method": name, "steps": b}
             label = _label(name)
