@@ -73,7 +73,14 @@ def digits_split(split: str = "train") -> np.ndarray:
 
     A permutation of the 1 797 images by ``numpy.random.RandomState(0)`` (a stream numpy keeps
     fixed across versions); the first 1 500 are "train", the remaining 297 "test".
-    Returns sorted int64 indices. Raises ValueError for a split other than "train" / "test".
+
+    Arguments:
+        split: "train" or "test".
+    Returns:
+        A sorted int64 numpy array of indices in [0, 1797): (1500,) for "train", (297,) for "test".
+    Raises:
+        ValueError: a split other than "train" / "test".
+    Reference: ``sklearn.datasets.load_digits`` (Alpaydin & Kaynak 1998).
     """
     check_choice("split", split, ("train", "test"))
     perm = np.random.RandomState(DIGITS_SPLIT_SEED).permutation(DIGITS_N)
@@ -166,9 +173,18 @@ def toy(name: str, n: int = 10000, seed: int = 0) -> Dataset:
 def load_dataset(config: dict) -> Dataset:
     """Rebuild a data set from :meth:`Dataset.config` (e.g. the "data" entry of a checkpoint).
 
+    Arguments:
+        config: the dict :attr:`Dataset.config` recorded: a "loader" ("digits", "toy", "array",
+            "image_folder"), that loader's arguments, and optionally the data's "shape".
+    Returns:
+        The :class:`Dataset`, reloaded by :func:`digits`, :func:`toy`, :func:`from_array` or
+        :func:`image_folder` with the recorded arguments.
     Raises:
         ValueError: the config has no known "loader", or describes in-memory data that cannot be
-            rebuilt; the rebuilt data's shape differs from the recorded one.
+            rebuilt; the rebuilt data's shape differs from the recorded one (or the loader's own
+            errors, e.g. a file that is gone).
+        TypeError: config not a dict.
+        KeyError: a loader argument missing from the config.
     """
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict; got {type(config).__name__}")

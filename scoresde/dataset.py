@@ -38,8 +38,15 @@ def levels_to_float(levels: torch.Tensor, num_levels: int) -> torch.Tensor:
 def float_to_levels(x: torch.Tensor, num_levels: int) -> torch.Tensor:
     """Inverse of :func:`levels_to_float`: the cell k = floor((x + 1) L / 2) holding x, clamped to [0, L-1].
 
-    Returns an int64 tensor of x's shape (values outside [-1, 1] go to the end cells).
-    Raises ValueError for num_levels < 2 or NaN in x.
+    Arguments:
+        x: float tensor, any shape, values in [-1, 1] (the data range of quantized data).
+        num_levels: L >= 2, the number of cells [-1, 1] is cut into.
+    Returns:
+        int64 tensor of x's shape with the cell indices in [0, L - 1] (values outside [-1, 1] go
+        to the end cells; computed in float64).
+    Raises:
+        ValueError: num_levels not an integer >= 2, or NaN in x.
+    Reference: Theis et al. 2016 (uniform dequantization cells); Song et al. 2021, App. D.
     """
     if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
         raise ValueError(f"num_levels must be an integer >= 2; got {num_levels!r}")

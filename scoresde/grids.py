@@ -88,11 +88,18 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
     "K1,K2,..." (equal sections of [0, N), each strided evenly with rounding from its first to its
     last step, so the last section always ends on N - 1), or a list of ints of the latter kind.
     A section of count 1 keeps its last step (improved-diffusion keeps its first, which for "1"
-    would be step 0, a chain that never leaves the data end), so "1" is [N - 1]. Returns the
-    sorted kept indices.
+    would be step 0, a chain that never leaves the data end), so "1" is [N - 1].
 
-    Raises: ValueError when a section cannot hold its count or no DDIM stride gives K steps.
-    Reference: Nichol & Dhariwal 2021, Sec. 4; improved-diffusion ``space_timesteps``.
+    Arguments:
+        num_timesteps: N, the number of steps of the full chain (int).
+        section_counts: "ddimK", "K", "K1,K2,..." or a list of ints (see above).
+    Returns:
+        The sorted kept step indices, a list of ints in [0, N).
+    Raises:
+        ValueError: a malformed spec, a count < 1, a section that cannot hold its count, or no
+            DDIM stride giving exactly K steps.
+    Reference:
+        Nichol & Dhariwal 2021, Sec. 4; improved-diffusion ``space_timesteps``.
     """
     N = int(num_timesteps)
     if isinstance(section_counts, str):
@@ -199,8 +206,17 @@ def respaced_betas(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> tor
     """Betas of the chain restricted to ``timesteps``: beta'_k = 1 - alpha-bar[t_k] / alpha-bar[t_{k-1}].
 
     The first kept step uses alpha-bar = 1 before it, so ``cumprod(1 - beta') ==
-    alphas_cumprod[timesteps]`` exactly. Arguments: alphas_cumprod (N,), timesteps sorted (K,).
-    Returns (K,) float64. Reference: Nichol & Dhariwal 2021, Sec. 4 (Eq. (19)).
+    alphas_cumprod[timesteps]`` (up to float64 rounding).
+
+    Arguments:
+        alphas_cumprod: (N,) alpha-bar of the full chain.
+        timesteps: (K,) sorted int64 indices of the kept steps into ``alphas_cumprod``.
+    Returns:
+        (K,) float64 betas of the respaced chain.
+    Raises:
+        IndexError: an index outside [0, N) (from the tensor indexing; not validated here).
+    Reference:
+        Nichol & Dhariwal 2021, Sec. 4 (Eq. (19)).
     """
     ab = alphas_cumprod.to(torch.float64)[timesteps]
     prev = torch.cat([ab.new_ones(1), ab[:-1]])

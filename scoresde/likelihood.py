@@ -59,7 +59,9 @@ DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
 class LikelihoodResult:
     """Result of :func:`log_likelihood`.
 
-    Attributes:
+    A dataclass made by :func:`log_likelihood`: its arguments below are also its attributes.
+
+    Arguments:
         logp: (B,) log p_eps(x) in nats per sample (summed over the D dimensions).
         prior_logp: (B,) log-density of the prior at z, nats per sample.
         delta_logp: (B,) int_eps^T div f~ dt, nats per sample; logp = prior_logp + delta_logp.
@@ -78,7 +80,9 @@ class LikelihoodResult:
 class BitsPerDimResult:
     """Result of :func:`bits_per_dim`.
 
-    Attributes:
+    A dataclass made by :func:`bits_per_dim`: its arguments below are also its attributes.
+
+    Arguments:
         bpd: (B,) bits per dimension of each sample (mean over the ``n_dequant`` draws).
         logp, prior_logp, delta_logp: (B,) continuous log-density of the model input in
             ``data_range`` and its two parts, nats per sample (means over the draws).

@@ -51,7 +51,10 @@ OPTIONS = {name: dict(cls.options) for name, cls in SOLVERS.items()}
 class SampleInfo:
     """Statistics of one :func:`sample` call.
 
-    Attributes:
+    A dataclass made by :func:`sample` with ``return_info=True``: its arguments below are also
+    its attributes.
+
+    Arguments:
         nfe: the exact number of ``score_fn`` calls made (each on the whole batch), the
             ``denoise`` step included.
         method: the method name.

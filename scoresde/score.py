@@ -89,9 +89,22 @@ def from_eps(eps, target, x, alpha, sigma):
 def network_time(sde: SDE, t: torch.Tensor, time_input: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The time input of a network at continuous times t (B,): see the module docstring.
 
-    This is the one map from continuous t to what a network sees; returns a (B,) tensor of
-    ``dtype`` (float32 by default; ScoreModel passes float64 for a float64 state). "index"
-    gives integer-valued floats.
+    This is the one map from continuous t to what a network sees.
+
+    Arguments:
+        sde: the forward SDE the network belongs to.
+        t: (B,) continuous times in [0, T] (not validated here).
+        time_input: "label" ((N - 1) t), "sigma" (sigma(t)), "index" (the discrete step
+            ``sde.t_to_index(t)``) or "t" (t itself).
+        dtype: of the result; float32 by default (ScoreModel passes float64 for a float64 state).
+    Returns:
+        A (B,) tensor of ``dtype``; "index" gives integer-valued floats.
+    Raises:
+        ValueError: an unknown ``time_input`` (the message lists the valid ones).
+        TypeError: ``time_input`` not a string.
+    Reference:
+        Song et al. 2021, the reference code's ``get_score_fn`` (label (N - 1) t for VP / sub-VP,
+        sigma(t) for VE); Ho et al. 2020 (the integer step of DDPM-trained networks).
     """
     check_choice("time_input", time_input, TIME_INPUTS)
     if time_input == "label":

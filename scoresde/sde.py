@@ -27,7 +27,18 @@ SDES = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
 
 
 def sde_from_config(cfg: dict) -> SDE:
-    """Rebuild an SDE from :meth:`SDE.config` output (used by checkpoints)."""
+    """Rebuild an SDE from :meth:`SDE.config` output (used by checkpoints).
+
+    Arguments:
+        cfg: a dict with the class name under "sde" ("VPSDE", "SubVPSDE", "VESDE") and that
+            class's constructor arguments; not modified.
+    Returns:
+        A new SDE of that class, equal in configuration to the one that wrote ``cfg``.
+    Raises:
+        ValueError: a missing or unknown "sde" name (the message lists the valid ones), or
+            invalid constructor arguments (from the SDE's constructor).
+        TypeError: a constructor argument the class does not take.
+    """
     cfg = dict(cfg)
     name = cfg.pop("sde", None)
     if name not in SDES:

@@ -29,11 +29,18 @@ class SDE(abc.ABC):
     :meth:`drift_coeff`, :meth:`diffusion_coeff` and :meth:`log_snr`; the public methods
     (``sde``, ``marginal_prob``, ``discretize`` ...) validate their inputs and build on them.
 
+    Arguments:
+        N: number of discretization steps of the discrete chain (DDPM / SMLD tables), an
+            integer >= 2 (the network label (N - 1) t and the discrete tables need two steps).
     Attributes:
         N: number of discretization steps of the discrete chain (DDPM / SMLD tables).
         T: end time of the process.
         default_eps: the last time of a sampler (1e-3 for VP / sub-VP, 1e-5 for VE, as in the
             reference code); likelihood code uses 1e-5 for every SDE.
+    Raises:
+        ValueError: N not an integer or N < 2.
+    Reference:
+        Song et al. 2021, Sec. 3, Eq. (5), (9), (11).
     """
 
     default_eps: float = 1e-3
@@ -271,7 +278,15 @@ class ReverseSDE:
 
     Each call of ``sde`` or ``discretize`` evaluates ``score_fn`` once.
 
-    Reference: Song et al. 2021, Eq. (6), (13), (46)-(47).
+    Arguments:
+        forward: the forward :class:`SDE` (its N and T are this process's).
+        score_fn: callable (x (B, *S), t (B,)) -> (B, *S), an estimate of grad_x log p_t(x).
+        probability_flow: if True, the probability-flow ODE (drift f - 1/2 g^2 score, zero
+            diffusion) instead of the reverse SDE.
+    Raises:
+        TypeError: score_fn not callable.
+    Reference:
+        Song et al. 2021, Eq. (6), (13), (46)-(47).
     """
 
     def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):

@@ -34,7 +34,11 @@ _FREE_ON_RESUME = ("steps", "quiet", "checkpoint_every", "log_every", "eval_ever
 class TrainConfig:
     """Settings of :func:`train` (all JSON-serialisable; stored in every checkpoint).
 
-    Attributes:
+    A dataclass: the keyword arguments below, all optional with the reference code's defaults,
+    are also its attributes. The constructor does not validate them; :func:`train` does (and
+    raises ValueError / TypeError naming the field).
+
+    Arguments:
         steps: optimizer updates in total (a resumed run continues up to ``steps``).
         batch_size: the global batch, summed over processes and micro-batches.
         lr, warmup, grad_clip: Adam learning rate, linear warm-up length in updates (0: none) and
@@ -58,6 +62,9 @@ class TrainConfig:
             drawn from (seed, step, micro-batch). 0 (default): plain conditional training; 0.1
             (k-diffusion's default, Ho & Salimans 2022 use 0.1-0.2): one network for
             classifier-free guidance. Must be 0 for an unconditional model.
+    Reference:
+        the reference code of Song et al. 2021 (its CIFAR-10 training settings); Ho & Salimans
+        2022 (label dropout).
     """
 
     steps: int = 10000

@@ -46,7 +46,9 @@ from .sde import SDE
 class VLBResult:
     """Result of :func:`ddpm_vlb`; all values in bits per dimension.
 
-    Attributes:
+    A dataclass made by :func:`ddpm_vlb`: its arguments below are also its attributes.
+
+    Arguments:
         bpd: (B,) the bound per sample: prior_bpd + terms.sum(1).
         prior_bpd: (B,) L_prior = KL(q(x_{K-1} | x_0) || N(0, I)).
         terms: (B, K) per-position terms: terms[:, 0] is the decoder NLL L_0, terms[:, k] the KL

@@ -45,7 +45,9 @@ SOLVERS: dict[str, type["Solver"]] = {}
 class Plan:
     """A solve prepared by :meth:`Solver.plan`.
 
-    Attributes:
+    A dataclass: its arguments below are also its attributes.
+
+    Arguments:
         nfe: score evaluations of the solve (None: adaptive, known only afterwards), the
             ``denoise`` step not included.
         steps: the step count reported in :class:`~scoresde.sampling.SampleInfo` (None: adaptive).
@@ -111,7 +113,16 @@ class Solver:
 
 
 def call_hook(hook, x, x_mean, sde, t):
-    """Apply ``hook`` at continuous time t (a number) with the SDE's alpha(t), sigma(t); returns (x, x_mean)."""
+    """Apply ``hook`` at continuous time t with the SDE's alpha(t), sigma(t).
+
+    Arguments:
+        hook: a :data:`StepHook` ``hook(x, x_mean, alpha, sigma) -> (x, x_mean)``, or None.
+        x, x_mean: (B, *S) the state and its noise-free mean.
+        sde: the forward SDE (gives alpha(t) = ``mean_coeff`` and sigma(t) = ``marginal_std``).
+        t: continuous time, a number in [0, T] (not validated).
+    Returns:
+        The pair (x, x_mean) the hook returns, or the inputs unchanged when ``hook`` is None.
+    """
     if hook is None:
         return x, x_mean
     tt = torch.tensor([float(t)], dtype=torch.float64)
@@ -119,7 +130,15 @@ def call_hook(hook, x, x_mean, sde, t):
 
 
 def register(cls: type[Solver]) -> type[Solver]:
-    """Class decorator: add ``cls`` to :data:`SOLVERS` under ``cls.name`` (a duplicate is an error)."""
+    """Class decorator: add ``cls`` to :data:`SOLVERS` under ``cls.name``.
+
+    Arguments:
+        cls: a :class:`Solver` subclass with a non-empty, not yet registered ``name``.
+    Returns:
+        ``cls`` itself, unchanged.
+    Raises:
+        ValueError: an empty name or one already registered.
+    """
     if not cls.name or cls.name in SOLVERS:
         raise ValueError(f"solver name {cls.name!r} is empty or already registered")
     SOLVERS[cls.name] = cls

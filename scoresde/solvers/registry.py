@@ -17,12 +17,31 @@ METHODS = tuple(n for n in _FIRST if n in SOLVERS) + tuple(n for n in SOLVERS if
 
 
 def get_solver(method: str) -> type[Solver]:
-    """The Solver class registered as ``method``; ValueError listing the registered names otherwise."""
+    """The Solver class registered as ``method``.
+
+    Arguments:
+        method: a name of :data:`METHODS` (a ``method`` of :func:`scoresde.sample`).
+    Returns:
+        The :class:`~scoresde.solvers.base.Solver` subclass (not an instance).
+    Raises:
+        ValueError: an unknown name (the message lists the registered ones).
+        TypeError: ``method`` not a string.
+    """
     return SOLVERS[check_choice("method", method, METHODS)]
 
 
 def nfe_formula(cls: type[Solver]) -> str:
-    """NFE as a function of ``steps`` for the default options, as text (e.g. "2 steps - 1")."""
+    """NFE as a function of ``steps`` for the default options, as text (e.g. "2 steps - 1").
+
+    Read off the solver's own :meth:`~scoresde.solvers.base.Solver.nfe` at 1 and 2 steps (an
+    affine count), ``denoise`` not included.
+
+    Arguments:
+        cls: a registered :class:`~scoresde.solvers.base.Solver` subclass.
+    Returns:
+        The formula as a string, e.g. "steps", "2 steps - 1", or "adaptive (reported)" for an
+        adaptive solver.
+    """
     if cls.steps_kind == "adaptive":
         return "adaptive (reported)"
     s = cls()
@@ -33,7 +52,13 @@ def nfe_formula(cls: type[Solver]) -> str:
 
 
 def solver_table() -> list[dict]:
-    """One dict per registered solver: name, summary, order, stochastic, nfe, options (defaults)."""
+    """The declarations of the registered solvers, in :data:`METHODS` order.
+
+    Returns:
+        A list of one dict per solver with keys "name" (str), "summary" (str), "order" (int, or
+        None where undefined), "stochastic" (bool), "nfe" (:func:`nfe_formula`'s text) and
+        "options" (a dict of the option defaults).
+    """
     rows = []
     for name in METHODS:
         cls = SOLVERS[name]
@@ -47,7 +72,12 @@ __all__ = ["SOLVERS", "METHODS", "Solver", "get_solver", "solver_table", "nfe_fo
 
 
 def markdown_table() -> str:
-    """The registry as the Markdown table of docs/sampling.md (a test keeps the page equal to it)."""
+    """The registry as the Markdown table of docs/sampling.md (a test keeps the page equal to it).
+
+    Returns:
+        The table as a string, a header and one row per :func:`solver_table` entry, ending in a
+        newline.
+    """
     lines = ["| `method` | what it is | order | stochastic | NFE | options (defaults) |", "|---|---|---|---|---|---|"]
     for r in solver_table():
         opts = ", ".join(f"`{k}={v!r}`" for k, v in r["options"].items()) or "-"
