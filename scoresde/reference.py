@@ -20,6 +20,8 @@ Reference: Song et al. 2021, "Score-Based Generative Modeling through SDEs"; the
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from typing import Any
 
 import torch
@@ -127,12 +129,15 @@ def load_reference_checkpoint(path: str | os.PathLike, config: str, *, use_ema: 
         its ``net`` the NCSNpp in eval mode. Checkpoint step: ``model.reference_step``.
     Raises:
         TypeError: config not a string; an override that is not an NCSNpp field.
-        ValueError: unknown config (the message lists the valid ones); the file not a dict with
+        ValueError: unknown config (the message lists the valid ones); a corrupt or truncated
+            file; the file not a dict with
             'model' (and 'ema' when use_ema); the first missing, unexpected or mis-shaped
             ``model`` key (named, with the shape expected); an ``ema.shadow_params`` list whose
             length or shapes do not match the trainable parameters (the first entry that does
             not fit is named).
         FileNotFoundError: no file at path.
+        pickle.UnpicklingError: not a torch file, or pickled objects that weights_only=True refuses
+            (the message names the file; it never suggests weights_only=False).
     Reference: the reference code's ``utils.restore_checkpoint`` (which loads with
         ``strict=False``), ``models/ema.py ExponentialMovingAverage.copy_to``,
         ``models/utils.py get_score_fn``; Song et al. 2021, Sec. 3.4 and App. C, H.
@@ -143,7 +148,18 @@ def load_reference_checkpoint(path: str | os.PathLike, config: str, *, use_ema: 
     if bad:
         raise TypeError(f"unknown NCSNpp field(s) {bad} in the overrides; valid fields are "
                         f"{sorted(MODEL_CONFIGS[model_name])}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not os.path.isfile(os.fspath(path)):
+        raise FileNotFoundError(f"no such reference checkpoint file: {os.fspath(path)}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # not torch's advice to retry with weights_only=False: that would run the file's pickled code
+        raise pickle.UnpicklingError(f"{os.fspath(path)!r} is not a readable reference checkpoint: not a torch "
+                                     "file, or it holds Python objects that weights_only=True refuses") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{os.fspath(path)!r} is not a readable reference checkpoint (corrupt or truncated: "
+                         f"{reason})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise ValueError(f"{os.fspath(path)!r} is not a reference checkpoint: expected a dict with 'model', 'ema', "
                          f"'optimizer', 'step'; got {type(ckpt).__name__}"

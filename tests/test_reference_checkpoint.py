@@ -244,3 +244,18 @@ def test_ncsnpp_config_round_trip():
     other.load_state_dict(net.state_dict())
     x, t = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)), torch.tensor([10.0, 500.0])
     assert torch.equal(other(x, t), net(x, t))
+
+
+def test_unreadable_reference_checkpoint_is_a_named_error(tmp_path):
+    """A file that is not a torch file is an UnpicklingError naming it (not torch's message advising
+    weights_only=False), a truncated one a ValueError naming it, a missing one FileNotFoundError."""
+    bad = tmp_path / "garbage.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(pickle.UnpicklingError, match="garbage.pth.*not a readable reference checkpoint"):
+        load_reference_checkpoint(bad, "vp/cifar10_ddpmpp_continuous")
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes((DATA / "vp_ddpmpp.pth").read_bytes()[:5000])
+    with pytest.raises(ValueError, match="not a readable reference checkpoint"):
+        load_reference_checkpoint(cut, "vp/cifar10_ddpmpp_continuous")
+    with pytest.raises(FileNotFoundError, match="no such reference checkpoint"):
+        load_reference_checkpoint(tmp_path / "none.pth", "vp/cifar10_ddpmpp_continuous")
