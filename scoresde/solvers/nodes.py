@@ -84,7 +84,7 @@ def continuous_nodes(sde, steps: int, eps: float | None, spacing: str, rho: floa
 
 def _table_selection(sde, steps, spacing: str, rho: float):
     """Table indices for an int ``steps`` with "logsnr" / "karras" spacing: the nearest in lambda."""
-    n = len(make_chain(sde, None, "uniform", "table"))  # usable table steps (the cosine VP stops at T)
+    n = sde.chain_length  # usable table steps (the cosine VP stops at T)
     ab = sde.alphas_cumprod[:n].to(torch.float64)
     lam = (0.5 * (torch.log(ab) - torch.log1p(-ab))).numpy()  # decreasing in the index
     if spacing == "logsnr":
