@@ -86,5 +86,7 @@ class EDMHeun(NodeSolver):
             if i < M - 1 and st[i + 1] > 0:
                 d2 = (x_next - denoise(x_next, st[i + 1], i + 1)) / st[i + 1]
                 x_next = xt + (st[i + 1] - s_hat) * (0.5 * d + 0.5 * d2)
-            xt = self.after_step(nodes.alpha[i + 1] * x_next, nodes, i + 1) / nodes.alpha[i + 1]
+            if getattr(self, "_hook", None) is not None:  # the hook sees x = alpha x~
+                x_next = self.after_step(nodes.alpha[i + 1] * x_next, nodes, i + 1) / nodes.alpha[i + 1]
+            xt = x_next
         return nodes.alpha[-1] * xt
