@@ -50,10 +50,8 @@ from ._levels import check_levels
 from ._checks import check_batch, check_choice, check_finite, check_positive
 from .grids import check_eps
 from .sde import SDE, reverse_drift
+from .divergence import DIVERGENCES, divergence as _divergence, draw_probes as _draw_probes
 from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, rms_norm, solve_ode
-
-DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
-
 
 @dataclass
 class LikelihoodResult:
@@ -126,36 +124,6 @@ def _check_common(sde: SDE, x: torch.Tensor, eps: float, name: str = "x") -> flo
 def _check_generator(generator) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
-
-
-def _draw_probes(kind: str, shape, x: torch.Tensor, generator) -> torch.Tensor:
-    device = generator.device if generator is not None else x.device
-    if kind == "hutchinson_rademacher":
-        e = torch.randint(0, 2, shape, generator=generator, device=device).to(x.dtype) * 2 - 1
-    else:
-        e = torch.randn(shape, generator=generator, device=device, dtype=x.dtype)
-    return e.to(x.device)
-
-
-def _divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None) -> torch.Tensor:
-    """div of drift wrt x per sample (B,): Hutchinson with ``probes`` (P, B, *S) or exact if None."""
-    B = x.shape[0]
-    if probes is not None:
-        total = 0.0
-        for p in range(probes.shape[0]):
-            (vjp,) = torch.autograd.grad(drift, x, probes[p], retain_graph=p < probes.shape[0] - 1)
-            total = total + (vjp * probes[p]).reshape(B, -1).sum(1)
-        return total / probes.shape[0]
-    # exact trace: row j of every sample's Jacobian from one VJP with the j-th basis vector
-    D = x[0].numel()
-    flat = torch.zeros(B, D, dtype=x.dtype, device=x.device)
-    trace = torch.zeros(B, dtype=x.dtype, device=x.device)
-    for j in range(D):
-        flat.zero_()
-        flat[:, j] = 1.0
-        (vjp,) = torch.autograd.grad(drift, x, flat.view_as(x), retain_graph=j < D - 1)
-        trace += vjp.reshape(B, D)[:, j]
-    return trace
 
 
 def _solve_options(method, rtol, atol, steps, max_nfe, min_step) -> dict:
