@@ -17,6 +17,13 @@ probability-flow sampler, :func:`scoresde.log_likelihood`, :func:`scoresde.encod
   returns float32, the result is cast back): torchdiffeq's step control in half precision
   rounds the times and overflows the error norm, and the solve ends in NaN.
 
+Step control (``step_control=``): ``"batch"`` (default) is torchdiffeq's, one step size for the
+whole batch chosen from one error norm over all its elements, so one hard sample sets everyone's
+steps and a sample's result changes (within the tolerance) with its batch-mates;
+``"per_sample"`` is the batched dopri5 of :mod:`scoresde.solvers.ode_per_sample`: a time, step
+size and accept / reject decision per sample by torchdiffeq's rules for one sample (a sample alone
+takes exactly torchdiffeq's steps), finished samples frozen and no longer evaluated.
+
 Adaptive methods (step size from ``rtol`` / ``atol``): ``dopri5`` (default), ``dopri8``,
 ``bosh3``, ``fehlberg2``, ``adaptive_heun``. Fixed-grid methods (``steps`` equal steps from
 t0 to t1): ``euler``, ``midpoint``, ``heun2``, ``heun3``, ``rk4``, ``explicit_adams``,
@@ -29,8 +36,7 @@ adaptive RK45 at rtol = atol = 1e-5).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable
 
 import torch
 from torchdiffeq import odeint
@@ -38,8 +44,8 @@ from torchdiffeq._impl.odeint import SOLVERS
 from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
 from .._checks import check_choice, check_positive
-
-State = Union[torch.Tensor, tuple]
+from .ode_per_sample import dopri5_per_sample
+from .ode_types import ODESolution, ODESolverError, State
 
 #: Methods solve_ode accepts (torchdiffeq's SOLVERS without "scipy_solver", which leaves
 #: torch and cannot be told to stop at t1).
@@ -47,29 +53,11 @@ METHODS = tuple(m for m in SOLVERS if m != "scipy_solver")
 ADAPTIVE_METHODS = tuple(m for m in METHODS if issubclass(SOLVERS[m], RKAdaptiveStepsizeODESolver))
 FIXED_METHODS = tuple(m for m in METHODS if m not in ADAPTIVE_METHODS)
 
+#: step_control values: one step size for the batch (torchdiffeq) or one per sample (dopri5 only)
+STEP_CONTROLS = ("batch", "per_sample")
 
 #: dtypes solved in float32 (see :func:`solve_ode`)
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-
-
-class ODESolverError(RuntimeError):
-    """An ODE solve that did not finish: NFE budget exhausted, step-size underflow, non-finite state."""
-
-
-@dataclass
-class ODESolution:
-    """Result of :func:`solve_ode`.
-
-    Attributes:
-        y: the state at t1, a tensor or a tuple of tensors shaped like ``y0``.
-        nfe: number of evaluations of ``func`` (int), rejected adaptive steps and the
-            initial-step probe included.
-        method: the torchdiffeq method used.
-    """
-
-    y: State
-    nfe: int
-    method: str
 
 
 class _CountedField:
@@ -138,53 +126,7 @@ def _fixed_grid(steps: int):
     return grid_constructor
 
 
-def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = "dopri5", rtol: float = 1e-5,
-              atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
-              min_step: float | None = None, norm: Callable | None = None) -> ODESolution:
-    """Integrate dy/dt = func(t, y) from t0 to t1 with torchdiffeq and count the evaluations.
-
-    Arguments:
-        func: callable (t, y) -> dy/dt; t is a 0-d float tensor (the dtype of the state) inside
-            [min(t0, t1), max(t0, t1)]; y and the output are shaped like ``y0`` (a tensor of any
-            shape, or a tuple of tensors). A float16 / bfloat16 state is solved in float32:
-            ``func`` then gets (and should return) float32 tensors.
-        y0: initial state at t0, a tensor or a tuple of tensors (e.g. (x, delta_logp)).
-        t0, t1: start and end times (floats, finite, t0 != t1); t0 > t1 integrates backwards.
-        method: an adaptive method ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-            or a fixed-grid one ("euler", "midpoint", "heun2", "heun3", "rk4",
-            "explicit_adams", "implicit_adams", "fixed_adams").
-        rtol, atol: relative and absolute tolerances (> 0) of the adaptive step control
-            (torchdiffeq's RMS norm over all elements; for a tuple, the max over its parts);
-            ``implicit_adams`` uses them for its corrector; other fixed-grid methods ignore them.
-        steps: number of equal steps (>= 1) of a fixed-grid method, on a float64 grid of
-            ``steps + 1`` points from exactly t0 to exactly t1; required for fixed-grid methods,
-            not accepted for adaptive ones.
-        max_nfe: optional budget (>= 1) of function evaluations; exceeding it raises.
-        min_step: optional smallest step (> 0) of an adaptive method: steps are never shorter
-            and a step at the minimum is accepted whatever its error estimate (torchdiffeq's
-            ``min_step``); a way past "underflow in dt" at the price of accuracy.
-        norm: optional error norm of an adaptive method, a callable of a state shaped like
-            ``y0`` returning a 0-d tensor (torchdiffeq's ``norm`` option); default torchdiffeq's
-            RMS over all elements (for a tuple: the max over its parts of their RMS).
-            :func:`rms_norm` is the RMS over all elements of a tuple taken together.
-    Returns:
-        :class:`ODESolution` with ``y`` (the state at t1, shaped and typed like ``y0``: a float16 /
-        bfloat16 part is computed in float32 and cast back), ``nfe`` and ``method``.
-    Raises:
-        ValueError: unknown method (the message lists the valid ones), rtol / atol / min_step
-            <= 0, rtol and atol both below the machine epsilon of the state's dtype (adaptive
-            methods: 2.2e-16 for float64, 1.2e-7 for float32 and half states), steps missing / < 1 for a fixed-grid method or given for an adaptive one,
-            min_step with a fixed-grid method, non-finite t0 / t1 or t0 == t1.
-        TypeError: non-integer steps or max_nfe, y0 neither a tensor nor a tuple of tensors.
-        ODESolverError: more than ``max_nfe`` evaluations (the message gives the time
-            reached); step-size underflow or a non-finite state inside torchdiffeq.
-    Reference:
-        Chen et al. 2018, torchdiffeq ``odeint``; Dormand & Prince 1980; Song et al. 2021,
-        Sec. 4.3 and App. D.2 (rtol = atol = 1e-5 for the probability-flow ODE).
-    """
-    check_choice("method", method, METHODS)
-    check_positive("rtol", rtol)
-    check_positive("atol", atol)
+def _check_times(t0, t1) -> tuple[float, float]:
     for name, v in (("t0", t0), ("t1", t1)):
         if isinstance(v, torch.Tensor):
             v = float(v)
@@ -193,48 +135,163 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
     t0, t1 = float(t0), float(t1)
     if t0 == t1:
         raise ValueError(f"t0 and t1 must differ; got t0 = t1 = {t0:g}")
+    return t0, t1
+
+
+def _check_resolution(rtol: float, atol: float, dtypes) -> None:
+    """A tolerance below the state's resolution cannot be met: the steps shrink until t turns NaN
+    (rtol = atol = 1e-300) or the solve never ends (1e-16 in float64)."""
+    floats = [torch.float32 if d in HALF_DTYPES else d for d in dtypes if d.is_floating_point]
+    res = max(torch.finfo(d).eps for d in floats) if floats else 0.0
+    if max(rtol, atol) < res:
+        raise ValueError(f"rtol = {rtol:g} and atol = {atol:g} are both below the resolution of the state's "
+                         f"dtype ({res:.3g}, its machine epsilon): the adaptive step control cannot meet them; "
+                         "make one of them at least that (1e-5 is the reference setting of the probability-flow "
+                         "ODE) or solve in float64")
+
+
+def _adaptive_options(method, steps, min_step, norm, t1, device) -> dict:
+    if steps is not None:
+        raise ValueError(f"steps applies to the fixed-grid methods {list(FIXED_METHODS)}; the adaptive method "
+                         f"{method!r} chooses its steps from rtol/atol (use max_nfe to bound the cost)")
+    options: dict = {"step_t": torch.tensor([t1], dtype=torch.float64, device=device)}
+    if min_step is not None:
+        check_positive("min_step", min_step)
+        options["min_step"] = float(min_step)
+    if norm is not None:
+        if not callable(norm):
+            raise TypeError(f"norm must be callable (state) -> 0-d tensor; got {type(norm).__name__}")
+        options["norm"] = norm
+    return options
+
+
+def _per_sample(func, y0, t0, t1, *, method, rtol, atol, max_nfe, min_step, norm, with_rows, dtypes):
+    """step_control="per_sample": the batched dopri5 of ode_per_sample, one step size per sample."""
+    if method != "dopri5":
+        raise ValueError(f"step_control='per_sample' supports method 'dopri5' only; got {method!r} (use "
+                         "step_control='batch' for the other methods)")
+    if min_step is not None:
+        check_positive("min_step", min_step)
+    if norm is not None and norm is not rms_norm:
+        raise ValueError("with step_control='per_sample' norm must be None (per sample: the max over the state's "
+                         "parts of their RMS, torchdiffeq's default) or scoresde.solvers.ode.rms_norm (per sample: "
+                         f"the RMS over all parts together); got {norm!r}")
+    parts = y0 if isinstance(y0, tuple) else (y0,)
+    B = parts[0].shape[0] if parts[0].dim() else 0
+    if B < 1 or any(p.dim() < 1 or p.shape[0] != B for p in parts):
+        raise ValueError("with step_control='per_sample' every part of y0 must have the batch as its first "
+                         f"dimension, the same B >= 1 for all; got shapes {[tuple(p.shape) for p in parts]}")
+    if isinstance(y0, tuple):
+        f = func
+    else:
+        def f(t, y, *rows):
+            return func(t, y[0], *rows)
+    sol = dopri5_per_sample(f, parts, t0, t1, rtol=rtol, atol=atol, norm="rms" if norm is rms_norm else "mixed",
+                            min_step=float(min_step or 0.0), max_nfe=max_nfe, with_rows=with_rows)
+    y = tuple(v.to(d) for v, d in zip(sol.y, dtypes))
+    return ODESolution(y=y if isinstance(y0, tuple) else y[0], nfe=sol.nfe, method=method,
+                       nfe_per_sample=sol.nfe_per_sample, step_control="per_sample")
+
+
+def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = "dopri5", rtol: float = 1e-5,
+              atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
+              min_step: float | None = None, norm: Callable | None = None, step_control: str = "batch",
+              with_rows: bool = False) -> ODESolution:
+    """Integrate dy/dt = func(t, y) from t0 to t1 and count the evaluations.
+
+    Arguments:
+        func: callable (t, y) -> dy/dt; y and the output are shaped like ``y0`` (a tensor of any
+            shape, or a tuple of tensors). With ``step_control="batch"`` t is a 0-d float tensor
+            (the dtype of the state) inside [min(t0, t1), max(t0, t1)]. With
+            ``step_control="per_sample"`` t is an (n,) tensor, the time of each of the n samples
+            still running, and y holds only their rows (finished samples are left out); rows must
+            not interact. A float16 / bfloat16 state is solved in float32: ``func`` then gets (and
+            should return) float32 tensors.
+        y0: initial state at t0, a tensor or a tuple of tensors (e.g. (x, delta_logp)); with
+            ``step_control="per_sample"`` each part is (B, ...) with the batch first.
+        t0, t1: start and end times (floats, finite, t0 != t1); t0 > t1 integrates backwards.
+        method: an adaptive method ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+            or a fixed-grid one ("euler", "midpoint", "heun2", "heun3", "rk4",
+            "explicit_adams", "implicit_adams", "fixed_adams"); "dopri5" only with
+            ``step_control="per_sample"``.
+        rtol, atol: relative and absolute tolerances (> 0) of the adaptive step control
+            (torchdiffeq's RMS norm over all elements; for a tuple, the max over its parts);
+            ``implicit_adams`` uses them for its corrector; other fixed-grid methods ignore them.
+        steps: number of equal steps (>= 1) of a fixed-grid method, on a float64 grid of
+            ``steps + 1`` points from exactly t0 to exactly t1; required for fixed-grid methods,
+            not accepted for adaptive ones.
+        max_nfe: optional budget (>= 1) of calls of ``func``; exceeding it raises.
+        min_step: optional smallest step (> 0) of an adaptive method: steps are never shorter
+            and a step at the minimum is accepted whatever its error estimate (torchdiffeq's
+            ``min_step``); a way past "underflow in dt" at the price of accuracy.
+        norm: optional error norm of an adaptive method, a callable of a state shaped like
+            ``y0`` returning a 0-d tensor (torchdiffeq's ``norm`` option); default torchdiffeq's
+            RMS over all elements (for a tuple: the max over its parts of their RMS).
+            :func:`rms_norm` is the RMS over all elements of a tuple taken together. With
+            ``step_control="per_sample"`` only None and :func:`rms_norm` are accepted, applied
+            to each sample's elements.
+        step_control: "batch" (default: torchdiffeq, one step size for the whole batch, so a
+            sample's result depends on its batch-mates within the tolerance) or "per_sample"
+            (:func:`scoresde.solvers.ode_per_sample.dopri5_per_sample`: dopri5 with a time, step
+            size and accept / reject decision per sample, by torchdiffeq's rules for one sample).
+        with_rows: ``step_control="per_sample"`` only: call ``func(t, y, rows)`` with rows (n,)
+            int64, the batch indices of the rows in y (for per-sample constants).
+    Returns:
+        :class:`ODESolution` with ``y`` (the state at t1, shaped and typed like ``y0``: a float16 /
+        bfloat16 part is computed in float32 and cast back), ``nfe`` (calls of ``func``),
+        ``method``, ``step_control`` and, per sample, ``nfe_per_sample`` ((B,) int64, or None
+        with ``step_control="batch"``).
+    Raises:
+        ValueError: unknown method or step_control (the message lists the valid ones), rtol /
+            atol / min_step <= 0, rtol and atol both below the machine epsilon of the state's
+            dtype (adaptive methods: 2.2e-16 for float64, 1.2e-7 for float32 and half states),
+            steps missing / < 1 for a fixed-grid method or given for an adaptive one, min_step
+            with a fixed-grid method, non-finite t0 / t1 or t0 == t1; with "per_sample": a method
+            other than dopri5, a norm other than None / rms_norm, parts without a common batch.
+        TypeError: non-integer steps or max_nfe, y0 neither a tensor nor a tuple of tensors.
+        ODESolverError: more than ``max_nfe`` evaluations (the message gives the time
+            reached); step-size underflow or a non-finite state.
+    Reference:
+        Chen et al. 2018, torchdiffeq ``odeint``; Dormand & Prince 1980; Song et al. 2021,
+        Sec. 4.3 and App. D.2 (rtol = atol = 1e-5 for the probability-flow ODE).
+    """
+    check_choice("method", method, METHODS)
+    check_choice("step_control", step_control, STEP_CONTROLS)
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+    t0, t1 = _check_times(t0, t1)
     if max_nfe is not None:
         check_positive("max_nfe", max_nfe, integer=True)
     tensors = (y0,) if isinstance(y0, torch.Tensor) else y0
     if not isinstance(tensors, tuple) or not tensors or not all(isinstance(v, torch.Tensor) for v in tensors):
         raise TypeError(f"y0 must be a tensor or a non-empty tuple of tensors; got {type(y0).__name__}")
+    if with_rows and step_control != "per_sample":
+        raise ValueError("with_rows applies to step_control='per_sample' only (func sees the whole batch otherwise)")
     device = tensors[0].device
     dtypes = tuple(v.dtype for v in tensors)
     if any(d in HALF_DTYPES for d in dtypes):  # torchdiffeq's step control breaks down in half precision
         up = tuple(v.float() if v.dtype in HALF_DTYPES else v for v in tensors)
         y0 = up if isinstance(y0, tuple) else up[0]
     if method in ADAPTIVE_METHODS:
-        # a tolerance below the state's resolution cannot be met: the steps shrink until t turns NaN
-        # (rtol = atol = 1e-300) or the solve never ends (1e-16 in float64)
-        res = max(torch.finfo(torch.float32 if d in HALF_DTYPES else d).eps
-                  for d in dtypes if d.is_floating_point) if any(d.is_floating_point for d in dtypes) else 0.0
-        if max(rtol, atol) < res:
-            raise ValueError(f"rtol = {rtol:g} and atol = {atol:g} are both below the resolution of the state's "
-                             f"dtype ({res:.3g}, its machine epsilon): the adaptive step control cannot meet them; "
-                             "make one of them at least that (1e-5 is the reference setting of the probability-flow "
-                             "ODE) or solve in float64")
-
-    options: dict = {}
-    if method in ADAPTIVE_METHODS:
+        _check_resolution(rtol, atol, dtypes)
+    if step_control == "per_sample":
         if steps is not None:
-            raise ValueError(f"steps applies to the fixed-grid methods {list(FIXED_METHODS)}; the adaptive method "
-                             f"{method!r} chooses its steps from rtol/atol (use max_nfe to bound the cost)")
-        options["step_t"] = torch.tensor([t1], dtype=torch.float64, device=device)
-        if min_step is not None:
-            check_positive("min_step", min_step)
-            options["min_step"] = float(min_step)
-        if norm is not None:
-            if not callable(norm):
-                raise TypeError(f"norm must be callable (state) -> 0-d tensor; got {type(norm).__name__}")
-            options["norm"] = norm
+            raise ValueError("steps applies to the fixed-grid methods; step_control='per_sample' is adaptive (dopri5)")
+        return _per_sample(func, y0, t0, t1, method=method, rtol=rtol, atol=atol, max_nfe=max_nfe,
+                           min_step=min_step, norm=norm, with_rows=with_rows, dtypes=dtypes)
+    if method in ADAPTIVE_METHODS:
+        options = _adaptive_options(method, steps, min_step, norm, t1, device)
     else:
         if steps is None:
             raise ValueError(f"the fixed-grid method {method!r} needs steps (an integer >= 1)")
         check_positive("steps", steps, integer=True)
         if min_step is not None or norm is not None:
             raise ValueError(f"min_step and norm apply to the adaptive methods {list(ADAPTIVE_METHODS)}, not {method!r}")
-        options["grid_constructor"] = _fixed_grid(int(steps))
+        options = {"grid_constructor": _fixed_grid(int(steps))}
+    return _torchdiffeq(func, y0, t0, t1, method, rtol, atol, options, max_nfe, dtypes, device)
 
+
+def _torchdiffeq(func, y0, t0, t1, method, rtol, atol, options, max_nfe, dtypes, device) -> ODESolution:
     field = _CountedField(func, t0, t1, max_nfe)
     t = torch.tensor([t0, t1], dtype=torch.float64, device=device)
     try:
