@@ -28,6 +28,11 @@ first update a no-op), then gradient-norm clipping at ``grad_clip``.
 EMA: :func:`scoresde.ema.ema_model` (parameters averaged, buffers copied, the reference code's
 decay warm-up), updated after every optimizer step.
 
+Precision (:mod:`scoresde.amp`): ``TrainConfig(amp="bf16")`` runs the loss's forward pass under
+bf16 autocast, ``amp="fp16"`` under fp16 autocast with a GradScaler (its state checkpointed; an
+overflowing step is skipped), ``compile=True`` compiles the network the loss calls; parameters,
+Adam and the EMA stay float32. Resume stays exact with either.
+
 The pieces live beside this module (their names are re-exported here):
 :mod:`scoresde.train_config` (:class:`TrainConfig`, the objective and data checks, the stored
 config), :mod:`scoresde.train_state` (seeds, data order, RNG and importance-sampler state),
@@ -64,8 +69,9 @@ from .runs import (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, _load_weights, _read_
                    load_score_model, resolve_checkpoint)
 from .train_config import (_FREE_ON_RESUME, _RESERVED_LOSS_KWARGS, OBJECTIVES, TrainConfig, _as_config,  # noqa: F401
                            _check_inputs, _check_resume, _data_config, _data_tensor, _objective, model_config)
-from .train_state import (_rng_state, _sampler_load, _sampler_state, _sampler_update, _seed, _seed_global,  # noqa: F401
-                          _set_rng_state, _Sharder)
+from .train_state import (_check_out_dir, _load_saved, _rng_state, _sampler_load, _sampler_state,  # noqa: F401
+                          _sampler_update, _seed, _seed_global, _set_rng_state, _Sharder, _status_line)
+from .amp import TrainPrecision
 
 __all__ = [
     "train",
@@ -140,6 +146,9 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
             info a dict holding "loss", "model", "ema".
     Returns:
         :class:`TrainResult`.
+    Prints (rank 0, to stderr, unless ``config.quiet``): one line when resuming from the checkpoint
+        in out_dir ("scoresde.train: resuming from step N of M in <out_dir>"), or, when the
+        checkpoint is already at or past ``steps``, that nothing was trained and why.
     Files (rank 0 only, when out_dir is set): ``checkpoint.pt`` (replaced atomically),
         ``log.jsonl`` (one JSON object per line: {"step", "loss", "lr", "grad_norm", "elapsed_s"}
         and {"step", "eval_loss"}), ``config.json``.
@@ -173,6 +182,7 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
                    "data": _data_config(dataset), "train": cfg.to_dict()}
     if saved is not None:
         _check_resume(saved["config"], full_config, ckpt_path)
+    _status_line(cfg, saved, rank)  # "resuming from step N of M in <out_dir>", or why nothing is trained
 
     loop = _Loop(model, sde, cfg, objective, data, eval_data, sharder, saved, full_config, ckpt_path,
                  (rank, world, device), labels=labels[0], eval_labels=labels[1])
@@ -187,44 +197,6 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
     return TrainResult(model=model, ema_model=loop.ema.module, step=loop.step, loss=loop.last_loss,
                        eval_loss=loop.eval_loss, checkpoint=loop.last_ckpt if ckpt_path else None,
                        config=full_config)
-
-
-# ---------------------------------------------------------------------------------- set-up steps
-def _check_out_dir(cfg: TrainConfig, rank: int, world: int, device: torch.device) -> None:
-    """The output folder must be writable before anything runs; all ranks learn the verdict."""
-    err = None
-    if rank == 0 and cfg.out_dir:
-        try:
-            check_writable(cfg.out_dir)
-        except ValueError as e:
-            err = str(e)
-    if world > 1:
-        flag = torch.tensor([1.0 if err else 0.0], device=device)
-        dist.all_reduce(flag)
-        if float(flag) > 0 and err is None:
-            err = "rank 0 could not write the output folder " + str(cfg.out_dir)
-    if err:
-        raise ValueError(err)
-
-
-def _load_saved(cfg: TrainConfig, ckpt_path: str | None, world: int, device: torch.device) -> dict | None:
-    """The checkpoint to resume from (or None), and ``cfg.micro_batches`` resolved: as given, else
-    the saved run's, else the number of processes."""
-    saved = None
-    parts = cfg.micro_batches
-    if ckpt_path and not cfg.resume and os.path.exists(ckpt_path):
-        raise ValueError(f"{ckpt_path} exists and resume=False: a new run would overwrite it; use another out_dir "
-                         "or resume=True")
-    if ckpt_path and cfg.resume and os.path.exists(ckpt_path):
-        saved = load_checkpoint(ckpt_path, map_location=device)
-        if parts is None:
-            parts = saved["config"]["train"].get("micro_batches")
-    if parts is None:
-        parts = world
-    if parts % world:
-        raise ValueError(f"micro_batches {parts} must be a multiple of the number of processes {world}")
-    cfg.micro_batches = parts
-    return saved
 
 
 # ------------------------------------------------------------------------------------------ loop
@@ -243,7 +215,9 @@ class _Loop:
         model.train()
         if saved is not None:
             _load_weights(model, saved["model"], ckpt_path)
-        self.ddp_net, self.train_model = _wrap_ddp(model, sde, self.world, device)
+        self.ddp_net, train_model = _wrap_ddp(model, sde, self.world, device)
+        self.prec = TrainPrecision(cfg.amp, cfg.compile, device)  # autocast / GradScaler / compile
+        self.train_model = self.prec.compiled(train_model)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps,
                                     weight_decay=cfg.weight_decay)
@@ -287,6 +261,7 @@ class _Loop:
             raise ValueError(f"{self.ckpt_path}: optimizer / EMA state does not fit the model: "
                              f"{str(e).splitlines()[0]}") from None
         self.step = int(saved["step"])
+        self.prec.load_state_dict(saved.get("grad_scaler"))
         _set_rng_state(saved["rng"], self.device)
 
     def _open_log(self):
@@ -314,15 +289,17 @@ class _Loop:
             g["lr"] = lr
         self.opt.zero_grad(set_to_none=True)
         step_loss, seen = self._backward(s)
+        self.prec.unscale(self.opt)  # fp16: the true gradients before clipping
         if cfg.grad_clip > 0:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        if not bool(torch.isfinite(grad_norm)):
+        finite = bool(torch.isfinite(grad_norm))
+        if not finite and not self.prec.may_skip():  # fp16 overflow with a scale >= 1: a skipped step instead
             raise ValueError(f"non-finite gradient norm at update {s + 1} (loss {float(step_loss):.4g}); "
                              f"{self._what_is_kept()}: lower lr or check the data")
-        self.opt.step()
-        self.ema.update_parameters(self.model)
+        if self.prec.step(self.opt, finite):
+            self.ema.update_parameters(self.model)
         if self.t_sampler is not None:
             _sampler_update(self.t_sampler, seen, self.mine, self.parts, self.world)
         self.step = s + 1
@@ -346,16 +323,17 @@ class _Loop:
             _seed_global(_seed(self.cfg.seed, "dropout", s, c), device)
             last = self.ddp_net is None or j == len(self.mine) - 1
             with contextlib.nullcontext() if last else self.ddp_net.no_sync():
-                if self.t_sampler is not None:
-                    k, w = self.t_sampler.sample(x0.shape[0], gen, device=device)
-                    per = fn(model, sde, x0, t_index=k, generator=gen, per_sample=True, **kwargs)
-                    loss = (per * w).mean()  # unbiased for the uniform-t objective
-                    seen.append((k, per.detach()))
-                else:
-                    loss = fn(model, sde, x0, generator=gen, **kwargs)
+                with self.prec.context():  # amp: the forward pass and the loss under autocast
+                    if self.t_sampler is not None:
+                        k, w = self.t_sampler.sample(x0.shape[0], gen, device=device)
+                        per = fn(model, sde, x0, t_index=k, generator=gen, per_sample=True, **kwargs)
+                        loss = (per * w).mean()  # unbiased for the uniform-t objective
+                        seen.append((k, per.detach()))
+                    else:
+                        loss = fn(model, sde, x0, generator=gen, **kwargs)
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                     raise TypeError("the objective must return a scalar tensor (the batch-mean loss)")
-                (loss * self.scale).backward()
+                self.prec.backward(loss * self.scale)  # outside autocast (fp16: scaled)
             step_loss += loss.detach().double()
         return step_loss, seen
 
@@ -432,6 +410,7 @@ class _Loop:
         state = {"step": at, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "optimizer": self.opt.state_dict(), "rng": self.outer_rng, "config": self.full_config,
                  "loss_sampler": _sampler_state(self.t_sampler) if self.t_sampler is not None else None,
+                 "grad_scaler": self.prec.state_dict(),
                  "metrics": {"loss": self.last_loss, "eval_loss": self.eval_loss,
                              "window": [float(self.window_loss), self.window_n]}}
         return save_checkpoint(self.ckpt_path, state)

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ._checks import check_positive
+from .amp import check_compile
 from .checkpoint import check_config, config_diff
 from .score import ScoreModel
 from .sde import SDE
@@ -27,7 +28,7 @@ OBJECTIVES = ("dsm", "ddpm", "hybrid")
 _RESERVED_LOSS_KWARGS = ("generator", "per_sample", "t_index", "noise", "t")
 # Train-config fields that may change between a run and its resume without changing the result.
 _FREE_ON_RESUME = ("steps", "quiet", "checkpoint_every", "log_every", "eval_every", "out_dir", "resume",
-                   "device")
+                   "device", "compile")
 
 
 @dataclasses.dataclass
@@ -62,6 +63,13 @@ class TrainConfig:
             drawn from (seed, step, micro-batch). 0 (default): plain conditional training; 0.1
             (k-diffusion's default, Ho & Salimans 2022 use 0.1-0.2): one network for
             classifier-free guidance. Must be 0 for an unconditional model.
+        amp: mixed precision of the loss's forward pass (:mod:`scoresde.amp`): None (default,
+            float32), "bf16" (bfloat16 autocast; CPU and CUDA) or "fp16" (float16 autocast with
+            ``torch.amp.GradScaler``, whose state the checkpoints store). Parameters, Adam and the
+            EMA stay float32. Part of the run: it must match on resume.
+        compile: ``torch.compile`` the network used for the loss: False (default), True
+            (inductor) or a backend name ("aot_eager", "eager", ...). Free on resume (the
+            checkpoints do not depend on it).
     Reference:
         the reference code of Song et al. 2021 (its CIFAR-10 training settings); Ho & Salimans
         2022 (label dropout).
@@ -87,6 +95,8 @@ class TrainConfig:
     quiet: bool = False
     device: str | None = None
     label_dropout: float = 0.0
+    amp: str | None = None
+    compile: bool | str = False
 
     @classmethod
     def small(cls, steps: int, **overrides) -> "TrainConfig":
@@ -148,6 +158,9 @@ def _as_config(config) -> TrainConfig:
             or not 0.0 <= cfg.label_dropout < 1.0:
         raise ValueError(f"label_dropout must lie in [0, 1); got {cfg.label_dropout!r}")
     cfg.label_dropout = float(cfg.label_dropout)
+    if cfg.amp is not None and cfg.amp not in ("bf16", "fp16"):
+        raise ValueError(f"amp must be None, 'bf16' or 'fp16'; got {cfg.amp!r}")
+    cfg.compile = check_compile(cfg.compile)
     if cfg.out_dir is not None:
         cfg.out_dir = os.path.abspath(os.fspath(cfg.out_dir))
     return cfg
@@ -251,6 +264,7 @@ def _check_resume(old: dict, new: dict, ckpt_path: str) -> None:
     """A resumed run must have the saved config, except the train fields free on resume."""
     old_train = {k: v for k, v in old.get("train", {}).items() if k not in _FREE_ON_RESUME}
     old_train.setdefault("label_dropout", 0.0)  # runs saved before the field existed trained without it
+    old_train.setdefault("amp", None)  # ... and in float32
     new_train = {k: v for k, v in new["train"].items() if k not in _FREE_ON_RESUME}
     check_config({**{k: old.get(k) for k in ("sde", "model", "objective", "data")}, "train": old_train},
                  {**{k: new[k] for k in ("sde", "model", "objective", "data")}, "train": new_train},

@@ -4,17 +4,23 @@
   dropout and the evaluation noise;
 * ``_Sharder``: the indices of micro-batch c at step s (a ``DistributedSampler`` per part);
 * the global RNG state (stored in checkpoints, restored after training) and the importance
-  sampler's history (stored, and fed in part order from every process).
+  sampler's history (stored, and fed in part order from every process);
+* the set-up steps: the output folder checked writable, the checkpoint to resume from, and the
+  one status line :func:`scoresde.train` prints when it resumes or has nothing to train.
 
 See :mod:`scoresde.train` for the rules these implement.
 """
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
+
+from .checkpoint import check_writable, load_checkpoint
 
 
 def _seed(*parts) -> int:
@@ -104,3 +110,57 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+# ---------------------------------------------------------------------------------- set-up steps
+def _check_out_dir(cfg, rank: int, world: int, device: torch.device) -> None:
+    """The output folder must be writable before anything runs; all ranks learn the verdict."""
+    err = None
+    if rank == 0 and cfg.out_dir:
+        try:
+            check_writable(cfg.out_dir)
+        except ValueError as e:
+            err = str(e)
+    if world > 1:
+        flag = torch.tensor([1.0 if err else 0.0], device=device)
+        dist.all_reduce(flag)
+        if float(flag) > 0 and err is None:
+            err = "rank 0 could not write the output folder " + str(cfg.out_dir)
+    if err:
+        raise ValueError(err)
+
+
+def _load_saved(cfg, ckpt_path: str | None, world: int, device: torch.device) -> dict | None:
+    """The checkpoint to resume from (or None), and ``cfg.micro_batches`` resolved: as given, else
+    the saved run's, else the number of processes."""
+    saved = None
+    parts = cfg.micro_batches
+    if ckpt_path and not cfg.resume and os.path.exists(ckpt_path):
+        raise ValueError(f"{ckpt_path} exists and resume=False: a new run would overwrite it; use another out_dir "
+                         "or resume=True")
+    if ckpt_path and cfg.resume and os.path.exists(ckpt_path):
+        saved = load_checkpoint(ckpt_path, map_location=device)
+        if parts is None:
+            parts = saved["config"]["train"].get("micro_batches")
+    if parts is None:
+        parts = world
+    if parts % world:
+        raise ValueError(f"micro_batches {parts} must be a multiple of the number of processes {world}")
+    cfg.micro_batches = parts
+    return saved
+
+
+def _status_line(cfg, saved: dict | None, rank: int) -> str | None:
+    """Rank 0: print (to stderr, unless ``cfg.quiet``) and return the line saying that the run resumes
+    from the checkpoint in ``cfg.out_dir``, or that it has nothing left to train and why; None for a new run."""
+    if saved is None:
+        return None
+    step = int(saved["step"])
+    if step >= cfg.steps:
+        msg = (f"scoresde.train: nothing trained: the run in {cfg.out_dir} is already at step {step} and "
+               f"steps={cfg.steps} asks for no more (pass steps > {step} to train further)")
+    else:
+        msg = f"scoresde.train: resuming from step {step} of {cfg.steps} in {cfg.out_dir}"
+    if rank == 0 and not cfg.quiet:
+        print(msg, file=sys.stderr, flush=True)
+    return msg
