@@ -87,7 +87,8 @@ def _flat_mean(v: torch.Tensor) -> torch.Tensor:
 
 def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma2", eps: float = 1e-5,
              reduce: str = "mean", generator: torch.Generator | None = None, per_sample: bool = False,
-             t=None, noise: torch.Tensor | None = None, y: torch.Tensor | None = None) -> torch.Tensor:
+             t=None, noise: torch.Tensor | None = None, y: torch.Tensor | None = None,
+             dequantize: int | None = None) -> torch.Tensor:
     """Continuous-time denoising score matching, Song et al. 2021, Eq. (7).
 
     t ~ U(eps, T), z ~ N(0, I), x_t = alpha(t) x0 + sigma(t) z (``sde.marginal_prob``), s = the
@@ -98,6 +99,13 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
     with reduce = mean over dimensions ("mean") or 1/2 sum over them ("sum"), as the reference
     code does. With the exact score of Gaussian data the expectation at fixed t, "sigma2",
     "mean", is 1 - sigma(t)^2 / v(t) with v(t) the marginal variance.
+
+    ``dequantize=L`` (data of L integer levels, x0 their bin centres (2k + 1)/L - 1 on [-1, 1],
+    :func:`scoresde.data.levels_to_float`): first x0 <- x0 + (2u - 1)/L, u ~ U[0, 1) per
+    dimension (drawn from ``generator`` before t and z), a uniform point of x0's bin. The model
+    then learns the density of dequantized data, which is what :func:`scoresde.bits_per_dim`
+    evaluates, not spikes at the bin centres. This is the objective of ``scoresde train`` and
+    the demo on integer-level data: ``{"loss": "dsm", "dequantize": ds.num_levels}``.
 
     Arguments:
         score_model: a :class:`~scoresde.ScoreModel`, or any callable (x (B, *S), t (B,)) -> score.
@@ -111,14 +119,17 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
         t: optional fixed times (a number or (B,) tensor in (0, T]) instead of t ~ U(eps, T).
         noise: optional z (B, *S) instead of a draw.
         y: optional class labels (B,), passed to the model as ``y=`` (class-conditional UNet).
+        dequantize: None (default), or the number of levels L >= 2 of x0 (bin centres in
+            (-1, 1)) to dequantize uniformly within their bins (see above).
     Returns:
         0-d tensor (batch mean) or (B,) tensor, in the dtype of the score.
     Raises:
         ValueError: unknown weighting / reduce (listing the valid values), eps outside (0, T),
             t outside (0, T] or of the wrong shape, noise of the wrong shape, NaN / inf x0 or
-            score (naming the time).
+            score (naming the time), dequantize not an integer >= 2, or x0 outside (-1, 1) with it.
     Reference: Song et al. 2021, Eq. (7); reference ``losses.get_sde_loss_fn``; Song, Durkan,
-    Murray & Ermon 2021, Eq. (10) (likelihood weighting).
+    Murray & Ermon 2021, Eq. (10) (likelihood weighting); Theis et al. 2016, Sec. 3.1, and Song
+    et al. 2021, App. D.2 (training on uniformly dequantized data).
     """
     check_choice("weighting", weighting, WEIGHTINGS)
     check_choice("reduce", reduce, REDUCTIONS)
@@ -126,6 +137,8 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
     _check_x0(x0)
     if eps >= sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T:g}); got {eps}")
+    if dequantize is not None:
+        x0 = _dequantize(x0, dequantize, generator)
     if t is None:
         dev = generator.device if generator is not None else x0.device
         u = torch.rand(x0.shape[0], generator=generator, device=dev, dtype=work_dtype(dev)).to(x0.device)
@@ -150,6 +163,19 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
     if weighting == "likelihood":
         per = per * (sde.diffusion_coeff(t) ** 2).to(per.dtype)
     return per if per_sample else per.mean()
+
+
+def _dequantize(x0: torch.Tensor, num_levels, generator) -> torch.Tensor:
+    """x0 + (2u - 1) / L, u ~ U[0, 1) per dimension: a uniform point of the bin of each centre x0."""
+    if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
+        raise ValueError(f"dequantize must be the number of levels of the data, an integer >= 2 (17 for the "
+                         f"digits, 256 for 8-bit images), or None; got {num_levels!r}")
+    if not x0.is_floating_point() or bool((x0.abs() >= 1).any()):
+        raise ValueError("dequantize needs x0 as bin centres (2k + 1)/L - 1 in (-1, 1) "
+                         "(scoresde.data.levels_to_float of the levels)")
+    # drawn on x0's device and dtype, before t and z: the stream of the CLI's runs since they began
+    u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    return x0 + (2.0 * u - 1.0) * (1.0 / num_levels)
 
 
 def _discrete_setup(model, sde, x0, t_index, generator, noise, name):

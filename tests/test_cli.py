@@ -215,20 +215,65 @@ def test_parser_defaults_match_issue():
     assert p.parse_args(["demo"]).sde == "vp"
 
 
-def test_dequantized_objective_noise_is_uniform_in_the_bin():
-    # x0 + u with u ~ U(-1/L, 1/L): |u| <= 1/L, E[u] = 0, Var[u] = (1/L)^2 / 3 (uniform on a bin of width 2/L)
-    from scoresde.cli.nets import Dequantized
+def test_legacy_dequantized_objective_is_dsm_loss_with_dequantize():
+    # runs saved before the recipe moved into the library recorded Dequantized(...) as their objective: it must
+    # give exactly the loss of dsm_loss(dequantize=L) (same draws, same order) and keep the recorded name
+    from scoresde import VPSDE
+    from scoresde.cli.nets import Dequantized, legacy_objective
+    from scoresde.losses import dsm_loss, ddpm_loss
+    sde, x0 = VPSDE(), torch.rand(64, 1, 8, 8) * 1.8 - 0.9
 
-    def identity_loss(model, sde, x0, generator=None):
-        return x0
+    def score(x, t):
+        return -x
 
-    identity_loss.__name__ = "identity_loss"
-    L = 17
-    x0 = torch.zeros(200000, 1)
-    u = Dequantized(identity_loss, L)(None, None, x0, generator=torch.Generator().manual_seed(0))
-    assert float(u.abs().max()) <= 1 / L
-    assert abs(float(u.mean())) < 4 * (1 / L) / (3 ** 0.5) / (200000 ** 0.5)
-    assert float(u.var()) == pytest.approx((1 / L) ** 2 / 3, rel=0.02)
+    old = Dequantized(dsm_loss, 17, weighting="likelihood")
+    new = dsm_loss(score, sde, x0, generator=torch.Generator().manual_seed(4), dequantize=17, weighting="likelihood")
+    assert torch.equal(old(score, sde, x0, generator=torch.Generator().manual_seed(4)), new)
+    recorded = {"loss": "custom", "function": "scoresde.cli.nets.Dequantized(dsm_loss, num_levels=17, "
+                                              "weighting=sigma2)"}
+    assert isinstance(legacy_objective(recorded, {"loss": "dsm", "dequantize": 17}), Dequantized)
+    assert legacy_objective(recorded, {"loss": "dsm", "dequantize": 256}) is None
+    assert legacy_objective({"loss": "dsm", "dequantize": 17}, {"loss": "dsm", "dequantize": 17}) is None
+    with pytest.raises(ValueError, match="dsm_loss"):
+        Dequantized(ddpm_loss, 17)
+
+
+def _docs_training_example() -> str:
+    """The first ```python block of docs/training.md (the library's training recipe)."""
+    text = (ROOT / "docs" / "training.md").read_text()
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_python_recipe_trains_the_cli_weights(tmp_path, monkeypatch):
+    # docs/training.md's example (the library: small_unet + dsm_loss(dequantize=17)) and the demo's
+    # `scoresde train` give bit-identical online and EMA weights and the same objective, at a reduced
+    # size: 30 updates of batch 32, warm-up 10 (the CLI's default --seed 0 is the example's torch.manual_seed(0))
+    code = _docs_training_example()
+    sizes = {"steps=3000": "steps=30", "batch_size=128": "batch_size=32", "warmup=200": "warmup=10"}
+    for full, small in sizes.items():
+        assert code.count(full) == 1, full
+        code = code.replace(full, small)
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(99)  # another global RNG state than the CLI's: the example seeds the initial weights itself
+    exec(compile(code, "docs/training.md", "exec"), {"__name__": "docs_example"})
+    cli = tmp_path / "cli"
+    proc = run_cli("train", "--data", "digits", "--model", "unet", "--class-conditional", "--label-dropout", "0.1",
+                   "--lr", "2e-3", "--steps", "30", "--batch-size", "32", "--warmup", "10", "--out", str(cli),
+                   "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    py = torch.load(tmp_path / "runs" / "digits" / "checkpoint.pt", weights_only=True)
+    ref = torch.load(cli / "checkpoint.pt", weights_only=True)
+    assert py["step"] == ref["step"] == 30
+    # the CLI records dsm_loss's default weighting, sigma2, which the example leaves out
+    assert {"weighting": "sigma2", **py["config"]["objective"]} == ref["config"]["objective"] == \
+        {"loss": "dsm", "weighting": "sigma2", "dequantize": 17}
+    assert py["config"]["model"] == ref["config"]["model"]
+    for part in ("model", "ema"):
+        assert py[part].keys() == ref[part].keys()
+        for k, v in ref[part].items():
+            assert torch.equal(py[part][k], v), (part, k)
+    # and the weights did move: the runs are not both at their initialisation
+    assert any(not torch.equal(py["model"][k], py["ema"]["module." + k]) for k in py["model"])
 
 
 def test_flat_mlp_config_round_trip():
@@ -248,13 +293,16 @@ def test_train_defaults_build_the_demo_unet():
     from scoresde import VPSDE
     from scoresde.cli.commands import make_model
     from scoresde.cli.demo import FULL
-    from scoresde.cli.nets import Dequantized
+    from scoresde.models import small_unet
     settings = vars(build_parser().parse_args(["train", "--out", "x"]))
     assert (settings["channels"], settings["steps"], settings["lr"]) == (FULL["channels"], FULL["steps"], FULL["lr"])
     model, objective = make_model({**settings, "num_levels": 17, "dequantize": True}, (1, 8, 8), VPSDE())
-    assert type(model.net).__name__ == "UNet"
+    assert type(model.net).__name__ == "UNet" and model.net.config() == small_unet(1, 8, ch=16).config()
     assert sum(p.numel() for p in model.parameters()) == 163985
-    assert isinstance(objective, Dequantized) and objective.num_levels == 17
+    assert objective == {"loss": "dsm", "weighting": "sigma2", "dequantize": 17}
+    model, objective = make_model({**settings, "num_levels": 17, "dequantize": True, "objective": "dsm-likelihood"},
+                                  (1, 8, 8), VPSDE())
+    assert objective == {"loss": "dsm", "weighting": "likelihood", "dequantize": 17}
     model, objective = make_model({**settings, "num_levels": None}, (2,), VPSDE())
     assert type(model.net).__name__ == "FlatMLP" and objective == {"loss": "dsm", "weighting": "sigma2"}
 

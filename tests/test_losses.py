@@ -229,6 +229,38 @@ def test_loss_bad_input():
         dsm_loss(score, vp, torch.full((4, 4), float("nan")))
 
 
+def test_dsm_dequantize_draws_a_uniform_point_of_the_bin():
+    # dequantize=L: the loss sees x0 + u, u ~ U(-1/L, 1/L) (a uniform point of the bin of width 2/L around each
+    # centre): |u| <= 1/L, E[u] = 0, Var[u] = (1/L)^2 / 3. Read back from x_t = alpha(t) (x0 + u) with z = 0.
+    vp, L, n = scoresde.VPSDE(), 17, 200000
+    x0 = torch.zeros(n, 1, dtype=torch.float64)  # 0 is the centre of level 8 of 17
+    seen = []
+
+    def score(x, t):
+        seen.append(x)
+        return torch.zeros_like(x)
+
+    dsm_loss(score, vp, x0, t=0.5, noise=torch.zeros_like(x0), dequantize=L, generator=torch.Generator().manual_seed(0))
+    alpha = vp.mean_coeff(torch.tensor([0.5], dtype=torch.float64))
+    u = seen[0] / alpha
+    assert float(u.abs().max()) <= 1 / L
+    assert abs(float(u.mean())) < 4 * (1 / L) / math.sqrt(3) / math.sqrt(n)
+    assert float(u.var()) == pytest.approx((1 / L) ** 2 / 3, rel=0.02)
+    # the draws come first from the generator, then t and z as without dequantize: same seed, other stream
+    a = dsm_loss(lambda x, t: -x, vp, x0[:64], generator=torch.Generator().manual_seed(1), dequantize=L)
+    b = dsm_loss(lambda x, t: -x, vp, x0[:64], generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(a) and not torch.equal(a, b)
+
+
+def test_dsm_dequantize_errors_name_the_argument():
+    vp, score = scoresde.VPSDE(), (lambda x, t: -x)
+    for bad in (1, 2.5, True, "17"):
+        with pytest.raises(ValueError, match="dequantize must be the number of levels"):
+            dsm_loss(score, vp, torch.zeros(4, 4), dequantize=bad)
+    with pytest.raises(ValueError, match=r"bin centres .* in \(-1, 1\)"):
+        dsm_loss(score, vp, torch.full((4, 4), 1.0), dequantize=17)
+
+
 def test_importance_sampler_uniform_until_warm():
     """Uniform (p = 1/N, weights 1) until every step holds `history` losses, even when some steps are full."""
     s = LossSecondMomentSampler(20, history=10)

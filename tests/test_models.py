@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import scoresde
-from scoresde.models import MLP, GaussianFourierEmbedding, SinusoidalEmbedding, UNet, model_from_config
+from scoresde.models import MLP, GaussianFourierEmbedding, SinusoidalEmbedding, UNet, model_from_config, small_unet
 from scoresde.score import network_time
 
 torch.set_num_threads(1)
@@ -121,6 +121,23 @@ def test_documented_parameter_counts():
     assert _nparams(UNet(ch=64, ch_mult=(1, 2, 2))) == 6_469_889
     assert _nparams(UNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), image_size=16)) == 701_345
     assert _nparams(MLP(2)) == 429_058
+
+
+def test_small_unet_is_the_cli_and_demo_network():
+    # the demo's 8x8 digit UNet: ch 16, ch_mult (1, 2), one res block, no attention: 163,985 parameters
+    # (164,689 with 10 classes: 11 label rows of 4 ch = 64); (1, 2, 2) and 2 blocks above side 16
+    net = small_unet(1, 8)
+    assert (net.ch, net.ch_mult, net.num_res_blocks, net.attn_resolutions) == (16, (1, 2), 1, ())
+    assert sum(p.numel() for p in net.parameters()) == 163985
+    assert sum(p.numel() for p in small_unet(1, 8, num_classes=10).parameters()) == 163985 + 11 * 64
+    assert (small_unet(3, 16).ch_mult, small_unet(3, 16).num_res_blocks) == ((1, 2, 2), 1)
+    assert (small_unet(3, 32, ch=8).ch_mult, small_unet(3, 32, ch=8).num_res_blocks) == ((1, 2, 2), 2)
+    assert small_unet(1, 8, learn_variance=True)(torch.randn(2, 1, 8, 8), torch.rand(2)).shape == (2, 2, 8, 8)
+    assert model_from_config(net.config()).config() == net.config()
+    with pytest.raises(TypeError, match="image_size"):
+        small_unet(1, 8.0)
+    with pytest.raises(ValueError, match="ch"):
+        small_unet(1, 8, ch=6)
 
 
 def test_default_attention_resolution_adapts_to_the_image_size():

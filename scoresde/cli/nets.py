@@ -1,5 +1,5 @@
-"""What the command line trains with, beyond the library: an MLP on flattened images and a
-dequantizing objective.
+"""What the command line trains with, beyond the library: an MLP on flattened images, and the
+dequantizing objective of runs saved before it moved into the library.
 
 * :class:`FlatMLP` lets :class:`scoresde.models.MLP` score small images: it flattens
   (B, C, H, W) to (B, C H W), calls the MLP and reshapes back. On 8x8 digits it trains about
@@ -7,10 +7,12 @@ dequantizing objective.
   fit in minutes. Its ``config()`` is marked ``custom`` (``scoresde.models.model_from_config``
   does not know it); :func:`build_net` rebuilds it, and the CLI's checkpoint loader passes it
   to :func:`scoresde.train.load_score_model` as ``net=``.
-* :class:`Dequantized` wraps a loss of :mod:`scoresde.losses` so that each batch of
-  integer-level data is uniformly dequantized inside its bin before the loss: the model then
-  learns the density that :func:`scoresde.bits_per_dim` evaluates (dequantized points), not
-  spikes at the bin centres.
+* :class:`Dequantized` is kept for runs saved before the library held the recipe: they recorded it as
+  their objective ("scoresde.cli.nets.Dequantized(dsm_loss, num_levels=17, weighting=sigma2)"),
+  and a resumed run must train with the objective it was saved with. It calls
+  :func:`scoresde.losses.dsm_loss` with ``dequantize=num_levels``, which draws the same noise in
+  the same order, so old and new runs train the same weights. New runs use the objective
+  ``{"loss": "dsm", "dequantize": num_levels}`` (see :func:`scoresde.cli.training.make_model`).
 """
 from __future__ import annotations
 
@@ -69,22 +71,41 @@ def build_net(cfg: dict) -> nn.Module:
 
 
 class Dequantized:
-    """A loss of :mod:`scoresde.losses` on uniformly dequantized data.
+    """The objective of CLI runs saved before the dequantization moved into the library.
 
-    x0 holds bin centres (2k + 1)/L - 1 of L levels on [-1, 1] (``scoresde.data.levels_to_float``);
-    each call adds u ~ U(-1/L, 1/L) per dimension (drawn from the loss's generator), i.e. a
-    uniform point of the bin, then evaluates ``loss(model, sde, x0 + u, generator=, **options)``.
-    Reference: Theis et al. 2016, Sec. 3.1; Song et al. 2021, App. D.2 (likelihood training on
-    dequantized data).
+    ``Dequantized(dsm_loss, L, **options)(model, sde, x0, generator=, **kw)`` is
+    ``dsm_loss(model, sde, x0, generator=, dequantize=L, **options, **kw)``: the same draws in the
+    same order, so a resumed old run continues exactly. Its ``__qualname__`` is the string old
+    checkpoints hold as their objective, so that :func:`scoresde.train` accepts the resume.
+
+    Arguments:
+        loss: :func:`scoresde.losses.dsm_loss` (the only loss old runs dequantized).
+        num_levels: L, the number of integer levels of the data (17 for the digits).
+        options: further options of the loss (``weighting``).
+    Returns (a call): the 0-d batch-mean loss.
+    Raises: ValueError: a loss other than dsm_loss.
+    Reference: Theis et al. 2016, Sec. 3.1; Song et al. 2021, App. D.2.
     """
 
     def __init__(self, loss, num_levels: int, **options):
+        from ..losses import dsm_loss
+        if loss is not dsm_loss:
+            raise ValueError(f"Dequantized wraps scoresde.losses.dsm_loss; got {getattr(loss, '__name__', loss)!r}")
         self.loss, self.num_levels, self.options = loss, int(num_levels), options
         opts = "".join(f", {k}={v}" for k, v in sorted(options.items()))
         # train() records "<module>.<qualname>" of a custom objective in the checkpoint config
         self.__qualname__ = f"Dequantized({loss.__name__}, num_levels={self.num_levels}{opts})"
 
     def __call__(self, model, sde, x0, generator=None, **kwargs):
-        h = 1.0 / self.num_levels
-        u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        return self.loss(model, sde, x0 + (2.0 * u - 1.0) * h, generator=generator, **self.options, **kwargs)
+        return self.loss(model, sde, x0, generator=generator, dequantize=self.num_levels, **self.options, **kwargs)
+
+
+def legacy_objective(saved: dict | None, objective: dict):
+    """The :class:`Dequantized` objective if ``saved`` (a resumed checkpoint's objective config)
+    is the one it recorded for ``objective`` (``{"loss": "dsm", "dequantize": L}``, perhaps with a
+    ``weighting``), else None."""
+    if not isinstance(saved, dict) or saved.get("loss") != "custom":
+        return None
+    from ..losses import dsm_loss
+    old = Dequantized(dsm_loss, objective["dequantize"], weighting=objective.get("weighting", "sigma2"))
+    return old if saved.get("function") == f"{__name__}.{old.__qualname__}" else None

@@ -13,15 +13,12 @@ from .common import _log, _threads, load_data
 
 TRAIN_ARGS = "train_args.json"
 #: train options that may change when a run is resumed
-#: train options that may change when a run is resumed
 _RESUME_FREE = ("steps", "quiet", "checkpoint_every", "out", "device", "command")
 #: free options that keep the run's saved value unless typed (an interrupted run resumes to its own --steps)
-#: free options that keep the run's saved value unless typed (an interrupted run resumes to its own --steps)
 _KEEP_UNLESS_GIVEN = ("steps", "checkpoint_every")
-#: settings a train_args.json must hold (run_train reads them)
-#: settings a train_args.json must hold (run_train reads them)
 #: options added after runs were saved, with the value those runs had
 _ADDED_DEFAULTS = {"class_conditional": False, "label_dropout": 0.0}
+#: settings a train_args.json must hold (run_train reads them)
 _REQUIRED = ("data", "sde", "beta_min", "beta_max", "sigma_min", "sigma_max", "num_scales", "model", "hidden",
              "layers", "channels", "objective", "prediction", "steps", "batch_size", "lr", "warmup", "ema", "seed",
              "checkpoint_every")
@@ -52,12 +49,20 @@ def make_sde(name: str, *, beta_min=0.1, beta_max=20.0, sigma_min=0.01, sigma_ma
     raise ValueError(f"unknown sde {name!r}; valid values are ['vp', 'subvp', 've', 'vp-cosine']")
 
 
-def make_model(args_d: dict, shape, sde):
-    """(ScoreModel, objective) from the resolved train settings ``args_d``."""
-    from ..losses import dsm_loss
-    from ..models import UNet
+def make_model(args_d: dict, shape, sde, saved_objective: dict | None = None):
+    """(ScoreModel, objective) from the resolved train settings ``args_d``: the library's recipe.
+
+    The network is :func:`scoresde.models.small_unet` (``--model unet``, or ``auto`` on square
+    images of side >= 8) or :class:`~scoresde.cli.nets.FlatMLP`; the objective of ``dsm`` /
+    ``dsm-likelihood`` on integer-level data is ``{"loss": "dsm", "weighting": ..., "dequantize":
+    num_levels}`` (:func:`scoresde.losses.dsm_loss` on uniformly dequantized data), exactly what
+    the Python example of docs/training.md passes to :func:`scoresde.train`. ``saved_objective``
+    (the objective config of a checkpoint being resumed) keeps the objective of runs saved before
+    the dequantization moved into the library (:class:`~scoresde.cli.nets.Dequantized`).
+    """
+    from ..models import small_unet
     from ..score import ScoreModel
-    from .nets import Dequantized, FlatMLP
+    from .nets import FlatMLP, legacy_objective
     objective = args_d["objective"]
     discrete = objective in ("ddpm", "hybrid")
     learn_variance = objective == "hybrid"
@@ -71,16 +76,15 @@ def make_model(args_d: dict, shape, sde):
     else:
         if len(shape) != 3 or shape[1] != shape[2]:
             raise ValueError(f"--model unet needs square images (C, H, W); the data have shape {tuple(shape)}")
-        net = UNet(shape[0], shape[1], ch=args_d["channels"], ch_mult=(1, 2, 2) if shape[1] >= 16 else (1, 2),
-                   num_res_blocks=1 if shape[1] <= 16 else 2, attn_resolutions=(), learn_variance=learn_variance,
-                   num_classes=num_classes)
+        net = small_unet(shape[0], shape[1], ch=args_d["channels"], learn_variance=learn_variance,
+                         num_classes=num_classes)
     model = ScoreModel(net, sde, prediction=args_d["prediction"], discrete=discrete, learn_variance=learn_variance)
     if objective in ("dsm", "dsm-likelihood"):
-        weighting = "likelihood" if objective == "dsm-likelihood" else "sigma2"
+        # the weighting is always recorded (as runs saved before did: they resume with the same objective config)
+        obj = {"loss": "dsm", "weighting": "likelihood" if objective == "dsm-likelihood" else "sigma2"}
         if args_d.get("dequantize") and args_d.get("num_levels"):
-            obj = Dequantized(dsm_loss, args_d["num_levels"], weighting=weighting)
-        else:
-            obj = {"loss": "dsm", "weighting": weighting}
+            obj["dequantize"] = int(args_d["num_levels"])
+            obj = legacy_objective(saved_objective, obj) or obj
     else:
         obj = objective
     return model, obj
@@ -122,11 +126,12 @@ def run_train(args) -> dict:
     settings = {k: v for k, v in vars(args).items() if k not in ("func", GIVEN)}
     typed = (lambda k: True) if given is None else (lambda k: k in given)
     saved_path = out / TRAIN_ARGS
-    resumed_from, metrics = 0, {}
+    resumed_from, metrics, saved_objective = 0, {}, None
     if ckpt.exists():
         state = load_checkpoint(ckpt)  # corrupt file -> one-line ValueError before anything else
         resumed_from = int(state.get("step", 0))
         metrics = state.get("metrics") or {}
+        saved_objective = (state.get("config") or {}).get("objective")
         if not saved_path.exists():
             raise ValueError(f"{ckpt} was not written by 'scoresde train' (no {TRAIN_ARGS}); resume it from Python "
                              "with scoresde.train.train")
@@ -168,7 +173,7 @@ def run_train(args) -> dict:
         raise ValueError(f"--objective {settings['objective']} trains on the discrete DDPM chain and needs "
                          f"--sde vp or vp-cosine; got {settings['sde']}")
     torch.manual_seed(settings["seed"])  # the network's initial weights (train() seeds data order and noise)
-    model, objective = make_model(settings, ds.shape, sde)
+    model, objective = make_model(settings, ds.shape, sde, saved_objective)
     if settings["batch_size"] > len(ds):
         raise ValueError(f"--batch-size {settings['batch_size']} is larger than the data ({len(ds)} samples)")
     summary = {"resumed_from": resumed_from, "steps_requested": settings["steps"], "steps_given": typed("steps"),

@@ -1,4 +1,5 @@
-"""Score networks: a DDPM++-style UNet and an MLP, their time embeddings, and config round-trips;
+"""Score networks: a DDPM++-style UNet (and :func:`small_unet`, its size for small images: the
+CLI's and the demo's) and an MLP, their time embeddings, and config round-trips;
 the noise-conditional :class:`Classifier` (the UNet's encoder half, called ``classifier(x, t)``
 with the SDE's continuous time t).
 
@@ -16,11 +17,11 @@ from .classifier import Classifier
 from .embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 from .mlp import MLP
 from .ncsnpp import NCSNpp
-from .unet import UNet
+from .unet import UNet, small_unet
 
 MODELS = {"UNet": UNet, "MLP": MLP, "NCSNpp": NCSNpp}
 
-__all__ = ["UNet", "MLP", "Classifier", "SinusoidalEmbedding", "GaussianFourierEmbedding", "model_from_config",
+__all__ = ["UNet", "small_unet", "MLP", "Classifier", "SinusoidalEmbedding", "GaussianFourierEmbedding", "model_from_config",
            "MODELS", "NCSNpp"]
 
 
