@@ -56,7 +56,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from .checkpoint import check_writable, load_checkpoint, save_checkpoint
+from .checkpoint import save_checkpoint
 from .data_stats import check_prior
 from .score import ScoreModel
 from .sde import SDE

@@ -227,3 +227,11 @@ def test_train_says_when_it_resumes_and_when_nothing_is_left(tmp_path, capsys):
                         "steps=3 asks for no more (pass steps > 4 to train further)")
     _run(tmp_path, 4, quiet=True)
     assert _status(capsys) == []
+
+
+def test_public_names_have_the_docstring_layout():
+    import scoresde.amp
+    import scoresde.device
+    from test_docstrings import failures
+
+    assert failures(scoresde.device) == [] and failures(scoresde.amp) == []

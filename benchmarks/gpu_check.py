@@ -1,0 +1,307 @@
+"""GPU check (issue 13, item 6): throughput and peak memory of sampling, bits/dim and training on one GPU.
+
+Prints, for the 35.7M-parameter ``scoresde.models.UNet(in_channels=3)`` (DDPM's CIFAR-10
+network: ch 128, ch_mult (1, 2, 2, 2), two residual blocks, attention at 16x16) at 32x32:
+
+1. **training** steps/s at batch 128 (``scoresde.train``, "dsm", VP SDE): float32, bf16 autocast,
+   fp16 autocast + GradScaler, and (last, since compiling takes a minute or two) bf16 +
+   ``torch.compile``; the float32 run trains the network a little longer, so that the sections
+   after it see a non-trivial field;
+2. **sampling** throughput (images/s) at batch 256: ``ddim`` 50 steps, and ``dpmpp_2m``,
+   ``unipc``, ``heun`` at about 10 / 20 network evaluations (heun: 2 steps - 1 NFE);
+3. **bits/dim** throughput (images/s) on 32x32x3 data at rtol = atol = 1e-5 (dopri5, one
+   Rademacher probe), batch 64 and 256, with the network in float32 and under bf16 autocast
+   (:func:`scoresde.device.autocast_score`: the ODE state stays float32); the NFE of each solve
+   is capped from the cost of one evaluation and the time left (a capped solve is an error row);
+
+and the peak GPU memory of each (``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats``). The data: scikit-learn's 8x8 digits upscaled to 32x32 (nearest) in
+three channels, 17 levels, in [-1, 1] (the network's cost does not depend on the pictures).
+
+Robustness: every measurement runs in its own try/except (an error is printed and recorded, and
+the script goes on), and a global time guard (``--budget``, default 330 s) skips what would not
+fit, so the whole script stays under 6 minutes on one GPU. With ``--quick``, or on a machine
+without CUDA, it runs the same code at toy size on the CPU (what the test runs). Results:
+``benchmarks/results/gpu/gpu.md`` and ``gpu.json`` (``_common.write_results``).
+
+Usage: python benchmarks/gpu_check.py [--quick] [--budget 330] [--device cuda] [--out DIR]
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # _common, and scoresde from this checkout
+
+import torch  # noqa: E402
+
+from _common import md_table, parser, set_threads, write_results  # noqa: E402
+
+FULL = dict(image=32, net=dict(in_channels=3), sample_batch=256, ddim_steps=50, nfe=(10, 20), bpd_batches=(64, 256),
+            rtol=1e-5, train_batch=128, train_steps=40, warm_steps=5, field_steps=150, budget=330.0)
+QUICK = dict(image=8, net=dict(in_channels=3, image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                               attn_resolutions=()),
+             sample_batch=4, ddim_steps=5, nfe=(4,), bpd_batches=(2,), rtol=1e-2, train_batch=8, train_steps=3,
+             warm_steps=1, field_steps=5, budget=600.0)
+
+
+class Guard:
+    """The global time guard: :meth:`left` seconds remain of ``budget``; :meth:`allows` a step of ``need`` s."""
+
+    def __init__(self, budget: float):
+        self.t0, self.budget = time.perf_counter(), float(budget)
+
+    def left(self) -> float:
+        return self.budget - (time.perf_counter() - self.t0)
+
+    def allows(self, need: float) -> bool:
+        return self.left() > need
+
+
+class Bench:
+    """What the sections share: device, sizes, the rows measured, the time guard, peak-memory helpers."""
+
+    def __init__(self, args):
+        self.cuda = (not args.quick) and torch.cuda.is_available() and args.device.startswith("cuda")
+        self.device = torch.device(args.device if self.cuda else "cpu")
+        self.size = dict(QUICK if not self.cuda else FULL)
+        self.guard = Guard(args.budget if args.budget is not None else self.size["budget"])
+        self.rows: list[dict] = []
+        self.model = None
+        from scoresde import VPSDE
+
+        self.sde = VPSDE()
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def reset_peak(self):
+        if self.cuda:
+            self.sync()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def peak_mib(self):
+        if not self.cuda:
+            return None
+        self.sync()
+        return round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)
+
+    def run(self, section: str, what: str, need: float, fn) -> dict:
+        """Measure ``fn() -> dict`` unless the guard says no; any error is printed and recorded."""
+        row = {"section": section, "what": what}
+        if not self.guard.allows(need):
+            row["skipped"] = f"time guard: {self.guard.left():.0f} s left, about {need:.0f} s needed"
+        else:
+            try:
+                self.reset_peak()
+                row.update(fn())
+                row["peak_mib"] = self.peak_mib()
+            except Exception as e:  # noqa: BLE001 - report and go on: one broken path must not hide the rest
+                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                traceback.print_exc(limit=3, file=sys.stderr)
+        self.rows.append(row)
+        print(json.dumps(row), flush=True)
+        return row
+
+    def new_model(self, seed: int = 0):
+        from scoresde import ScoreModel
+        from scoresde.models import UNet
+
+        torch.manual_seed(seed)
+        net = UNet(**self.size["net"])
+        return ScoreModel(net, self.sde, prediction="eps").to(self.device)
+
+
+def digits32(image: int, channels: int = 3):
+    """(levels (n, 3, image, image) int64 in [0, 16], data in [-1, 1]): the 8x8 digits upscaled (nearest)."""
+    from scoresde.data import digits
+
+    lev = torch.cat([digits("train").levels, digits("test").levels]).long()
+    if lev.dim() == 3:
+        lev = lev[:, None]
+    lev = torch.nn.functional.interpolate(lev.float(), size=(image, image), mode="nearest").round().long()
+    lev = lev.expand(-1, channels, -1, -1).contiguous()
+    return lev, (lev.float() + 0.5) / 17 * 2 - 1
+
+
+# ------------------------------------------------------------------------------------------ sections
+def section_train(b: Bench, compiled: bool = False) -> None:
+    """Training steps/s: float32, bf16, fp16 (``compiled`` False), or bf16 + torch.compile (True; run last,
+    since compiling the UNet takes a minute or two)."""
+    from scoresde import TrainConfig, train
+
+    s = b.size
+    _, data = digits32(s["image"])
+    variants = ([("bf16 + torch.compile", "bf16", "inductor" if b.cuda else "eager")] if compiled else
+                [("float32", None, False), ("bf16 autocast", "bf16", False), ("fp16 autocast + GradScaler", "fp16", False)])
+    for name, amp, comp in variants:
+        n = s["train_steps"] + (s["field_steps"] if amp is None else 0)
+
+        def one(amp=amp, comp=comp, n=n):
+            model = b.new_model()
+            stamps = []
+            cfg = TrainConfig(steps=n, batch_size=s["train_batch"], lr=2e-4, warmup=0, eval_every=0, log_every=0,
+                              checkpoint_every=0, quiet=True, device=str(b.device), amp=amp, compile=comp)
+
+            def cb(step, info):
+                b.sync()
+                stamps.append(time.perf_counter())
+
+            t0 = time.perf_counter()
+            r = train(model, b.sde, "dsm", data, cfg, callback=cb)
+            w = s["warm_steps"]
+            rate = (len(stamps) - 1 - w) / (stamps[-1] - stamps[w]) if len(stamps) > w + 1 else float("nan")
+            if amp is None:
+                b.model = r.model.eval()  # the sections after this one use the trained network
+            return {"batch": s["train_batch"], "steps": n, "steps_per_s": round(rate, 3),
+                    "first_step_s": round(stamps[0] - t0, 2), "loss": r.loss,
+                    "n_params": sum(p.numel() for p in model.parameters())}
+
+        need = 150.0 if comp and b.cuda else 15.0
+        b.run("train", name, need, one)
+
+
+def section_sample(b: Bench) -> None:
+    from scoresde import sample
+
+    s = b.size
+    model = b.model if b.model is not None else b.new_model().eval()
+    shape = (s["sample_batch"], s["net"]["in_channels"], s["image"], s["image"])
+    plans = [("ddim", s["ddim_steps"])]
+    for nfe in s["nfe"]:
+        plans += [("dpmpp_2m", nfe), ("unipc", nfe), ("heun", (nfe + 1) // 2)]
+    warmed = False
+    for method, steps in plans:
+        def one(method=method, steps=steps):
+            nonlocal warmed
+            g = torch.Generator(device=b.device).manual_seed(0)
+            with torch.no_grad():
+                if not warmed:  # cuDNN autotuning and lazy initialisation, untimed
+                    sample(model, b.sde, shape, method="dpmpp_2m", steps=2, generator=g, device=b.device)
+                    warmed = True
+                    b.reset_peak()
+                b.sync()
+                t0 = time.perf_counter()
+                x, info = sample(model, b.sde, shape, method=method, steps=steps, generator=g, device=b.device,
+                                 return_info=True, denoise=False)  # NFE = steps (heun: 2 steps - 1)
+                b.sync()
+                dt = time.perf_counter() - t0
+            return {"batch": shape[0], "steps": steps, "nfe": info.nfe, "seconds": round(dt, 3),
+                    "images_per_s": round(shape[0] / dt, 2), "finite": bool(torch.isfinite(x).all())}
+
+        b.run("sample", f"{method} {steps} steps", 20.0, one)
+
+
+def section_bpd(b: Bench) -> None:
+    from scoresde import bits_per_dim
+    from scoresde.device import autocast_score
+
+    s = b.size
+    model = b.model if b.model is not None else b.new_model().eval()
+    levels, _ = digits32(s["image"])
+    for batch in s["bpd_batches"]:
+        for name, fn in (("float32", model), ("bf16 autocast network", autocast_score(model, torch.bfloat16))):
+            def one(batch=batch, fn=fn):
+                g = torch.Generator(device="cpu").manual_seed(1)
+                x = levels[:batch].to(b.device)
+                # the cost of one evaluation (2 fixed Euler steps), to cap the NFE by the time left
+                b.sync()
+                t0 = time.perf_counter()
+                bits_per_dim(fn, b.sde, x, num_levels=17, method="euler", steps=2, generator=g)
+                b.sync()
+                per_nfe = (time.perf_counter() - t0) / 2
+                cap = int(max(50, min(4000, (b.guard.left() - 20) / 2 / max(per_nfe, 1e-6))))
+                b.sync()
+                t0 = time.perf_counter()
+                r = bits_per_dim(fn, b.sde, x, num_levels=17, rtol=s["rtol"], atol=s["rtol"], generator=g,
+                                 max_nfe=cap)
+                b.sync()
+                dt = time.perf_counter() - t0
+                return {"batch": batch, "rtol": s["rtol"], "nfe": r.nfe, "nfe_cap": cap, "s_per_nfe": round(per_nfe, 4), "seconds": round(dt, 3),
+                        "images_per_s": round(batch / dt, 3), "bpd": round(float(r.bpd.mean()), 4)}
+
+            b.run("bpd", f"bits/dim {name}, batch {batch}", 40.0 if batch > 64 else 20.0, one)
+
+
+# ------------------------------------------------------------------------------------------ output
+def tables(rows) -> str:
+    def cell(r, k, fmt="{}"):
+        return fmt.format(r[k]) if r.get(k) is not None else ""
+
+    def status(r):
+        return r.get("error") or r.get("skipped") or "ok"
+
+    out = []
+    for sec, title, cols in (("train", "Training (scoresde.train, dsm, batch {b})", ("steps_per_s", "first_step_s", "loss")),
+                             ("sample", "Sampling", ("nfe", "seconds", "images_per_s")),
+                             ("bpd", "Bits/dim (dopri5, 1 Rademacher probe)", ("nfe", "seconds", "images_per_s", "bpd"))):
+        rs = [r for r in rows if r["section"] == sec]
+        if not rs:
+            continue
+        b = next((r.get("batch") for r in rs if r.get("batch")), "?")
+        head = ["what", "batch", *cols, "peak GPU MiB", "status"]
+        body = [[r["what"], cell(r, "batch"), *[cell(r, c) for c in cols], cell(r, "peak_mib"), status(r)] for r in rs]
+        out.append(f"**{title.format(b=b)}**\n\n" + md_table(head, body))
+    return "\n".join(out)
+
+
+def readme_rows(rows, gpu: str) -> list[dict]:
+    """The README rows this script owns: only from a CUDA run (a CPU toy run measures nothing of a GPU)."""
+    got = {r["what"]: r for r in rows if "error" not in r and "skipped" not in r}
+    out = []
+    for key, label, field in (("dpmpp_2m 20 steps", "sampling, dpmpp_2m 20 NFE, batch 256", "images_per_s"),
+                              ("bits/dim float32, batch 256", "bits/dim at 1e-5, batch 256, float32", "images_per_s"),
+                              ("bits/dim bf16 autocast network, batch 256", "bits/dim at 1e-5, batch 256, bf16 network",
+                               "images_per_s"),
+                              ("float32", "training steps/s, batch 128, float32", "steps_per_s"),
+                              ("bf16 autocast", "training steps/s, batch 128, bf16 autocast", "steps_per_s")):
+        if key in got:
+            out.append({"what": f"{label} ({gpu})", "value": f"{got[key][field]} {field.replace('_per_s', '/s')}",
+                        "how": "benchmarks/gpu_check.py"})
+    return out
+
+
+SECTIONS = {"train": section_train, "sample": section_sample, "bpd": section_bpd,
+            "compile": lambda b: section_train(b, compiled=True)}
+
+
+def main(argv=None) -> int:
+    p = parser("gpu", __doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda", help="CUDA device (default cuda); without CUDA the CPU toy run")
+    p.add_argument("--budget", type=float, default=None, help="seconds for the whole script (default 330)")
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    args = p.parse_args(argv)
+    started = time.time()
+    set_threads(args.threads if (args.quick or not torch.cuda.is_available()) else max(args.threads, 4))
+    logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # graph-break notes (the models' input checks)
+    b = Bench(args)
+    gpu = torch.cuda.get_device_name(b.device) if b.cuda else "no CUDA: CPU toy run"
+    print(f"gpu_check on {gpu}; torch {torch.__version__}; sizes {json.dumps(b.size)}", flush=True)
+    for name in args.sections:
+        fn = SECTIONS[name]
+        try:
+            fn(b)
+        except Exception as e:  # noqa: BLE001 - a section's set-up failing must not stop the others
+            b.rows.append({"section": name, "what": "(section)", "error": f"{type(e).__name__}: {e}"[:300]})
+            traceback.print_exc(limit=3, file=sys.stderr)
+    md = f"Device: {gpu}\n\n" + tables(b.rows)
+    print(md)
+    extra = {"gpu": gpu, "cuda": b.cuda, "sizes": b.size}
+    if b.cuda:
+        extra.update(tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32,
+                     cuda_version=torch.version.cuda)
+    write_results("gpu", args.out, md, b.rows, readme=readme_rows(b.rows, gpu) if b.cuda else [], started=started,
+                  extra=extra)
+    print(f"total {time.time() - started:.1f} s", flush=True)
+    return 0 if all("error" not in r for r in b.rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
