@@ -239,7 +239,12 @@ def dopri5_per_sample(func: Callable, y0: tuple, t0: float, t1: float, *, rtol: 
             h[rows] = h_next
             steps[rows] += 1
         running = t != t1
-        n_run, n_bad, n_under = (int(v) for v in torch.stack([running.sum(), bad.sum(), underflow.sum()]).tolist())
+        slowest = torch.where(running, d * t, math.inf).min() * d  # for messages
+        flags = torch.stack([running.sum(), bad.sum(), underflow.sum()]).double()
+        n_run, n_bad, n_under, reached = torch.cat([flags, slowest.reshape(1)]).tolist()  # one host sync per step
+        n_run, n_bad, n_under = int(n_run), int(n_bad), int(n_under)
+        if n_run:
+            field.reached = reached
         if n_bad or n_under:
             what = (f"a non-finite error estimate (NaN / inf in the state or the field) for {n_bad} sample(s)"
                     if n_bad else f"a step-size underflow (t + h == t) for {n_under} sample(s)")
@@ -251,7 +256,5 @@ def dopri5_per_sample(func: Callable, y0: tuple, t0: float, t1: float, *, rtol: 
             # y, f, t, h are the solver's own tensors by now (made by torch.where / the controller): the
             # rows of running samples are updated in place from here on
             rows = None if (rows is None and n_run == B) else running.nonzero().squeeze(1)
-            slow = t[running]
-            field.reached = float(slow.min() if d > 0 else slow.max())
     return PerSampleSolution(y=y, nfe=field.nfe, nfe_per_sample=field.per_sample.cpu(),
                              steps_per_sample=steps.cpu())
