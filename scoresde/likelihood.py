@@ -12,6 +12,10 @@ maps data at time eps to a latent at time T and is a continuous normalizing flow
 added to the prior's log-density). The augmented state (x, delta_logp) is integrated from eps to
 T with :func:`scoresde.solvers.ode.solve_ode` (torchdiffeq; never evaluated outside [eps, T]).
 
+The integration variable (``time_variable=``, :mod:`scoresde.likelihood_ode`): "t" (eps to T, the
+reference code's) or "lambda" (s = -1/2 log-SNR(t)); the field is multiplied by dt/ds, the
+log-density is the same.
+
 Divergence estimators (``divergence=``):
     "hutchinson_rademacher"  eps^T J eps with Rademacher probes (default; lower variance),
     "hutchinson_gaussian"    the same with standard normal probes,
@@ -50,8 +54,12 @@ from ._levels import check_levels
 from ._checks import check_batch, check_choice, check_finite, check_positive
 from .grids import check_eps
 from .sde import SDE, reverse_drift
-from .divergence import DIVERGENCES, divergence as _divergence, draw_probes as _draw_probes
+from .divergence import DIVERGENCES, draw_probes as _draw_probes
+from .likelihood_ode import TIME_VARIABLES, TimeChange, flow_field, likelihood_field
 from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, rms_norm, solve_ode
+
+#: the integration variable of log_likelihood / bits_per_dim / encode / decode (see scoresde.likelihood_ode)
+DEFAULT_TIME_VARIABLE = "t"
 
 @dataclass
 class LikelihoodResult:
@@ -133,7 +141,8 @@ def _solve_options(method, rtol, atol, steps, max_nfe, min_step) -> dict:
 def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
                    rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "hutchinson_rademacher",
                    n_probes: int = 1, generator: torch.Generator | None = None, steps: int | None = None,
-                   max_nfe: int | None = None, min_step: float | None = None) -> LikelihoodResult:
+                   max_nfe: int | None = None, min_step: float | None = None,
+                   time_variable: str = DEFAULT_TIME_VARIABLE) -> LikelihoodResult:
     """Log-density of data under the probability-flow ODE of ``sde``.
 
     Integrates (x, delta_logp) from eps to T with d delta_logp / dt = div f~ and returns
@@ -153,14 +162,17 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
             vector-Jacobian product, the network runs once.
         generator: ``torch.Generator`` the probes are drawn from, once per call
             (shape (n_probes, B, *S)), or None (torch's global generator).
+        time_variable: the integration variable, "t" or "lambda" (s = -1/2 log-SNR(t), log sigma
+            for the VE SDE; :mod:`scoresde.likelihood_ode`). The log-density does not depend on it
+            (to the solver's tolerance); the number of evaluations does.
     Returns:
         :class:`LikelihoodResult` with logp (B,) in nats per sample, prior_logp (B,),
         delta_logp (B,), z (B, *S) the latent at T, and nfe (score evaluations); in x's dtype,
         except that float16 / bfloat16 x is solved in float32 (``score_fn`` sees float32) and
         logp and its parts stay float32 (z is cast back to x's dtype).
     Raises:
-        ValueError: eps outside (0, T); unknown divergence or method (the message lists the
-            valid names); rtol / atol <= 0, or both below the machine epsilon of x's dtype;
+        ValueError: eps outside (0, T); unknown divergence, method or time_variable (the message
+            lists the valid names); rtol / atol <= 0, or both below the machine epsilon of x's dtype;
             n_probes < 1; NaN / inf in x; x without a data dimension, empty (batch size 0) or on
             the "meta" device; a score of the wrong shape or with NaN / inf.
         TypeError: integer x, a non-SDE ``sde``, a ``generator`` that is not a torch.Generator.
@@ -171,6 +183,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     """
     eps = _check_common(sde, x, eps)
     check_choice("divergence", divergence, DIVERGENCES)
+    tc = TimeChange(sde, time_variable, eps, sde.T)
     check_positive("n_probes", n_probes, integer=True)
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
@@ -181,21 +194,13 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     B = x.shape[0]
     probes = None if divergence == "exact" else _draw_probes(divergence, (n_probes, *x.shape), x, generator)
 
-    def field(t, state):
-        xt = state[0]
-        tt = t.reshape(1).expand(B)
-        with torch.enable_grad():
-            xg = xt.detach().requires_grad_(True)
-            drift = pf_drift(score_fn, sde, xg, tt)
-            div = _divergence(drift, xg, probes)
-        return drift.detach(), div.detach()
-
     with torch.no_grad():
         delta0 = torch.zeros(B, dtype=x.dtype, device=x.device)
         options = _solve_options(method, rtol, atol, steps, max_nfe, min_step)
         if method in ADAPTIVE_METHODS:
             options["norm"] = rms_norm  # the error of (x, delta_logp) as one vector, as the reference code
-        sol = solve_ode(field, (x, delta0), eps, sde.T, **options)
+        field = likelihood_field(score_fn, sde, tc, B, probes)
+        sol = solve_ode(field, (x, delta0), tc.s_of_t(eps), tc.s_of_t(sde.T), **options)
         z, delta = sol.y
         prior = sde.prior_logp(z).to(x.dtype)
     return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z.to(in_dtype), nfe=sol.nfe)
@@ -283,7 +288,7 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
         n_dequant: number of independent dequantization draws (>= 1); bpd, logp and its parts
             are averaged over them (one ODE solve per draw; nfe is the total).
         **log_likelihood_options: eps, method, rtol, atol, divergence, n_probes, generator,
-            steps, max_nfe, min_step of :func:`log_likelihood`; ``generator`` also draws the
+            steps, max_nfe, min_step, time_variable of :func:`log_likelihood`; ``generator`` also draws the
             dequantization noise (before each solve's probes).
     Returns:
         :class:`BitsPerDimResult`: bpd (B,) bits per dimension per sample; logp, prior_logp,
@@ -306,7 +311,8 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
         raise ValueError(f"num_levels must be >= 2; got {num_levels}")
     check_positive("n_dequant", n_dequant, integer=True)
     low, high = _check_range(data_range)
-    allowed = {"eps", "method", "rtol", "atol", "divergence", "n_probes", "generator", "steps", "max_nfe", "min_step"}
+    allowed = {"eps", "method", "rtol", "atol", "divergence", "n_probes", "generator", "steps", "max_nfe", "min_step",
+               "time_variable"}
     unknown = set(log_likelihood_options) - allowed
     if unknown:
         raise TypeError(f"bits_per_dim got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -341,50 +347,53 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
 
 def encode(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
            rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
-           min_step: float | None = None) -> torch.Tensor:
+           min_step: float | None = None, time_variable: str = DEFAULT_TIME_VARIABLE) -> torch.Tensor:
     """Latent code of x: the probability-flow ODE integrated from eps to T.
 
     Arguments:
         score_fn: callable (x (B, *S), t (B,)) -> score. sde: the forward SDE.
-        x: (B, *S) floating data at time eps. eps, method, rtol, atol, steps, max_nfe, min_step:
-            as in :func:`log_likelihood`.
+        x: (B, *S) floating data at time eps. eps, method, rtol, atol, steps, max_nfe, min_step,
+            time_variable: as in :func:`log_likelihood`.
     Returns:
         z (B, *S), the state at time T (the same z :func:`log_likelihood` returns), in x's dtype
         (float16 / bfloat16 x is solved in float32 and cast back, see :func:`solve_ode`).
     Raises:
-        ValueError: eps outside (0, T), unknown method, rtol / atol <= 0 (or both below the
+        ValueError: eps outside (0, T), unknown method or time_variable, rtol / atol <= 0 (or both below the
             epsilon of x's dtype), NaN in x, an empty (batch size 0) or "meta" x.
         ODESolverError: max_nfe exceeded or step-size underflow.
     Reference: Song et al. 2021, Sec. 4.3 ("uniquely identifiable encoding"), Eq. (13).
     """
     eps = _check_common(sde, x, eps)
-    return _flow(score_fn, sde, x, eps, sde.T, _solve_options(method, rtol, atol, steps, max_nfe, min_step))
+    return _flow(score_fn, sde, x, eps, sde.T, _solve_options(method, rtol, atol, steps, max_nfe, min_step),
+                 time_variable)
 
 
 def decode(score_fn: Callable, sde: SDE, z: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
            rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
-           min_step: float | None = None) -> torch.Tensor:
+           min_step: float | None = None, time_variable: str = DEFAULT_TIME_VARIABLE) -> torch.Tensor:
     """Data from a latent: the probability-flow ODE integrated from T back to eps (inverse of :func:`encode`).
 
     Arguments:
         score_fn: callable (x (B, *S), t (B,)) -> score. sde: the forward SDE.
-        z: (B, *S) floating latent at time T. eps, method, rtol, atol, steps, max_nfe, min_step:
-            as in :func:`log_likelihood`.
+        z: (B, *S) floating latent at time T. eps, method, rtol, atol, steps, max_nfe, min_step,
+            time_variable: as in :func:`log_likelihood`.
     Returns:
         x (B, *S), the state at time eps, in z's dtype (float16 / bfloat16 solved in float32).
     Raises:
-        ValueError: eps outside (0, T), unknown method, rtol / atol <= 0 (or both below the
+        ValueError: eps outside (0, T), unknown method or time_variable, rtol / atol <= 0 (or both below the
             epsilon of z's dtype), NaN in z, an empty (batch size 0) or "meta" z.
         ODESolverError: max_nfe exceeded or step-size underflow.
     Reference: Song et al. 2021, Sec. 4.3, Eq. (13).
     """
     eps = _check_common(sde, z, eps, name="z")
-    return _flow(score_fn, sde, z, sde.T, eps, _solve_options(method, rtol, atol, steps, max_nfe, min_step))
+    return _flow(score_fn, sde, z, sde.T, eps, _solve_options(method, rtol, atol, steps, max_nfe, min_step),
+                 time_variable)
 
 
-def _flow(score_fn, sde, x, t0, t1, options):
+def _flow(score_fn, sde, x, t0, t1, options, time_variable):
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
-    B = x.shape[0]
+    tc = TimeChange(sde, time_variable, min(t0, t1), max(t0, t1))
     with torch.no_grad():
-        return solve_ode(lambda t, y: pf_drift(score_fn, sde, y, t.reshape(1).expand(B)), x, t0, t1, **options).y
+        field = flow_field(score_fn, sde, tc, x.shape[0])
+        return solve_ode(field, x, tc.s_of_t(t0), tc.s_of_t(t1), **options).y
