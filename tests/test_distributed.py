@@ -9,7 +9,12 @@ Numbers checked:
 - Only rank 0 writes: one log line per step, one checkpoint.
 - shard_evaluate: each rank evaluates its own contiguous rows with a rank-dependent number of
   inner iterations (an adaptive solve) and no collective; the gathered result equals the
-  one-process result row for row (case C13).
+  one-process result row for row (case C13). With ``aligned=True`` the ranks take whole chunks
+  0, 2, 4, ... and 1, 3, 5, ... of the same rows as one process, results back in row order; a
+  chunk that fails on one rank raises on every rank (no rank left waiting in the gather).
+- _wrap_ddp: a UNet whose attention 1x1 projection gets gradients with strides unlike its
+  weight's trains under DDP with no "Grad strides do not match" warning (see also
+  tests/test_cli_distributed.py) and with the same weights as without the layout hook.
 """
 import json
 import os
@@ -77,8 +82,21 @@ def fn(x, idx):
         y = y * 1.0
     return _rowfn(y, idx)
 gathered = shard_evaluate(fn, toy("two_moons", 37).data, batch_size=5, with_indices=True)
+calls_before = len(calls)
+aligned = shard_evaluate(fn, toy("two_moons", 37).data, batch_size=5, with_indices=True, aligned=True)
+aligned_calls = torch.cat(calls[calls_before:])
+def bad(x, idx):
+    if rank == 1 and int(idx[0]) == 5:
+        raise ValueError("chunk 1 diverged")
+    return x.sum(1)
+try:
+    shard_evaluate(bad, toy("two_moons", 37).data, batch_size=5, with_indices=True, aligned=True)
+    failure = None
+except Exception as e:
+    failure = type(e).__name__ + ": " + str(e)
 torch.save({{"model": model.state_dict(), "ema": r.ema_model.state_dict(), "loss": r.loss, "eval_loss": r.eval_loss,
-            "gathered": gathered, "calls": torch.cat(calls), "world": dist.get_world_size(),
+            "gathered": gathered, "calls": torch.cat(calls[:calls_before]), "world": dist.get_world_size(),
+            "aligned": aligned, "aligned_calls": aligned_calls, "failure": failure,
             "hybrid": hybrid}}, res + "." + str(rank))
 dist.destroy_process_group()
 """
@@ -131,6 +149,13 @@ def test_torchrun_two_processes_equals_one_process(tmp_path):
     for rk in (r0, r1):
         assert torch.equal(rk["gathered"]["s"], ref["s"]) and torch.equal(rk["gathered"]["i"], ref["i"])
     assert torch.equal(r0["calls"], torch.arange(0, 18)) and torch.equal(r1["calls"], torch.arange(18, 37))
+    for rk in (r0, r1):  # aligned: whole chunks of 5, dealt 0, 2, 4, 6 / 1, 3, 5, 7, gathered in row order
+        assert torch.equal(rk["aligned"]["s"], ref["s"]) and torch.equal(rk["aligned"]["i"], ref["i"])
+    assert torch.equal(r0["aligned_calls"], torch.cat([torch.arange(a, a + 5) for a in (0, 10, 20, 30)]))
+    assert torch.equal(r1["aligned_calls"], torch.cat([torch.arange(5, 20).reshape(3, 5)[::2].reshape(-1),
+                                                       torch.arange(25, 30), torch.arange(35, 37)]))
+    assert r1["failure"] == "ValueError: chunk 1 diverged"
+    assert r0["failure"] == "RuntimeError: process 1 of 2 failed: ValueError: chunk 1 diverged"
 
 
 def test_micro_batches_must_divide_batch():
@@ -148,3 +173,28 @@ def test_shard_evaluate_single_process_and_errors():
         shard_evaluate(lambda a: a.sum(), x, batch_size=3)
     with pytest.raises(TypeError, match="tensor"):
         shard_evaluate(lambda a: 1.0, x)
+    seen = []
+    out = shard_evaluate(lambda a, i: seen.append(i.tolist()) or a.sum(1), x, batch_size=4, with_indices=True,
+                         aligned=True)
+    assert torch.equal(out, x.sum(1)) and seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(ValueError, match="aligned=True needs a batch_size"):
+        shard_evaluate(lambda a: a.sum(1), x, aligned=True)
+    with pytest.raises(ValueError, match="diverged"):  # one process: the original error, unchanged
+        shard_evaluate(lambda a: (_ for _ in ()).throw(ValueError("diverged")), x, batch_size=4, aligned=True)
+
+
+def test_layout_hook_copies_only_mismatched_gradients():
+    """The hook _wrap_ddp registers gives a 1x1 conv weight its own strides, values unchanged."""
+    from scoresde.distributed import _match_grad_layout
+    conv = torch.nn.Conv2d(16, 16, 1)
+    _match_grad_layout(conv)
+    _match_grad_layout(conv)  # registered once
+    assert conv.weight._scoresde_layout_hook and not hasattr(conv.bias, "_scoresde_layout_hook")
+    h = torch.randn(2, 4, 16, requires_grad=False)  # (B, HW, C), then a transposed view as the UNet's attention
+    x = h.transpose(1, 2).reshape(2, 16, 2, 2)
+    conv(x).square().sum().backward()
+    assert conv.weight.grad.stride() == conv.weight.stride()
+    ref = torch.nn.Conv2d(16, 16, 1)
+    ref.load_state_dict(conv.state_dict())
+    ref(x).square().sum().backward()
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=0, atol=0)

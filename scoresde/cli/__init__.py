@@ -5,7 +5,9 @@ Every subcommand has ``--help`` with its defaults. A bad argument, a missing or 
 checkpoint, data of the wrong shape or an unknown method prints one line
 ``scoresde <command>: error: <what is wrong>`` on stderr and exits with status 2 (usage) or 1
 (anything else), without a traceback (set ``SCORESDE_TRACEBACK=1`` to see one). Output files
-are written to a temporary name and renamed, so a failed run leaves no partial file.
+are written to a temporary name and renamed, so a failed run leaves no partial file. Under
+``torchrun`` only rank 0 prints (results, status lines, bars, warnings) and writes; an error is
+printed by each process that hits it (:mod:`scoresde.cli.ranks`).
 
 This module imports only the parser (:mod:`scoresde.cli.parser`, so ``--help`` is fast) and
 runs the command: :mod:`scoresde.cli.commands` holds one ``cmd_<name>`` per subcommand, the
@@ -36,9 +38,15 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         command = f"scoresde {args.command}"
+        from .ranks import check_single, env_rank, env_world
+        rank = env_rank()
+        if rank != 0:  # under torchrun: rank 0 alone prints
+            args.quiet = True
+            command = f"{command} (process {rank} of {env_world()})"
+        check_single(args.command)
         from . import commands
         with warnings.catch_warnings():
-            _one_line_warnings(command)
+            _one_line_warnings(command, show=rank == 0)
             return int(getattr(commands, "cmd_" + args.command.replace("-", "_"))(args) or 0)
     except SystemExit as e:  # --help / --version
         return int(e.code or 0) if not isinstance(e.code, str) else 1
@@ -53,8 +61,12 @@ def main(argv=None) -> int:
         return 1
 
 
-def _one_line_warnings(command: str) -> None:
-    """Show warnings as ``scoresde <command>: warning: <message>`` lines on stderr, each text once."""
+def _one_line_warnings(command: str, show: bool = True) -> None:
+    """Show warnings as ``scoresde <command>: warning: <message>`` lines on stderr, each text once
+    (none with ``show=False``: a process other than torchrun's rank 0, whose rank 0 says the same)."""
+    if not show:
+        warnings.simplefilter("ignore")
+        return
     seen = set()
 
     def show(message, category, filename, lineno, file=None, line=None):

@@ -28,7 +28,10 @@ from .training import (_KEEP_UNLESS_GIVEN, _REQUIRED, _RESUME_FREE, TRAIN_ARGS, 
 
 
 def cmd_train(args) -> int:
+    from .ranks import is_main
     r = run_train(args)
+    if not is_main():  # under torchrun: rank 0 alone reports (the others have no checkpoint path)
+        return 0
     if not r["trained"]:
         asked = (f"--steps {r['steps_requested']} asks for no more" if r["steps_given"] else
                  f"that is its --steps {r['steps_requested']}")
@@ -49,7 +52,9 @@ def cmd_train(args) -> int:
 def cmd_sample(args) -> int:
     from .guided import guidance
     from .outputs import check_output_file
+    from .ranks import finish, start
     _threads(args)
+    rank, world = start(args)  # under torchrun: the batches are dealt out to the processes (sets --device)
     opts = sampler_options(args.method, args)
     out = Path(args.out)
     npz = out.with_name(out.name + ".npz")
@@ -65,11 +70,16 @@ def cmd_sample(args) -> int:
     _log(args, _weights_note(cfg))
     shape = tuple(cfg["data"]["shape"])
     n = len(guide.labels) if guide is not None else args.num_samples
+    if world > 1:
+        _log(args, _split_note(n, args.batch_size, world, "samples"))
     t0 = time.perf_counter()
     x, nfes = draw(model, sde, shape, method=args.method, steps=args.steps, n=n, batch_size=args.batch_size,
                    seed=args.seed, progress=not args.quiet, eps=args.eps, denoise=not args.no_denoise,
                    device=args.device, score_for=guide.score_for if guide is not None else None, **opts)
     wall = time.perf_counter() - t0
+    if rank != 0:  # every process has all the samples; rank 0 alone writes and prints
+        finish()
+        return 0
     x, arrays, picture = as_data(x, cfg, ds)
     ref = ds.data[:2000] if ds is not None and ds.shape == (2,) else None
     title = f"{args.method}, {args.steps if args.method != 'ode' else 'adaptive'} steps, NFE {nfes[0]}"
@@ -86,9 +96,21 @@ def cmd_sample(args) -> int:
     with atomic_file(npz, "wb") as f:
         np.savez(f, **arrays, method=args.method, nfe=np.array(nfes))
     what = f" ({guide.text()})" if guide is not None else ""
-    print(f"{len(x)} samples{what} by {args.method} (NFE {nfes[0]} per batch) in {wall:.2f} s -> {npz}"
+    procs = f" on {world} processes" if world > 1 else ""
+    print(f"{len(x)} samples{what} by {args.method} (NFE {nfes[0]} per batch) in {wall:.2f} s{procs} -> {npz}"
           + (f", {png}" if made_png else ""))
+    finish()
     return 0
+
+
+def _split_note(n: int, batch_size: int, world: int, what: str) -> str:
+    """The status line of a command whose batches are dealt out to torchrun's processes."""
+    c = -(-n // batch_size)
+    note = (f"scoresde: {world} processes share {c} batch{'es' if c != 1 else ''} of up to {batch_size} {what} "
+            f"(batch b to process b mod {world}; results as one process's)")
+    if c < world:
+        note += f"; {world - c} process{'es' if world - c != 1 else ''} idle: pass --batch-size {-(-n // world)} to use all"
+    return note
 
 
 def cmd_inpaint(args) -> int:
@@ -99,7 +121,10 @@ def cmd_inpaint(args) -> int:
 
 def cmd_train_classifier(args) -> int:
     from .guided import run_train_classifier
+    from .ranks import is_main
     r = run_train_classifier(args)
+    if not is_main():
+        return 0
     msg = f"classifier trained to step {r['step']} in {r['wall_s']:.1f} s"
     if r["loss"] is not None:
         msg += f"; cross-entropy {r['loss']:.4f} nats"
@@ -113,7 +138,9 @@ def cmd_train_classifier(args) -> int:
 def cmd_likelihood(args) -> int:
     from ..data_stats import check_prior
     from .outputs import check_output_file
+    from .ranks import finish, start
     _threads(args)
+    rank, world = start(args)  # under torchrun: the batches are dealt out to the processes (sets --device)
     if args.num_points < 0:
         raise ValueError(f"--num-points must be >= 0; got {args.num_points}")
     check_source(args)
@@ -128,9 +155,15 @@ def cmd_likelihood(args) -> int:
     _check_shape(evd, cfg, f"--data {args.data}" if args.data else "the data")
     _log(args, _weights_note(cfg))
     prior_note = check_prior(sde, evd, distance=False)  # VE: prior far from p_T (one warning line on stderr)
+    if world > 1:
+        npts = len(evd) if args.num_points <= 0 else min(args.num_points, len(evd))
+        _log(args, _split_note(npts, args.batch_size, world, "points"))
     res = likelihood(model, sde, evd, n=args.num_points, divergence=args.divergence, ode_method=args.ode_method,
                      rtol=args.rtol, atol=args.atol, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
                      vlb=args.vlb, progress=not args.quiet)
+    if rank != 0:  # rank 0 alone writes and prints
+        finish()
+        return 0
     res.update({"checkpoint": cfg.get("source") or resolve_checkpoint(args.checkpoint), "data": desc,
                 "sde": sde.config(),
                 "prior_warning": prior_note})
@@ -140,7 +173,7 @@ def cmd_likelihood(args) -> int:
     se = f" ± {res['bpd_se']:.3f}" if res["bpd_se"] is not None else ""
     print(f"bits/dim (PF-ODE {args.ode_method}, rtol {args.rtol:g}, {args.divergence}) on {desc}, "
           f"{res['n_points']} points: {res['bpd']:.3f}{se} (standard error over the data); "
-          f"NFE {res['nfe_mean']:.0f} per solve; {res['wall_s']:.1f} s")
+          f"NFE {res['nfe_mean']:.0f} per solve; {res['wall_s']:.1f} s" + (f" on {world} processes" if world > 1 else ""))
     if res["levels_warning"]:
         print(f"warning: {res['levels_warning']}")
     if args.vlb:
@@ -151,6 +184,7 @@ def cmd_likelihood(args) -> int:
         else:
             print(f"DDPM variational bound: not computed ({res['vlb_note']})")
     print(f"-> {out}")
+    finish()
     return 0
 
 

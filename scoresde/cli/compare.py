@@ -231,19 +231,27 @@ def heldout_data(train):
     return None
 
 
-def _bpd_ode(model, sde, ds, n_points, tol, ode_method, seed):
+def _bpd_ode(model, sde, ds, n_points, tol, ode_method, seed, progress=False):
     from .. import bits_per_dim
+    from .progress import NetBar
     x = ds.levels[:n_points]
-    r = bits_per_dim(model, sde, x, data_range=ds.data_range, num_levels=ds.num_levels, method=ode_method,
-                     rtol=tol, atol=tol, generator=torch.Generator().manual_seed(seed))
+    with NetBar(model, f"bits/dim (PF-ODE, tol {tol:g})", enabled=progress) as bar:  # adaptive: no total
+        bar.batch(len(x))
+        r = bits_per_dim(model, sde, x, data_range=ds.data_range, num_levels=ds.num_levels, method=ode_method,
+                         rtol=tol, atol=tol, generator=torch.Generator().manual_seed(seed))
     b = r.bpd.to(torch.float64)
     return float(b.mean()), float(b.std() / math.sqrt(len(b))) if len(b) > 1 else float("nan"), int(r.nfe)
 
 
-def _bpd_vlb(model, sde, ds, n_points, steps, seed):
+def _bpd_vlb(model, sde, ds, n_points, steps, seed, progress=False):
     from .. import ddpm_vlb
+    from .measure import _chain_length
+    from .progress import NetBar
     x = ds.levels[:n_points]
-    r = ddpm_vlb(model, sde, x, **vlb_kwargs(ds, steps, seed))
+    with NetBar(model, f"variational bound ({steps} steps)", total=_chain_length(model, sde, steps),
+                enabled=progress) as bar:
+        bar.batch(len(x))
+        r = ddpm_vlb(model, sde, x, **vlb_kwargs(ds, steps, seed))
     b = vlb_bpd(r)
     return float(b.mean()), float(b.std() / math.sqrt(len(b))) if len(b) > 1 else float("nan")
 
@@ -298,11 +306,11 @@ def run_compare(model, sde, train, runs: list[Run], *, n: int, seed: int, bpd_po
         if bpd_points > 0 and test is not None:
             if r.name == "ode":
                 row["bpd"], row["bpd_se"], row["bpd_nfe"] = _bpd_ode(model, sde, test, bpd_points, r.tol,
-                                                                     kw["ode_method"], seed)
+                                                                     kw["ode_method"], seed, progress)
                 row["bpd_kind"] = "PF-ODE (dequantized)"
             elif r.name == "ddpm":
                 try:
-                    row["bpd"], row["bpd_se"] = _bpd_vlb(model, sde, test, bpd_points, r.steps, seed)
+                    row["bpd"], row["bpd_se"] = _bpd_vlb(model, sde, test, bpd_points, r.steps, seed, progress)
                     row["bpd_kind"] = "DDPM variational bound"
                 except ValueError as e:  # e.g. a respacing the chain cannot take
                     row["bpd_kind"] = f"unavailable: {e}"

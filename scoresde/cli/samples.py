@@ -55,36 +55,59 @@ def draw(model, sde, shape, *, method, steps, n, batch_size, seed, progress, eps
          score_for=None, known=None, **options):
     """n samples in batches (batch b seeded with seed + b); returns (samples (n, *S) CPU, NFE per batch list).
 
-    score_for: optional ``score_for(start, m)`` -> the score_fn of samples start..start+m-1 (a
-        guided score whose labels are those samples'); default ``model`` for every batch.
-    known: optional (y (n, *S), mask (n, *S) bool, True = known): inpaint those entries with
-        :func:`scoresde.inpaint` instead of sampling freely (``options`` may then hold its
-        ``jump_length`` / ``jump_n_sample``).
+    Batch b holds the samples [b B, (b + 1) B) and draws everything (its prior x_T and every
+    step's noise) from ``seed + b``. Under torchrun each process draws whole batches of its own
+    (:func:`scoresde.distributed.shard_evaluate` with ``aligned=True``; no collective inside a
+    solve, whose step count may differ between processes) and every process gets all of them
+    back, in order: K processes give exactly one process's samples.
+
+    Arguments:
+        model, sde, shape: the score model, its SDE and the per-sample shape S.
+        method, steps, eps, denoise, device, options: as :func:`scoresde.sample`.
+        n, batch_size: how many samples, and per batch. seed: base seed. progress: the
+            sampler's bar (per batch).
+        score_for: optional ``score_for(start, m)`` -> the score_fn of samples start..start+m-1 (a
+            guided score whose labels are those samples'); default ``model`` for every batch.
+        known: optional (y (n, *S), mask (n, *S) bool, True = known): inpaint those entries with
+            :func:`scoresde.inpaint` instead of sampling freely (``options`` may then hold its
+            ``jump_length`` / ``jump_n_sample``).
+    Returns:
+        (samples (n, *S) on the CPU, the NFE of each batch, in batch order).
     """
+    from ..distributed import shard_evaluate
+
+    def one_batch(_, idx):
+        start, m = int(idx[0]), len(idx)
+        x, nfe = _draw_batch(model, sde, shape, method, steps, start, m, seed + start // batch_size, progress, eps,
+                             denoise, device, score_for, known, options)
+        return {"x": x, "nfe": torch.full((m,), nfe, dtype=torch.long)}
+
+    out = shard_evaluate(one_batch, torch.arange(n), batch_size=batch_size, with_indices=True, aligned=True)
+    return out["x"], [int(v) for v in out["nfe"][::batch_size]]
+
+
+def _draw_batch(model, sde, shape, method, steps, start, m, seed, progress, eps, denoise, device, score_for, known,
+                options):
+    """(samples (m, *S) on the CPU, NFE) of the batch that starts at sample ``start``."""
     from ..constrained import inpaint
     from ..sampling import sample
     from ..solvers.ode import ADAPTIVE_METHODS
     from ..solvers.registry import SOLVERS
-    outs, nfes = [], []
-    for b, start in enumerate(range(0, n, batch_size)):
-        m = min(batch_size, n - start)
-        g = torch.Generator(device).manual_seed(seed + b)
-        kw = dict(options)
-        if method not in ("ddpm", "ddim"):
-            kw["eps"] = eps
-        fixed_ode = method == "ode" and options.get("ode_method", "dopri5") not in ADAPTIVE_METHODS
-        if SOLVERS[method].steps_kind != "adaptive" or fixed_ode:
-            kw["steps"] = steps  # adaptive solvers choose their own steps
-        score = score_for(start, m) if score_for is not None else model
-        common = dict(method=method, generator=g, progress=progress, return_info=True, denoise=denoise, device=device)
-        if known is None:
-            x, info = sample(score, sde, (m, *shape), **common, **kw)
-        else:
-            y, mask = known
-            x, info = inpaint(score, sde, y[start:start + m], mask[start:start + m], **common, **kw)
-        outs.append(x.cpu())
-        nfes.append(int(info.nfe))
-    return torch.cat(outs), nfes
+    g = torch.Generator(device).manual_seed(seed)
+    kw = dict(options)
+    if method not in ("ddpm", "ddim"):
+        kw["eps"] = eps
+    fixed_ode = method == "ode" and options.get("ode_method", "dopri5") not in ADAPTIVE_METHODS
+    if SOLVERS[method].steps_kind != "adaptive" or fixed_ode:
+        kw["steps"] = steps  # adaptive solvers choose their own steps
+    score = score_for(start, m) if score_for is not None else model
+    common = dict(method=method, generator=g, progress=progress, return_info=True, denoise=denoise, device=device)
+    if known is None:
+        x, info = sample(score, sde, (m, *shape), **common, **kw)
+    else:
+        y, mask = known
+        x, info = inpaint(score, sde, y[start:start + m], mask[start:start + m], **common, **kw)
+    return x.cpu(), int(info.nfe)
 
 
 def save_samples_figure(x, ds_shape, path, data_range=(-1.0, 1.0), reference=None, title=None, nrow=None,
