@@ -22,7 +22,9 @@ peak cannot leak into the next):
 The memory of an adaptive solve does not grow with the number of steps (each evaluation's
 autograd graph for the divergence is freed before the next one; dopri5 keeps 7 stages of the
 state), so a loose tolerance (default rtol = atol = 1e-3) measures the same peak as 1e-5 in a
-fraction of the time; the script records the tolerance and NFE of each row.
+fraction of the time; the script records the tolerance and NFE of each row. Checked on this
+project's 2-core CPU (2026-12-02): batch 16 at rtol = atol = 1e-5 took NFE 3128 (321 s) and
+raised the peak RSS by 17.5 MiB, against 17.3 MiB at 1e-3 (NFE 116, 6.5 s).
 
 Usage: python benchmarks/bench_memory.py [--quick] [--device cpu|cuda|auto] [--batches 16 64 256]
        [--rtol 1e-3] [--train-steps 200] [--out benchmarks/results/memory]

@@ -11,8 +11,11 @@ network: ch 128, ch_mult (1, 2, 2, 2), two residual blocks, attention at 16x16) 
    ``unipc``, ``heun`` at about 10 / 20 network evaluations (heun: 2 steps - 1 NFE);
 3. **bits/dim** throughput (images/s) on 32x32x3 data at rtol = atol = 1e-5 (dopri5, one
    Rademacher probe), batch 64 and 256, with the network in float32 and under bf16 autocast
-   (:func:`scoresde.device.autocast_score`: the ODE state stays float32); the NFE of each solve
-   is capped from the cost of one evaluation and the time left (a capped solve is an error row);
+   (:func:`scoresde.device.autocast_score`: the ODE state stays float32). The NFE a solve needs
+   depends on the network's field: without ``--weights`` (a trained UNet's state dict) it is the
+   briefly trained network's, not a good CIFAR-10 model's. Each solve's NFE is capped from the
+   measured cost of one evaluation (``s_per_nfe``, the hardware figure) and an even share of
+   the time left; a capped solve reports ">cap" NFE and an upper bound on its images/s;
 
 and the peak GPU memory of each (``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats``). The data: scikit-learn's 8x8 digits upscaled to 32x32 (nearest) in
@@ -20,11 +23,13 @@ three channels, 17 levels, in [-1, 1] (the network's cost does not depend on the
 
 Robustness: every measurement runs in its own try/except (an error is printed and recorded, and
 the script goes on), and a global time guard (``--budget``, default 330 s) skips what would not
-fit, so the whole script stays under 6 minutes on one GPU. With ``--quick``, or on a machine
+fit, so the whole script stays under 6 minutes on one GPU; the compile measurement runs in a
+child process with a timeout (compiling has no time bound of its own). With ``--quick``, or on a machine
 without CUDA, it runs the same code at toy size on the CPU (what the test runs). Results:
 ``benchmarks/results/gpu/gpu.md`` and ``gpu.json`` (``_common.write_results``).
 
-Usage: python benchmarks/gpu_check.py [--quick] [--budget 330] [--device cuda] [--out DIR]
+Usage: python benchmarks/gpu_check.py [--quick] [--budget 330] [--device cuda] [--weights unet_state.pt]
+       [--sections train sample bpd compile] [--out DIR]
 """
 from __future__ import annotations
 
@@ -73,6 +78,7 @@ class Bench:
         self.guard = Guard(args.budget if args.budget is not None else self.size["budget"])
         self.rows: list[dict] = []
         self.model = None
+        self.reserve = 0.0  # seconds kept for later sections (the compile child)
         from scoresde import VPSDE
 
         self.sde = VPSDE()
@@ -158,7 +164,7 @@ def section_train(b: Bench, compiled: bool = False) -> None:
             r = train(model, b.sde, "dsm", data, cfg, callback=cb)
             w = s["warm_steps"]
             rate = (len(stamps) - 1 - w) / (stamps[-1] - stamps[w]) if len(stamps) > w + 1 else float("nan")
-            if amp is None:
+            if amp is None and b.model is None:
                 b.model = r.model.eval()  # the sections after this one use the trained network
             return {"batch": s["train_batch"], "steps": n, "steps_per_s": round(rate, 3),
                     "first_step_s": round(stamps[0] - t0, 2), "loss": r.loss,
@@ -200,34 +206,77 @@ def section_sample(b: Bench) -> None:
 
 
 def section_bpd(b: Bench) -> None:
+    """Bits/dim at rtol = atol = 1e-5, float32 and bf16 network, per batch size. Each solve gets an even
+    share of the time left (minus what the compile section needs) as an NFE cap, from the measured cost
+    of one evaluation; a capped solve reports the cap and the images/s it would at most reach."""
     from scoresde import bits_per_dim
     from scoresde.device import autocast_score
+    from scoresde.solvers.ode_types import ODESolverError
 
     s = b.size
     model = b.model if b.model is not None else b.new_model().eval()
     levels, _ = digits32(s["image"])
-    for batch in s["bpd_batches"]:
-        for name, fn in (("float32", model), ("bf16 autocast network", autocast_score(model, torch.bfloat16))):
-            def one(batch=batch, fn=fn):
-                g = torch.Generator(device="cpu").manual_seed(1)
-                x = levels[:batch].to(b.device)
-                # the cost of one evaluation (2 fixed Euler steps), to cap the NFE by the time left
-                b.sync()
-                t0 = time.perf_counter()
-                bits_per_dim(fn, b.sde, x, num_levels=17, method="euler", steps=2, generator=g)
-                b.sync()
-                per_nfe = (time.perf_counter() - t0) / 2
-                cap = int(max(50, min(4000, (b.guard.left() - 20) / 2 / max(per_nfe, 1e-6))))
-                b.sync()
-                t0 = time.perf_counter()
+    plans = [(batch, name, fn) for batch in s["bpd_batches"]
+             for name, fn in (("float32", model), ("bf16 autocast network", autocast_score(model, torch.bfloat16)))]
+    for j, (batch, name, fn) in enumerate(plans):
+        def one(batch=batch, fn=fn, left_items=len(plans) - j):
+            g = torch.Generator(device="cpu").manual_seed(1)
+            x = levels[:batch].to(b.device)
+            bits_per_dim(fn, b.sde, x, num_levels=17, method="euler", steps=1, generator=g)  # warm-up
+            b.sync()  # the cost of one evaluation (2 fixed Euler steps, untimed in the result)
+            t0 = time.perf_counter()
+            bits_per_dim(fn, b.sde, x, num_levels=17, method="euler", steps=2, generator=g)
+            b.sync()
+            per_nfe = (time.perf_counter() - t0) / 2
+            share = (b.guard.left() - b.reserve) / left_items
+            cap = int(max(20, min(5000, share / max(per_nfe, 1e-6))))
+            row = {"batch": batch, "rtol": s["rtol"], "nfe_cap": cap, "s_per_nfe": round(per_nfe, 4)}
+            b.sync()
+            t0 = time.perf_counter()
+            try:
                 r = bits_per_dim(fn, b.sde, x, num_levels=17, rtol=s["rtol"], atol=s["rtol"], generator=g,
                                  max_nfe=cap)
-                b.sync()
-                dt = time.perf_counter() - t0
-                return {"batch": batch, "rtol": s["rtol"], "nfe": r.nfe, "nfe_cap": cap, "s_per_nfe": round(per_nfe, 4), "seconds": round(dt, 3),
-                        "images_per_s": round(batch / dt, 3), "bpd": round(float(r.bpd.mean()), 4)}
+            except ODESolverError as e:  # the cap: what the time allows, not a failure of the path
+                row.update(nfe=f">{cap}", images_per_s=f"<{batch / (cap * per_nfe):.3g}",
+                           note=f"NFE cap of the time share reached ({str(e).splitlines()[0][:120]})")
+                return row
+            b.sync()
+            dt = time.perf_counter() - t0
+            row.update(nfe=r.nfe, seconds=round(dt, 3), images_per_s=round(batch / dt, 3),
+                       bpd=round(float(r.bpd.mean()), 4))
+            return row
 
-            b.run("bpd", f"bits/dim {name}, batch {batch}", 40.0 if batch > 64 else 20.0, one)
+        b.run("bpd", f"bits/dim {name}, batch {batch}", 10.0, one)
+
+
+def section_compile(b: Bench, args) -> None:
+    """bf16 + torch.compile training, in a child process with a timeout (compiling the UNet has no time
+    bound of its own); its rows are merged here."""
+    import subprocess
+    import tempfile
+
+    left = b.guard.left() - 5
+    if left < (120 if b.cuda else 20):
+        b.rows.append({"section": "train", "what": "bf16 + torch.compile",
+                       "skipped": f"time guard: {b.guard.left():.0f} s left"})
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--sections", "compile-inline", "--out", tmp,
+               "--budget", str(int(left)), "--device", args.device, "--threads", str(args.threads)]
+        cmd += ["--quick"] if args.quick else []
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
+            rows = json.loads((Path(tmp) / "gpu.json").read_text())["rows"]
+            if proc.returncode and not rows:
+                raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])
+        except subprocess.TimeoutExpired:
+            rows = [{"section": "train", "what": "bf16 + torch.compile",
+                     "error": f"did not finish within {left:.0f} s (compile time); killed"}]
+        except Exception as e:  # noqa: BLE001
+            rows = [{"section": "train", "what": "bf16 + torch.compile", "error": f"{type(e).__name__}: {e}"[:300]}]
+    for r in rows:
+        b.rows.append(r)
+        print(json.dumps(r), flush=True)
 
 
 # ------------------------------------------------------------------------------------------ output
@@ -236,12 +285,12 @@ def tables(rows) -> str:
         return fmt.format(r[k]) if r.get(k) is not None else ""
 
     def status(r):
-        return r.get("error") or r.get("skipped") or "ok"
+        return r.get("error") or r.get("skipped") or r.get("note") or "ok"
 
     out = []
     for sec, title, cols in (("train", "Training (scoresde.train, dsm, batch {b})", ("steps_per_s", "first_step_s", "loss")),
                              ("sample", "Sampling", ("nfe", "seconds", "images_per_s")),
-                             ("bpd", "Bits/dim (dopri5, 1 Rademacher probe)", ("nfe", "seconds", "images_per_s", "bpd"))):
+                             ("bpd", "Bits/dim (dopri5, 1 Rademacher probe)", ("nfe", "nfe_cap", "s_per_nfe", "seconds", "images_per_s", "bpd"))):
         rs = [r for r in rows if r["section"] == sec]
         if not rs:
             continue
@@ -269,25 +318,32 @@ def readme_rows(rows, gpu: str) -> list[dict]:
 
 
 SECTIONS = {"train": section_train, "sample": section_sample, "bpd": section_bpd,
-            "compile": lambda b: section_train(b, compiled=True)}
+            "compile": section_compile, "compile-inline": lambda b: section_train(b, compiled=True)}
 
 
 def main(argv=None) -> int:
     p = parser("gpu", __doc__.split("\n")[0])
     p.add_argument("--device", default="cuda", help="CUDA device (default cuda); without CUDA the CPU toy run")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole script (default 330)")
-    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", default=["train", "sample", "bpd", "compile"], choices=list(SECTIONS))
+    p.add_argument("--weights", default=None, help="a state dict of the UNet to load (e.g. a trained CIFAR-10 "
+                   "model); sampling and bits/dim then use it (their NFE depend on the field)")
     args = p.parse_args(argv)
     started = time.time()
     set_threads(args.threads if (args.quick or not torch.cuda.is_available()) else max(args.threads, 4))
     logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # graph-break notes (the models' input checks)
     b = Bench(args)
+    b.reserve = (130.0 if b.cuda else 25.0) if "compile" in args.sections else 0.0  # kept for the compile section
+    if args.weights:
+        b.model = b.new_model()
+        b.model.load_state_dict(torch.load(args.weights, map_location=b.device, weights_only=True))
+        b.model.eval()
     gpu = torch.cuda.get_device_name(b.device) if b.cuda else "no CUDA: CPU toy run"
     print(f"gpu_check on {gpu}; torch {torch.__version__}; sizes {json.dumps(b.size)}", flush=True)
     for name in args.sections:
         fn = SECTIONS[name]
         try:
-            fn(b)
+            fn(b, args) if name == "compile" else fn(b)
         except Exception as e:  # noqa: BLE001 - a section's set-up failing must not stop the others
             b.rows.append({"section": name, "what": "(section)", "error": f"{type(e).__name__}: {e}"[:300]})
             traceback.print_exc(limit=3, file=sys.stderr)

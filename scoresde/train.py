@@ -72,6 +72,7 @@ from .train_config import (_FREE_ON_RESUME, _RESERVED_LOSS_KWARGS, OBJECTIVES, T
 from .train_state import (_check_out_dir, _load_saved, _rng_state, _sampler_load, _sampler_state,  # noqa: F401
                           _sampler_update, _seed, _seed_global, _set_rng_state, _Sharder, _status_line)
 from .amp import TrainPrecision
+from .device import resolve_device
 
 __all__ = [
     "train",
@@ -170,8 +171,9 @@ def train(model: ScoreModel, sde: SDE, objective, dataset, config=None, *, eval_
     cfg = _as_config(config)
     objective, data, eval_data = _check_inputs(model, sde, objective, dataset, eval_dataset)
     labels = training_labels(model.num_classes, cfg.label_dropout, dataset, eval_dataset)  # (None, None): unconditional
-    rank, world, device = setup_distributed(cfg.device or (None if int(os.environ.get("WORLD_SIZE", "1")) > 1
-                                                            else str(next(model.parameters()).device)))
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    want = cfg.device if cfg.device != "auto" else (None if multi else str(resolve_device("auto")))
+    rank, world, device = setup_distributed(want or (None if multi else str(next(model.parameters()).device)))
     ckpt_path = os.path.join(cfg.out_dir, CHECKPOINT_NAME) if cfg.out_dir else None
     _check_out_dir(cfg, rank, world, device)
     if rank == 0:  # VE: warn when sigma_max does not cover the data (Song & Ermon 2020, Technique 1)

@@ -56,8 +56,8 @@ class TrainConfig:
         resume: continue from ``out_dir/checkpoint.pt`` when it exists (with False, an existing
             checkpoint is an error rather than being overwritten).
         quiet: no progress bar.
-        device: "cpu", "cuda", "cuda:1", ...; None: the model's device (under torchrun with
-            CUDA: cuda:LOCAL_RANK).
+        device: "cpu", "cuda", "cuda:1", ...; "auto": CUDA when available, else the CPU; None:
+            the model's device (under torchrun with CUDA, None and "auto": cuda:LOCAL_RANK).
         label_dropout: for a class-conditional model, the probability in [0, 1) with which each
             training label is replaced by the null class (index num_classes, :mod:`scoresde.labels`),
             drawn from (seed, step, micro-batch). 0 (default): plain conditional training; 0.1

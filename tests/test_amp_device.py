@@ -235,3 +235,13 @@ def test_public_names_have_the_docstring_layout():
     from test_docstrings import failures
 
     assert failures(scoresde.device) == [] and failures(scoresde.amp) == []
+
+
+def test_train_device_auto_and_cuda_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    r = _run(None, 1, device="auto")
+    assert next(r.model.parameters()).device == torch.device("cpu")
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        _run(None, 1, device="cuda")
+    with pytest.raises(ValueError, match="meta"):
+        _run(None, 1, device="meta")
