@@ -6,7 +6,9 @@
 - the DDPM variational bound that follows has a bar whose total, chain steps x batches, is the
   number of evaluations it counts.
 - ``compare``'s bits/dim of an ODE row and of a DDPM row get the same bars.
-- ``--quiet`` prints nothing on stderr (likelihood, sample, compare), and without it they do.
+- ``--quiet`` prints nothing on stderr (likelihood, sample, compare), and without it they do:
+  the bars, the weights used, sample's number of batches (one bar each), compare's line before
+  it trains the digit classifier (seconds, with no output before) and its line per row.
 """
 import json
 
@@ -134,7 +136,8 @@ def test_quiet_prints_nothing_on_stderr(digit_run, tmp_path, capsys, quiet):
     q = ["--quiet"] if quiet else []
     assert main(["likelihood", str(digit_run), "-n", "3", "--rtol", "1e-2", "--atol", "1e-2", "--vlb",
                  "--out", str(tmp_path / "l.json"), *q]) == 0
-    assert main(["sample", str(digit_run), "-n", "4", "--steps", "3", "--out", str(tmp_path / "s"), *q]) == 0
+    assert main(["sample", str(digit_run), "-n", "4", "--batch-size", "2", "--steps", "3", "--out", str(tmp_path / "s"),
+                 *q]) == 0
     assert main(["compare", str(digit_run), "--methods", "euler_maruyama:3", "ode:0.1", "ddpm:4", "-n", "8",
                  "--bpd-points", "3", "--out", str(tmp_path / "cmp"), *q]) == 0
     captured = capsys.readouterr()
@@ -142,7 +145,9 @@ def test_quiet_prints_nothing_on_stderr(digit_run, tmp_path, capsys, quiet):
     if quiet:
         assert captured.err == ""
     else:
-        for what in ("likelihood (PF-ODE)", "variational bound (DDPM)", "using the EMA weights", "[3/3]"):
+        for what in ("likelihood (PF-ODE)", "variational bound (DDPM)", "using the EMA weights", "[3/3]",
+                     "2 batches of up to 2 samples, one bar each",
+                     "preparing the quality metric and its real-data floor (training the digit classifier)"):
             assert what in captured.err, what
 
 

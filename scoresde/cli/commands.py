@@ -72,6 +72,8 @@ def cmd_sample(args) -> int:
     n = len(guide.labels) if guide is not None else args.num_samples
     if world > 1:
         _log(args, _split_note(n, args.batch_size, world, "samples"))
+    elif n > args.batch_size:  # the sampler's bar is per batch: say how many there are
+        _log(args, f"scoresde: {-(-n // args.batch_size)} batches of up to {args.batch_size} samples, one bar each")
     t0 = time.perf_counter()
     x, nfes = draw(model, sde, shape, method=args.method, steps=args.steps, n=n, batch_size=args.batch_size,
                    seed=args.seed, progress=not args.quiet, eps=args.eps, denoise=not args.no_denoise,
@@ -206,7 +208,8 @@ def cmd_compare(args) -> int:
     _log(args, _weights_note(cfg))
     out = Path(args.out)
     result = run_compare(model, sde, ds, runs, n=args.num_samples, seed=args.seed, bpd_points=args.bpd_points,
-                         progress=not args.quiet, device=args.device, log=lambda m: _log(args, m))
+                         progress=not args.quiet, device=args.device, log=lambda m: _log(args, m),
+                         status=lambda m: _log(args, m))
     result["notes"] = notes
     result["checkpoint"] = resolve_checkpoint(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)  # after the work: a failed run leaves no folder

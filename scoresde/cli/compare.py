@@ -268,14 +268,19 @@ def vlb_bpd(result) -> torch.Tensor:
 
 
 def run_compare(model, sde, train, runs: list[Run], *, n: int, seed: int, bpd_points: int, progress: bool,
-                device="cpu", samples_hook=None, log=print) -> dict:
+                device="cpu", samples_hook=None, log=print, status=None) -> dict:
     """Sample with every run and measure it; returns the JSON-ready result.
 
     Every run starts from the same prior draw x_T (seeded), so rows differ only by the solver.
     ``samples_hook(run, samples)`` is called with each run's samples (e.g. to save pictures).
+    ``status(message)``, if given, is told of the set-up before the first row (training the digit
+    classifier of the Frechet distance takes seconds); ``log`` gets one line per row.
     """
     from .. import sample
     heldout = heldout_data(train)
+    if status is not None:
+        status("scoresde: preparing the quality metric and its real-data floor"
+               + (" (training the digit classifier)" if train.config().get("loader") == "digits" else ""))
     quality = Quality(train, heldout, n, seed)
     test = heldout if heldout is not None and heldout.levels is not None else None
     shape = (n, *train.shape)
