@@ -29,13 +29,15 @@ runs under ``torch.no_grad`` with ``enable_grad`` only around that product (not
 every sample's output must depend on that sample only (no batch-norm statistics), since the
 divergence of the whole batch is taken at once.
 
-The adaptive step size is shared by the batch: the local error of (x, delta_logp) is measured
-by one RMS norm over all their elements together (``rms_norm``, as the reference code's single
+With the default ``step_control="batch"`` the adaptive step size is shared by the batch: the
+local error of (x, delta_logp) is measured by one RMS norm over all their elements together (``rms_norm``, as the reference code's single
 scipy system; torchdiffeq's default for a tuple, the max over the parts, took twice the
 evaluations, 2336 against 1184, for a small digits UNet at rtol = atol = 1e-5, with the same
 bits/dim error, about 1e-3 against a solve at 1e-7), so a sample's result depends slightly (within the
 tolerance) on the rest of the batch, and in distributed evaluation ranks take different numbers
-of steps: never call a collective inside ``score_fn``.
+of steps: never call a collective inside ``score_fn``. ``step_control="per_sample"`` gives each
+sample its own time, step size and error norm (:mod:`scoresde.solvers.ode_per_sample`), so a
+sample's result is the same alone and in any batch (up to the network's own batch-size rounding).
 
 References: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential
 Equations", Sec. 4.3, App. D.1-D.2, Eq. (13), (39); Chen et al. 2018 and Grathwohl et al. 2019
@@ -56,7 +58,7 @@ from .grids import check_eps
 from .sde import SDE, reverse_drift
 from .divergence import DIVERGENCES, draw_probes as _draw_probes
 from .likelihood_ode import TIME_VARIABLES, TimeChange, flow_field, likelihood_field
-from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, rms_norm, solve_ode
+from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, STEP_CONTROLS, rms_norm, solve_ode
 
 #: the integration variable of log_likelihood / bits_per_dim / encode / decode (see scoresde.likelihood_ode)
 DEFAULT_TIME_VARIABLE = "t"
@@ -73,6 +75,8 @@ class LikelihoodResult:
         delta_logp: (B,) int_eps^T div f~ dt, nats per sample; logp = prior_logp + delta_logp.
         z: (B, *S) the latent x_T, the probability-flow image of x at time T.
         nfe: number of evaluations of the ODE's right-hand side, i.e. of score_fn (int).
+        nfe_per_sample: (B,) int64, the evaluations of each sample with
+            ``step_control="per_sample"`` (whose calls leave finished samples out), else None.
     """
 
     logp: torch.Tensor
@@ -80,6 +84,7 @@ class LikelihoodResult:
     delta_logp: torch.Tensor
     z: torch.Tensor
     nfe: int
+    nfe_per_sample: torch.Tensor | None = None
 
 
 @dataclass
@@ -134,15 +139,17 @@ def _check_generator(generator) -> None:
         raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
 
 
-def _solve_options(method, rtol, atol, steps, max_nfe, min_step) -> dict:
-    return dict(method=method, rtol=rtol, atol=atol, steps=steps, max_nfe=max_nfe, min_step=min_step)
+def _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control="batch") -> dict:
+    check_choice("step_control", step_control, STEP_CONTROLS)
+    return dict(method=method, rtol=rtol, atol=atol, steps=steps, max_nfe=max_nfe, min_step=min_step,
+                step_control=step_control)
 
 
 def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
                    rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "hutchinson_rademacher",
                    n_probes: int = 1, generator: torch.Generator | None = None, steps: int | None = None,
                    max_nfe: int | None = None, min_step: float | None = None,
-                   time_variable: str = DEFAULT_TIME_VARIABLE) -> LikelihoodResult:
+                   time_variable: str = DEFAULT_TIME_VARIABLE, step_control: str = "batch") -> LikelihoodResult:
     """Log-density of data under the probability-flow ODE of ``sde``.
 
     Integrates (x, delta_logp) from eps to T with d delta_logp / dt = div f~ and returns
@@ -165,9 +172,16 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         time_variable: the integration variable, "t" or "lambda" (s = -1/2 log-SNR(t), log sigma
             for the VE SDE; :mod:`scoresde.likelihood_ode`). The log-density does not depend on it
             (to the solver's tolerance); the number of evaluations does.
+        step_control: "batch" (default: one adaptive step size for the whole batch, from one RMS
+            error norm over all its elements, as the reference code, so a sample's logp changes
+            within the tolerance with its batch-mates) or "per_sample" (dopri5 only: each sample
+            has its own time, step size and error norm, so its logp does not depend on the batch;
+            ``score_fn`` is then called on the samples still running, each at its own time; see
+            :mod:`scoresde.solvers.ode_per_sample`).
     Returns:
         :class:`LikelihoodResult` with logp (B,) in nats per sample, prior_logp (B,),
-        delta_logp (B,), z (B, *S) the latent at T, and nfe (score evaluations); in x's dtype,
+        delta_logp (B,), z (B, *S) the latent at T, nfe (calls of score_fn) and, with
+        ``step_control="per_sample"``, nfe_per_sample (B,); in x's dtype,
         except that float16 / bfloat16 x is solved in float32 (``score_fn`` sees float32) and
         logp and its parts stay float32 (z is cast back to x's dtype).
     Raises:
@@ -183,6 +197,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     """
     eps = _check_common(sde, x, eps)
     check_choice("divergence", divergence, DIVERGENCES)
+    check_choice("step_control", step_control, STEP_CONTROLS)
     tc = TimeChange(sde, time_variable, eps, sde.T)
     check_positive("n_probes", n_probes, integer=True)
     if not callable(score_fn):
@@ -196,14 +211,21 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
 
     with torch.no_grad():
         delta0 = torch.zeros(B, dtype=x.dtype, device=x.device)
-        options = _solve_options(method, rtol, atol, steps, max_nfe, min_step)
+        options = _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control)
         if method in ADAPTIVE_METHODS:
-            options["norm"] = rms_norm  # the error of (x, delta_logp) as one vector, as the reference code
-        field = likelihood_field(score_fn, sde, tc, B, probes)
-        sol = solve_ode(field, (x, delta0), tc.s_of_t(eps), tc.s_of_t(sde.T), **options)
+            options["norm"] = rms_norm  # the error of (x, delta_logp) as one vector (per sample with per_sample)
+        if step_control == "per_sample":  # called on the running samples only: their rows of the probes
+            def field(s, state, rows):
+                p = None if probes is None else probes[:, rows]
+                return likelihood_field(score_fn, sde, tc, rows.shape[0], p)(s, state)
+        else:
+            field = likelihood_field(score_fn, sde, tc, B, probes)
+        sol = solve_ode(field, (x, delta0), tc.s_of_t(eps), tc.s_of_t(sde.T), with_rows=step_control == "per_sample",
+                        **options)
         z, delta = sol.y
         prior = sde.prior_logp(z).to(x.dtype)
-    return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z.to(in_dtype), nfe=sol.nfe)
+    return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z.to(in_dtype), nfe=sol.nfe,
+                            nfe_per_sample=sol.nfe_per_sample)
 
 
 def _check_range(data_range) -> tuple[float, float]:
@@ -288,8 +310,8 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
         n_dequant: number of independent dequantization draws (>= 1); bpd, logp and its parts
             are averaged over them (one ODE solve per draw; nfe is the total).
         **log_likelihood_options: eps, method, rtol, atol, divergence, n_probes, generator,
-            steps, max_nfe, min_step, time_variable of :func:`log_likelihood`; ``generator`` also draws the
-            dequantization noise (before each solve's probes).
+            steps, max_nfe, min_step, time_variable, step_control of :func:`log_likelihood`;
+            ``generator`` also draws the dequantization noise (before each solve's probes).
     Returns:
         :class:`BitsPerDimResult`: bpd (B,) bits per dimension per sample; logp, prior_logp,
         delta_logp (B,) in nats per sample (continuous, on the ``data_range`` scale); the offset;
@@ -312,7 +334,9 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
     check_positive("n_dequant", n_dequant, integer=True)
     low, high = _check_range(data_range)
     allowed = {"eps", "method", "rtol", "atol", "divergence", "n_probes", "generator", "steps", "max_nfe", "min_step",
-               "time_variable"}
+               "time_variable", "step_control"}
+    if "step_control" in log_likelihood_options:  # before the dequantization draws
+        check_choice("step_control", log_likelihood_options["step_control"], STEP_CONTROLS)
     unknown = set(log_likelihood_options) - allowed
     if unknown:
         raise TypeError(f"bits_per_dim got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -347,46 +371,48 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
 
 def encode(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
            rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
-           min_step: float | None = None, time_variable: str = DEFAULT_TIME_VARIABLE) -> torch.Tensor:
+           min_step: float | None = None, time_variable: str = DEFAULT_TIME_VARIABLE,
+           step_control: str = "batch") -> torch.Tensor:
     """Latent code of x: the probability-flow ODE integrated from eps to T.
 
     Arguments:
         score_fn: callable (x (B, *S), t (B,)) -> score. sde: the forward SDE.
         x: (B, *S) floating data at time eps. eps, method, rtol, atol, steps, max_nfe, min_step,
-            time_variable: as in :func:`log_likelihood`.
+            time_variable, step_control: as in :func:`log_likelihood`.
     Returns:
         z (B, *S), the state at time T (the same z :func:`log_likelihood` returns), in x's dtype
         (float16 / bfloat16 x is solved in float32 and cast back, see :func:`solve_ode`).
     Raises:
-        ValueError: eps outside (0, T), unknown method or time_variable, rtol / atol <= 0 (or both below the
+        ValueError: eps outside (0, T), unknown method, time_variable or step_control, rtol / atol <= 0 (or both below the
             epsilon of x's dtype), NaN in x, an empty (batch size 0) or "meta" x.
         ODESolverError: max_nfe exceeded or step-size underflow.
     Reference: Song et al. 2021, Sec. 4.3 ("uniquely identifiable encoding"), Eq. (13).
     """
     eps = _check_common(sde, x, eps)
-    return _flow(score_fn, sde, x, eps, sde.T, _solve_options(method, rtol, atol, steps, max_nfe, min_step),
+    return _flow(score_fn, sde, x, eps, sde.T, _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control),
                  time_variable)
 
 
 def decode(score_fn: Callable, sde: SDE, z: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
            rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
-           min_step: float | None = None, time_variable: str = DEFAULT_TIME_VARIABLE) -> torch.Tensor:
+           min_step: float | None = None, time_variable: str = DEFAULT_TIME_VARIABLE,
+           step_control: str = "batch") -> torch.Tensor:
     """Data from a latent: the probability-flow ODE integrated from T back to eps (inverse of :func:`encode`).
 
     Arguments:
         score_fn: callable (x (B, *S), t (B,)) -> score. sde: the forward SDE.
         z: (B, *S) floating latent at time T. eps, method, rtol, atol, steps, max_nfe, min_step,
-            time_variable: as in :func:`log_likelihood`.
+            time_variable, step_control: as in :func:`log_likelihood`.
     Returns:
         x (B, *S), the state at time eps, in z's dtype (float16 / bfloat16 solved in float32).
     Raises:
-        ValueError: eps outside (0, T), unknown method or time_variable, rtol / atol <= 0 (or both below the
+        ValueError: eps outside (0, T), unknown method, time_variable or step_control, rtol / atol <= 0 (or both below the
             epsilon of z's dtype), NaN in z, an empty (batch size 0) or "meta" z.
         ODESolverError: max_nfe exceeded or step-size underflow.
     Reference: Song et al. 2021, Sec. 4.3, Eq. (13).
     """
     eps = _check_common(sde, z, eps, name="z")
-    return _flow(score_fn, sde, z, sde.T, eps, _solve_options(method, rtol, atol, steps, max_nfe, min_step),
+    return _flow(score_fn, sde, z, sde.T, eps, _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control),
                  time_variable)
 
 
@@ -395,5 +421,9 @@ def _flow(score_fn, sde, x, t0, t1, options, time_variable):
         raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
     tc = TimeChange(sde, time_variable, min(t0, t1), max(t0, t1))
     with torch.no_grad():
-        field = flow_field(score_fn, sde, tc, x.shape[0])
+        if options["step_control"] == "per_sample":  # called on the running samples, each at its own time
+            def field(s, y):
+                return flow_field(score_fn, sde, tc, y.shape[0])(s, y)
+        else:
+            field = flow_field(score_fn, sde, tc, x.shape[0])
         return solve_ode(field, x, tc.s_of_t(t0), tc.s_of_t(t1), **options).y
