@@ -1,0 +1,193 @@
+"""Benchmark: per-sample against shared step control for bits_per_dim (issue 13, item 3).
+
+Question: what does a step size per sample cost (NFE, CPU time) against the shared step of
+torchdiffeq (one error norm over the whole batch), and how much does a sample's log-density move
+when its batch-mates change, in each mode?
+
+Setup (as ``bench_likelihood.py``): a small UNet eps-model trained briefly on scikit-learn's 8x8
+digits (17 levels, data range [-1, 1]), VP SDE, eps = 1e-5, rtol = atol = 1e-5, dopri5, one
+Rademacher probe; the test digits are dequantized once (fixed noise) and ``bits_per_dim`` is run
+on that continuous data (``dequantize=False``), so that both modes see the same inputs and probes.
+
+Measured, for batch 16 and 64:
+
+* NFE: calls of the network (per-sample mode calls it only on the samples still running, so the
+  work is the number of *sample evaluations*: the sum of the samples' own NFE, given with its
+  mean and max per sample; in the shared mode every sample takes part in every call);
+* CPU time of the whole ``bits_per_dim`` call (``time.process_time``, interleaved repeats,
+  median);
+* batch independence: the first ``--targets`` samples of the batch solved alone, with their own
+  probe rows (the probe generator advanced to the sample's position), against inside the batch:
+  max relative change of logp, and the max change in bits/dim.
+
+Usage: python benchmarks/bench_step_control.py [--quick] [--batches 16 64] [--repeats 3]
+       [--train-steps 1000] [--weights /tmp/bench_unet.pt] [--out benchmarks/results/step_control]
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+
+import torch
+
+from scoresde import ScoreModel, VPSDE, bits_per_dim
+from scoresde.data import digits
+from scoresde.likelihood import uniform_dequantize
+from scoresde.models import UNet
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import interleaved, md_table, median, parser, set_threads, write_results  # noqa: E402
+
+EPS, TOL, LEVELS, RANGE = 1e-5, 1e-5, 17, (-1.0, 1.0)
+MODES = ("batch", "per_sample")
+
+
+def build_model(sde, train_steps: int, ch: int, weights: str | None, seed: int = 0) -> ScoreModel:
+    """The small digits UNet of bench_likelihood.py: eps-prediction, Ho et al. 2020 loss, brief training."""
+    torch.manual_seed(seed)
+    net = UNet(in_channels=1, image_size=8, ch=ch, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
+    model = ScoreModel(net, sde, prediction="eps")
+    if weights and os.path.exists(weights):
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        return model.eval()
+    data = digits("train").data
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(train_steps):
+        x0 = data[torch.randint(0, len(data), (64,), generator=g)]
+        t = torch.rand(64, generator=g) * (sde.T - 1e-3) + 1e-3
+        noise = torch.randn(x0.shape, generator=g)
+        mean, std = sde.marginal_prob(x0, t)
+        loss = (model.predict(mean + std[:, None, None, None] * noise, t, "eps") - noise).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    if weights:
+        torch.save(model.state_dict(), weights)
+    return model.eval()
+
+
+class Counted(torch.nn.Module):
+    """The score model, counting its calls and the samples (rows) it is given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls, self.rows = model, 0, []
+
+    def forward(self, x, t):
+        self.calls += 1
+        self.rows.append(x.shape[0])
+        return self.model(x, t)
+
+
+def probe_generator(seed: int, skip: int) -> torch.Generator:
+    """The probe generator of a batch, advanced past ``skip`` Rademacher draws (CPU draws are serial):
+    a sample solved alone then gets the probe row it has at that position of the batch."""
+    g = torch.Generator().manual_seed(seed)
+    if skip:
+        torch.randint(0, 2, (skip,), generator=g)
+    return g
+
+
+def run(model, sde, y, mode: str, seed: int, skip: int = 0, rtol: float = TOL):
+    """bits_per_dim of the continuous data y (B, 1, 8, 8) in one mode; the probes from probe_generator."""
+    return bits_per_dim(model, sde, y, data_range=RANGE, num_levels=LEVELS, dequantize=False, eps=EPS, rtol=rtol,
+                        atol=rtol, generator=probe_generator(seed, skip), step_control=mode)
+
+
+def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = TOL) -> dict:
+    """NFE, CPU time and batch independence of both modes on the batch y."""
+    B, D = y.shape[0], y[0].numel()
+    results = {}
+
+    def call(mode):
+        def f():
+            counted = Counted(model).eval()
+            results[mode] = (run(counted, sde, y, mode, seed, rtol=rtol), counted)
+        return f
+
+    times = interleaved({m: call(m) for m in MODES}, repeats, warmup=0)
+    row = {"B": B}
+    for m in MODES:
+        r, counted = results[m]
+        assert counted.calls == r.nfe
+        alone = [run(model, sde, y[j:j + 1], m, seed, skip=j * D, rtol=rtol) for j in range(min(targets, B))]
+        lp_alone = torch.cat([a.logp for a in alone])
+        lp_batch = r.logp[: len(alone)]
+        row[m] = {"nfe": r.nfe, "cpu_s": median(times[m]), "cpu_s_all": times[m],
+                  "bpd_mean": float(r.bpd.mean()),
+                  "max_rel_change_logp": float(((lp_alone - lp_batch).abs() / lp_batch.abs()).max()),
+                  "max_change_bpd": float((lp_alone - lp_batch).abs().max() / (D * math.log(2))),
+                  "alone_nfe": [a.nfe for a in alone]}
+        # per sample: how many calls each sample took part in (the per-sample solve leaves finished ones out)
+        row[m]["sample_evals"] = sum(counted.rows)
+        row[m]["nfe_mean_per_sample"] = sum(counted.rows) / B
+        row[m]["smallest_call"] = min(counted.rows)
+    row["time_ratio"] = row["per_sample"]["cpu_s"] / row["batch"]["cpu_s"]
+    row["bpd_mean_diff"] = row["per_sample"]["bpd_mean"] - row["batch"]["bpd_mean"]
+    return row
+
+
+def _table(rows) -> str:
+    out = []
+    for r in rows:
+        b, p = r["batch"], r["per_sample"]
+        evals = f"{p['sample_evals']} (mean {p['nfe_mean_per_sample']:.0f} per sample)"
+        out.append([r["B"], b["nfe"], f"{b['sample_evals']} ({b['nfe']} each)", p["nfe"], evals,
+                    f"{b['cpu_s']:.1f}", f"{p['cpu_s']:.1f}", f"{r['time_ratio']:.2f}",
+                    f"{b['max_rel_change_logp']:.1e} / {b['max_change_bpd']:.1e}",
+                    f"{p['max_rel_change_logp']:.1e} / {p['max_change_bpd']:.1e}", f"{r['bpd_mean_diff']:+.4f}"])
+    return md_table(["batch", "shared: NFE", "shared: sample evals", "per-sample: calls",
+                     "per-sample: sample evals", "shared CPU s", "per-sample CPU s",
+                     "time per-sample / shared", "shared: alone vs batch (rel. logp / bpd)",
+                     "per-sample: alone vs batch (rel. logp / bpd)", "mean bpd per-sample - shared"], out)
+
+
+def main(argv=None):
+    p = parser("step_control", __doc__.split("\n")[0])
+    p.set_defaults(repeats=3)
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    p.add_argument("--targets", type=int, default=4, help="samples solved alone for the independence figure")
+    p.add_argument("--train-steps", type=int, default=1000)
+    p.add_argument("--ch", type=int, default=16)
+    p.add_argument("--weights", default=None, help="load the UNet from / save it to this file")
+    p.add_argument("--rtol", type=float, default=TOL, help="rtol = atol of both solves (default 1e-5)")
+    args = p.parse_args(argv)
+    set_threads(args.threads)
+    started = time.time()
+    if args.quick:
+        args.batches, args.repeats, args.targets, args.train_steps, args.ch = [2, 3], 1, 1, 5, 4
+        args.rtol = 1e-2
+    sde = VPSDE()
+    model = build_model(sde, args.train_steps, args.ch, args.weights)
+    test = digits("test").levels
+    y_all = uniform_dequantize(test[: max(args.batches)], num_levels=LEVELS, data_range=RANGE,
+                               generator=torch.Generator().manual_seed(7))
+    run(model, sde, y_all[:2], "per_sample", 1, rtol=max(args.rtol, 1e-3))  # warm-up
+    run(model, sde, y_all[:2], "batch", 1, rtol=max(args.rtol, 1e-3))
+    rows = [measure(model, sde, y_all[:B], args.repeats, args.targets, seed=123, rtol=args.rtol)
+            for B in args.batches]
+    params = sum(q.numel() for q in model.parameters())
+    md = (f"`bits_per_dim` on the first B digits test images (fixed dequantization), small UNet (ch={args.ch}, "
+          f"{params:,} parameters, {args.train_steps} training steps), VP, eps = {EPS:g}, rtol = atol = {args.rtol:g}, "
+          f"dopri5, one Rademacher probe; CPU time median of {args.repeats} interleaved runs, "
+          f"{args.threads} thread(s). Sample evals: network evaluations summed over the samples. "
+          f"Alone vs batch: the first {args.targets} samples solved alone with their own probe rows.\n\n")
+    md += _table(rows)
+    readme = []
+    for r in rows:
+        readme.append({"what": f"bits/dim with a step size per sample, batch {r['B']} (digits UNet, {args.rtol:g})",
+                       "value": f"CPU time {r['time_ratio']:.2f}x the shared step's; a sample alone vs in the "
+                                f"batch: rel. logp change {r['per_sample']['max_rel_change_logp']:.1e} "
+                                f"(shared step: {r['batch']['max_rel_change_logp']:.1e})",
+                       "how": "python benchmarks/bench_step_control.py"})
+    write_results("step_control", args.out, md, rows, readme=readme if not args.quick else (), started=started,
+                  extra={"params": params, "train_steps": args.train_steps, "repeats": args.repeats})
+    print(md)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
