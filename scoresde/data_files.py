@@ -13,16 +13,27 @@ from ._checks import check_choice, check_positive
 from .dataset import Dataset, _from_levels
 
 LABELS_KEY = "labels"  # the labels array of a .npz (from_array)
+#: the layouts of 4-D image arrays (from_array's layout)
+LAYOUTS = ("nchw", "nhwc")
+#: the most channels a layout-inferred image has (gray, gray + alpha, RGB, RGBA)
+MAX_CHANNELS = 4
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def from_array(source, *, key: str | None = None, num_levels: int | None = None,
-               data_range: Sequence[float] | None = None, channels_last: bool = False,
-               labels=None, num_classes: int | None = None) -> Dataset:
+               data_range: Sequence[float] | None = None, channels_last: bool | None = None,
+               labels=None, num_classes: int | None = None, layout: str | None = None) -> Dataset:
     """Data from a ``.npy`` / ``.npz`` file or an in-memory numpy array / torch tensor.
 
-    Shapes: (n, d) vectors, (n, H, W) one-channel images (a channel axis is added) or
-    (n, C, H, W) images (``channels_last=True`` for (n, H, W, C)).
+    Shapes: (n, d) vectors, (n, H, W) one-channel images (a channel axis is added), and 4-D
+    images, (n, C, H, W) (``layout="nchw"``) or (n, H, W, C) (``layout="nhwc"``). Without a
+    layout the channel axis of a 4-D array is the one of axes 1 and 3 whose size is at most 4
+    (gray, gray + alpha, RGB, RGBA): (n, 3, 32, 32) is NCHW, (n, 32, 32, 3) NHWC. When both or
+    neither are (e.g. (n, 3, 8, 3) or (n, 16, 8, 8)) the layout is ambiguous and must be given:
+    a ValueError says so rather than guessing. A 3-D array whose last axis is 3 or 4 and whose
+    other two are longer, (H, W, 3), looks like one RGB image rather than n gray images of
+    width 3: it is an error too, unless ``layout="nhwc"`` (one image, n = 1) or ``"nchw"`` (n
+    gray images (n, H, W)) says which.
     Integer arrays are levels: ``num_levels`` defaults to 256 for uint8 and must be given for
     other integer dtypes; floats are returned as they are, with ``data_range`` as given
     (checked) or, if omitted, the observed (min, max).
@@ -32,7 +43,9 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
         key: the array's name inside a .npz holding several arrays.
         num_levels: number of integer levels (integer data only).
         data_range: (lo, hi) of float data.
-        channels_last: the 4-D array is (n, H, W, C).
+        layout: "nchw", "nhwc" or None (inferred as above) for image arrays; not for (n, d).
+        channels_last: the older spelling of the layout: True = "nhwc", False = "nchw", None =
+            ``layout`` (the default). Both given must agree.
         labels: class labels. None (default): a .npz's integer array named "labels" (n,), if it
             holds one, else no labels (and with ``key=None`` a .npz of two arrays, one named
             "labels", uses the other as the data); a str: the name of the labels array inside the
@@ -41,21 +54,26 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
         num_classes: the number of classes K (default: max(labels) + 1); only with labels.
     Returns:
         Dataset (integer data: levels plus bin-centre floats in (-1, 1); float data: float32 as
-        given), with ``labels`` (n,) int64 and ``num_classes`` when labels were found.
+        given), images as (n, C, H, W), with ``labels`` (n,) int64 and ``num_classes`` when
+        labels were found. Its config records the layout as ``channels_last`` (True for NHWC).
     Raises:
         FileNotFoundError: no such file. ValueError: unknown extension, a .npz with several
-        arrays and no (or a wrong) key, a wrong shape, fewer than 1 sample, NaN / inf, levels
+        arrays and no (or a wrong) key, a wrong shape, an ambiguous or unknown layout (or one
+        given for (n, d) vectors, or contradicting channels_last), fewer than 1 sample, NaN / inf, levels
         outside [0, num_levels - 1], floats outside data_range, num_levels for float data, a
         labels key that is not in the .npz (or given for a .npy), labels not of shape (n,) or
         outside [0, num_classes - 1].
         TypeError: bool, complex, object or string dtype; integer data without num_levels; float labels.
     """
+    # a layout for (n, d) vectors is an error only when typed: configs record channels_last=False for them
+    for_vectors_ok = layout is None
+    layout = _layout_arg(layout, channels_last)
     auto_labels = labels is None
     if labels is False:
         labels = None
     if isinstance(source, (str, os.PathLike)):
         arr, labels, config, name = _read_array_file(os.fspath(source), key, labels, auto_labels, num_levels,
-                                                     data_range, channels_last, num_classes)
+                                                     data_range, num_classes)
     else:
         if isinstance(labels, str):
             raise ValueError(f"labels={labels!r} names an array of a .npz file; pass the labels array for in-memory data")
@@ -63,11 +81,55 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu()
     lab = {"labels": labels, "num_classes": num_classes} if labels is not None else {}
-    return _array_dataset(arr, source, name, config, lab, num_levels, data_range, channels_last)
+    return _array_dataset(arr, source, name, config, lab, num_levels, data_range, layout, for_vectors_ok)
 
 
-def _read_array_file(path: str, key, labels, auto_labels: bool, num_levels, data_range, channels_last: bool,
-                     num_classes) -> tuple:
+def _layout_arg(layout, channels_last) -> str | None:
+    """The layout asked for ("nchw", "nhwc" or None) from ``layout`` and the older ``channels_last``."""
+    if layout is not None:
+        check_choice("layout", layout, LAYOUTS)
+    if channels_last is None:
+        return layout
+    old = "nhwc" if channels_last else "nchw"
+    if layout is not None and layout != old:
+        raise ValueError(f"layout={layout!r} contradicts channels_last={channels_last!r} (which means {old!r}); "
+                         "give one of them")
+    return old
+
+
+def _to_nchw(arr: np.ndarray, layout: str | None, name: str, for_vectors_ok: bool) -> tuple[np.ndarray, bool]:
+    """(array as (n, d) or (n, C, H, W), channels_last) for ``layout``: see :func:`from_array`."""
+    fix = "pass layout='nchw' or layout='nhwc' (the command line's --layout)"
+    if arr.ndim == 2:
+        if layout is not None and not for_vectors_ok:
+            raise ValueError(f"{name}: layout={layout!r} applies to image arrays; shape {arr.shape} is (n, d) vectors")
+        return arr, False
+    if arr.ndim == 3:
+        looks_rgb = arr.shape[2] in (3, 4) and min(arr.shape[:2]) > arr.shape[2]
+        if layout == "nhwc":
+            return np.ascontiguousarray(arr.transpose(2, 0, 1))[None], True
+        if looks_rgb and layout is None:
+            raise ValueError(f"{name}: shape {arr.shape} looks like one (H, W, C) image with {arr.shape[2]} channels, "
+                             f"not {arr.shape[0]} gray images of {arr.shape[1]}x{arr.shape[2]}; give images as "
+                             "(n, H, W, C) or (n, C, H, W), or pass layout='nhwc' (one image) or layout='nchw' "
+                             "((n, H, W) gray images)")
+        return arr[:, None], False
+    if arr.ndim != 4:
+        raise ValueError(f"{name}: shape {arr.shape} not understood; expected (n, d), (n, H, W), (n, C, H, W) or "
+                         "(n, H, W, C)")
+    if layout is None:
+        first, last = arr.shape[1] <= MAX_CHANNELS, arr.shape[3] <= MAX_CHANNELS
+        if first == last:
+            which = "both could be" if first else "neither looks like"
+            raise ValueError(f"{name}: shape {arr.shape} is ambiguous: axes 1 and 3 ({which} the channel axis, "
+                             f"of at most {MAX_CHANNELS}); {fix}")
+        layout = "nchw" if first else "nhwc"
+    if layout == "nhwc":
+        return np.ascontiguousarray(arr.transpose(0, 3, 1, 2)), True
+    return arr, False
+
+
+def _read_array_file(path: str, key, labels, auto_labels: bool, num_levels, data_range, num_classes) -> tuple:
     """(array, labels, config or None, name) of a .npy / .npz file, as :func:`from_array` reads it."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")
@@ -105,7 +167,7 @@ def _read_array_file(path: str, key, labels, auto_labels: bool, num_levels, data
         arr = loaded
     config = {"loader": "array", "path": os.path.abspath(path), "key": key, "num_levels_arg": num_levels,
               "data_range_arg": list(data_range) if data_range is not None else None,
-              "channels_last": channels_last}
+              "channels_last": False}  # the layout found: set by _array_dataset
     if labels_key is not None:  # only then: configs of unlabelled files are unchanged
         config["labels"] = labels_key
         if num_classes is not None:
@@ -117,7 +179,7 @@ def _read_array_file(path: str, key, labels, auto_labels: bool, num_levels, data
 
 
 def _array_dataset(arr, source, name: str, config: dict | None, lab: dict, num_levels, data_range,
-                   channels_last: bool) -> Dataset:
+                   layout: str | None, for_vectors_ok: bool = True) -> Dataset:
     """The Dataset of an array (levels or floats), checked, as :func:`from_array` returns it."""
     if isinstance(arr, torch.Tensor):
         arr = arr.detach().cpu().numpy()
@@ -125,12 +187,9 @@ def _array_dataset(arr, source, name: str, config: dict | None, lab: dict, num_l
         raise TypeError(f"source must be a path, a numpy array or a torch tensor; got {type(source).__name__}")
     if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
         raise TypeError(f"{name}: unsupported dtype {arr.dtype}; use integer levels or floats")
-    if arr.ndim == 3:
-        arr = arr[:, None]
-    elif arr.ndim == 4 and channels_last:
-        arr = np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
-    elif arr.ndim not in (2, 4):
-        raise ValueError(f"{name}: shape {arr.shape} not understood; expected (n, d), (n, H, W) or (n, C, H, W)")
+    arr, channels_last = _to_nchw(arr, layout, name, for_vectors_ok)
+    if config is not None:
+        config["channels_last"] = channels_last  # load_dataset reads the file again in this layout
     if arr.shape[0] < 1 or arr.size == 0:
         raise ValueError(f"{name}: the array is empty, shape {arr.shape}")
     if arr.dtype.kind in "iu":

@@ -477,7 +477,9 @@ def test_bad_out_is_an_error_before_any_work(toy_run, tmp_path, capsys, monkeypa
     (tmp_path / "s.npz").mkdir()  # sample writes <out>.npz: an existing folder by that name
     cases = [(str(blocker / "out"), f"{blocker} is a file, not a folder"),
              (str(folder) if command == "likelihood" else str(tmp_path / "s"), "is an existing folder; give a file name"),
-             (str(tmp_path / "missing" / "out"), "does not exist")]
+             ]
+    if command == "likelihood":  # sample creates a missing folder (test_sample_out_creates_its_folder)
+        cases.append((str(tmp_path / "missing" / "out"), "does not exist"))
     if os.geteuid() != 0:  # root ignores permission bits, so only other users can test a read-only folder
         ro = tmp_path / "ro"
         ro.mkdir()
@@ -744,7 +746,8 @@ def test_inpaint_repaint_spends_more_nfe_and_checks_out_first(demo, tmp_path, mo
     monkeypatch.setattr(samples, "draw", no_work)
     blocker = tmp_path / "afile"
     blocker.write_text("x")
-    for bad, fragment in ((str(blocker / "o"), "is a file, not a folder"), (str(tmp_path / "no" / "o"), "does not exist")):
+    # (a missing folder is created, as sample --out: test_sample_out_creates_its_folder)
+    for bad, fragment in ((str(blocker / "o"), "is a file, not a folder"),):
         capsys.readouterr()
         assert main(["inpaint", str(out / "model"), "--out", bad, "--quiet"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
@@ -802,3 +805,139 @@ def test_likelihood_of_a_reference_checkpoint(tmp_path):
     assert res["n_points"] == 2 and np.isfinite(res["bpd"]) and "reference checkpoint" in res["checkpoint"]
     proc = run_cli("likelihood", "--reference-ckpt", str(fixture), "--out", str(out), cwd=tmp_path)
     one_line_error(proc, "--config")
+
+
+# ------------------------------------------------------------------ CLI parity with the Python API (issue 11, item 4)
+def _last_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and " error: " in err[0], err
+    return err[0]
+
+
+def test_train_reads_arrays_with_key_num_levels_and_layout(tmp_path, capsys):
+    # an .npz of two arrays needs --key; int16 levels need --num-levels; (n, H, W, 3) arrays are images (3, H, W)
+    # trained by the UNet (they used to be read as per-sample shape (8, 8, 3) and trained by an MLP)
+    rng = np.random.RandomState(0)
+    np.savez(tmp_path / "two.npz", x=rng.randint(0, 17, size=(16, 8, 8, 3)).astype(np.int16),
+             other=rng.rand(16, 2).astype(np.float32))
+    np.save(tmp_path / "amb.npy", rng.rand(16, 3, 8, 3).astype(np.float32))
+    base = ["train", "--data", str(tmp_path / "two.npz"), "--steps", "1", "--batch-size", "8", "--quiet"]
+    cases = [([], "holds arrays ['x', 'other']; choose one with --key"),
+             (["--key", "nope"], "--key 'nope' not in"),
+             (["--key", "x"], "integer data of dtype int16 needs --num-levels"),
+             (["--key", "other", "--num-levels", "17"], "--num-levels given for float data"),
+             (["--key", "x", "--num-levels", "10"], r"must lie in [0, 9]"),
+             (["--key", "x", "--num-levels", "17", "--layout", "nchwc"], "argument --layout: invalid choice")]
+    for extra, fragment in cases:
+        capsys.readouterr()
+        assert main([*base, "--out", str(tmp_path / "bad"), *extra]) in (1, 2)
+        assert fragment in _last_error(capsys)
+    assert not (tmp_path / "bad").exists()
+    for args, where in ((["--data", str(tmp_path / "amb.npy")], "pass --layout nchw or --layout nhwc"),
+                        (["--data", "digits", "--key", "x"], "--key applies to .npy / .npz data"),
+                        (["--data", "two_moons", "--num-levels", "17", "--layout", "nhwc"],
+                         "--num-levels / --layout apply to .npy / .npz data")):
+        assert main(["train", *args, "--out", str(tmp_path / "bad"), "--steps", "1", "--quiet"]) == 1
+        assert where in _last_error(capsys)
+    # train-classifier reads its --data the same way
+    assert main(["train-classifier", "--data", str(tmp_path / "two.npz"), "--out", str(tmp_path / "bad"), "--quiet"]) == 1
+    assert "choose one with --key" in _last_error(capsys)
+    assert main([*base, "--out", str(tmp_path / "rgb"), "--key", "x", "--num-levels", "17"]) == 0
+    ck = torch.load(tmp_path / "rgb" / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["data"]["shape"] == [3, 8, 8] and ck["config"]["data"]["channels_last"] is True
+    assert ck["config"]["model"]["net"]["model"] == "UNet" and ck["config"]["objective"]["dequantize"] == 17
+    saved = json.loads((tmp_path / "rgb" / "train_args.json").read_text())
+    assert (saved["key"], saved["levels"], saved["layout"]) == ("x", 17, "nhwc")  # the inferred layout is recorded
+    # typing the layout it found resumes; another one is a change of the run's settings
+    assert main([*base, "--out", str(tmp_path / "rgb"), "--steps", "2", "--layout", "nhwc"]) == 0
+    assert main([*base, "--out", str(tmp_path / "rgb"), "--steps", "3", "--layout", "nchw"]) == 1
+    assert "--layout nchw (saved nhwc)" in _last_error(capsys)
+    # --layout nchw reads the same array as (8, 8, 3): not square images, hence the MLP
+    assert main([*base, "--out", str(tmp_path / "asked"), "--key", "x", "--num-levels", "17", "--layout", "nchw"]) == 0
+    ck = torch.load(tmp_path / "asked" / "checkpoint.pt", weights_only=True)
+    assert ck["config"]["data"]["shape"] == [8, 8, 3] and ck["config"]["model"]["net"]["model"] == "FlatMLP"
+
+
+def test_no_ema_reaches_every_command_that_loads_a_run(toy_run, tmp_path, capsys, monkeypatch):
+    # the library's load_score_model(use_ema=False): the online weights, said on stderr
+    from scoresde.cli import commands, common
+    model, _, cfg, _ = common.load_run(str(toy_run), use_ema=False)
+    state = torch.load(toy_run / "checkpoint.pt", weights_only=True)
+    assert cfg["weights"] == "online (--no-ema)"
+    assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
+    ema, _, _, _ = common.load_run(str(toy_run))
+    assert any(not torch.equal(v, ema.state_dict()[k]) for k, v in model.state_dict().items())
+    draws = {}
+    for flags in ([], ["--no-ema"]):
+        out = tmp_path / f"s{len(flags)}"
+        assert main(["sample", str(toy_run), "--method", "euler_maruyama", "--steps", "3", "-n", "16", "--out", str(out),
+                     *flags]) == 0
+        draws[len(flags)] = np.load(f"{out}.npz")["samples"]
+        note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("scoresde: using")]
+        assert note == [f"scoresde: using the {'online (--no-ema: not the EMA)' if flags else 'EMA'} weights of the "
+                        f"checkpoint (step 5)"], note
+    assert not np.array_equal(draws[0], draws[1])
+    seen = []
+
+    def recorder(path, *, device="cpu", quiet=False, use_ema=True):
+        seen.append(use_ema)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(commands, "load_run", recorder)
+    monkeypatch.setattr(common, "load_run", recorder)
+    for command in (["likelihood", str(toy_run), "--out", str(tmp_path / "l.json")],
+                    ["compare", str(toy_run), "--out", str(tmp_path / "c")],
+                    ["inpaint", str(toy_run), "--out", str(tmp_path / "i")]):
+        for flags in ([], ["--no-ema"]):
+            assert main([*command, *flags, "--quiet"]) == 1 and "recorded" in _last_error(capsys)
+    assert seen == [True, False] * 3
+
+
+def test_no_ema_on_a_diffusers_folder_is_an_error(tmp_path, capsys):
+    assert main(["sample", "--diffusers", str(tmp_path), "--no-ema", "--out", str(tmp_path / "s")]) == 1
+    assert "--no-ema: a diffusers folder holds one set of weights" in _last_error(capsys)
+
+
+def test_sample_out_creates_its_folder(toy_run, tmp_path, capsys):
+    # as train --out: a missing folder (two levels) is created; a file in the way is still an error
+    out = tmp_path / "new" / "deeper" / "s"
+    assert main(["sample", str(toy_run), "--method", "euler_maruyama", "--steps", "2", "-n", "8", "--out", str(out),
+                 "--quiet"]) == 0
+    assert out.with_suffix(".npz").is_file() and out.with_suffix(".png").is_file()
+    (tmp_path / "afile").write_text("x")
+    assert main(["sample", str(toy_run), "--out", str(tmp_path / "afile" / "sub" / "s"), "--quiet"]) == 1
+    assert "is a file, not a folder" in _last_error(capsys)
+
+
+def test_compare_passes_spacing_to_the_methods_that_take_it(toy_run, tmp_path, capsys):
+    # --spacing used to be parsed and ignored by compare: now it reaches euler_maruyama (a grid sampler) and not
+    # torchsde (which has no spacing), changes its samples, and the report says where it went
+    rows = {}
+    for flags in ([], ["--spacing", "quadratic"]):
+        out = tmp_path / f"c{len(flags)}"
+        assert main(["compare", str(toy_run), "--methods", "euler_maruyama:4", "sde:4", "-n", "64", "--bpd-points",
+                     "0", "--out", str(out), "--quiet", *flags]) == 0
+        res = json.loads((out / "compare.json").read_text())
+        rows[len(flags)] = {r["method"]: r["quality"] for r in res["rows"] if r["method"] != "real data"}
+        if flags:
+            assert "--spacing quadratic for euler_maruyama" in res["notes"]
+    assert rows[0]["sde"] == rows[2]["sde"] and rows[0]["euler_maruyama"] != rows[2]["euler_maruyama"]
+    capsys.readouterr()
+    assert main(["compare", str(toy_run), "--methods", "sde:4", "--spacing", "logsnr", "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 1
+    assert "--spacing applies to none of the compared methods ['sde']" in _last_error(capsys)
+    assert main(["compare", str(toy_run), "--methods", "pc:4", "--eps", "0.01", "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 1
+    assert "--eps does not apply to compare" in _last_error(capsys)
+
+
+def test_likelihood_data_takes_the_array_options(toy_run, tmp_path, capsys):
+    pts = np.random.RandomState(1).randn(8, 2).astype(np.float32)
+    np.savez(tmp_path / "pts.npz", pts=pts, more=pts + 1)
+    base = ["likelihood", str(toy_run), "--data", str(tmp_path / "pts.npz"), "--rtol", "1e-2", "--atol", "1e-2",
+            "--out", str(tmp_path / "l.json"), "--quiet"]
+    assert main(base) == 1 and "choose one with --key" in _last_error(capsys)
+    assert main([*base, "--key", "more"]) == 0
+    assert json.loads((tmp_path / "l.json").read_text())["n_points"] == 8
+    assert main(["likelihood", str(toy_run), "--key", "more", "--out", str(tmp_path / "m.json"), "--quiet"]) == 1
+    assert "without --data the checkpoint's data are read as they were" in _last_error(capsys)

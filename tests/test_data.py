@@ -120,6 +120,40 @@ def test_npz_keys_channels_and_levels(tmp_path):
         from_array(tmp_path / "b.npz", key="x", num_levels=10, channels_last=True)
 
 
+def test_array_layout_is_inferred_given_or_refused(tmp_path):
+    # the channel axis is the one of axes 1 / 3 of size <= 4; NHWC arrays become (n, C, H, W) images (they used to
+    # be read as per-sample shape (8, 8, 3)), and a layout that could be either is an error naming layout=
+    rng = np.random.RandomState(3)
+    nhwc = rng.randint(0, 256, size=(6, 8, 8, 3)).astype(np.uint8)
+    np.save(tmp_path / "rgb.npy", nhwc)
+    for ds in (from_array(tmp_path / "rgb.npy"), from_array(tmp_path / "rgb.npy", layout="nhwc")):
+        assert ds.shape == (3, 8, 8) and torch.equal(ds.levels.permute(0, 2, 3, 1), torch.from_numpy(nhwc).long())
+        again = load_dataset(ds.config())
+        assert ds.config()["channels_last"] is True and torch.equal(again.levels, ds.levels)
+    nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+    assert torch.equal(from_array(nchw).levels, torch.from_numpy(nchw).long())
+    assert from_array(nchw, layout="nchw").shape == (3, 8, 8)
+    assert from_array(nhwc, layout="nchw").shape == (8, 8, 3)  # as asked, however odd
+    for shape, what in (((4, 3, 8, 3), "both could be"), ((4, 16, 8, 8), "neither looks like")):
+        with pytest.raises(ValueError, match=f"ambiguous: axes 1 and 3 \\({what}.*layout='nchw' or layout='nhwc'"):
+            from_array(np.zeros(shape, dtype=np.float32))
+        assert from_array(np.zeros(shape, dtype=np.float32), layout="nchw").shape == shape[1:]
+    # a 3-D (H, W, 3) array is one RGB image, not 16 gray images of 16x3 (an MLP's vectors): refused unless said
+    one = rng.rand(16, 16, 3).astype(np.float32)
+    with pytest.raises(ValueError, match=r"looks like one \(H, W, C\) image with 3 channels"):
+        from_array(one)
+    img = from_array(one, layout="nhwc")
+    assert len(img) == 1 and img.shape == (3, 16, 16) and torch.equal(img.data[0], torch.from_numpy(one).permute(2, 0, 1))
+    assert from_array(one, layout="nchw").shape == (1, 16, 3)
+    assert from_array(rng.rand(5, 8, 8).astype(np.float32)).shape == (1, 8, 8)  # (n, H, W) gray: unchanged
+    with pytest.raises(ValueError, match="applies to image arrays"):
+        from_array(rng.rand(5, 2).astype(np.float32), layout="nchw")
+    with pytest.raises(ValueError, match="layout"):
+        from_array(nhwc, layout="hwc")
+    with pytest.raises(ValueError, match="contradicts channels_last"):
+        from_array(nhwc, layout="nchw", channels_last=True)
+
+
 def test_float_arrays_and_bad_input(tmp_path):
     x = np.random.RandomState(2).randn(50, 3).astype(np.float32)
     ds = from_array(x)

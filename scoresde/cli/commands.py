@@ -19,7 +19,8 @@ from ..plotting import atomic_file
 from ..runs import resolve_checkpoint
 # the helpers below were defined here before this module was split; they stay importable from it (and the
 # commands look them up here, so that a test can replace them)
-from .common import _check_shape, _log, _threads, _weights_note, load_data, load_run  # noqa: F401
+from .common import (_check_shape, _log, _threads, _weights_note, apply_sampler_flags, data_options,  # noqa: F401
+                     load_data, load_run)
 from .measure import eval_split, likelihood, vlb_bits  # noqa: F401
 from .pretrained import check_source, load_model as load_pretrained, wants_pretrained
 from .samples import as_data, draw, sampler_options, save_samples_figure
@@ -61,11 +62,11 @@ def cmd_sample(args) -> int:
     png = out.with_name(out.name + ".png")
     check_source(args)
     for f in (npz, png):  # before any work: a bad --out used to fail after the sampling
-        check_output_file(f, "--out", args.out)
+        check_output_file(f, "--out", args.out, make_folder=True)  # created if missing, as train --out
     if wants_pretrained(args):
         model, sde, cfg, ds = load_pretrained(args)
     else:
-        model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
+        model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet, use_ema=not args.no_ema)
     guide = guidance(args, model, sde, cfg, args.num_samples)  # None without --class
     _log(args, _weights_note(cfg))
     shape = tuple(cfg["data"]["shape"])
@@ -152,8 +153,8 @@ def cmd_likelihood(args) -> int:
             raise ValueError("--reference-ckpt needs --data: a CIFAR-shaped .npz or image folder of 256-level images")
         model, sde, cfg, ds = load_pretrained(args)
     else:
-        model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
-    evd, desc = eval_split(args.data, args.split, cfg, ds, args.seed)
+        model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet, use_ema=not args.no_ema)
+    evd, desc = eval_split(args.data, args.split, cfg, ds, args.seed, **data_options(args))
     _check_shape(evd, cfg, f"--data {args.data}" if args.data else "the data")
     _log(args, _weights_note(cfg))
     prior_note = check_prior(sde, evd, distance=False)  # VE: prior far from p_T (one warning line on stderr)
@@ -198,13 +199,14 @@ def cmd_compare(args) -> int:
     if args.bpd_points < 0:
         raise ValueError(f"--bpd-points must be >= 0; got {args.bpd_points}")
     check_output_folder(args.out)  # before any work; created only after it
-    model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
+    model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet, use_ema=not args.no_ema)
     if ds is None:
         raise ValueError("the checkpoint's data cannot be rebuilt (in-memory array); compare needs them")
     opts = {"predictor": args.predictor, "corrector": args.corrector, "snr": args.snr,
             "corrector_steps": args.corrector_steps, "sde_method": args.sde_method, "ode_method": args.ode_method,
             "eta": args.eta, "variance": args.variance}
     runs, notes = parse_methods(args.methods, args.steps, args.ode_rtols, opts, sde)
+    notes += apply_sampler_flags(runs, args)  # --spacing / --order / --rho reach the methods that take them
     _log(args, _weights_note(cfg))
     out = Path(args.out)
     result = run_compare(model, sde, ds, runs, n=args.num_samples, seed=args.seed, bpd_points=args.bpd_points,

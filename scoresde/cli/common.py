@@ -26,30 +26,73 @@ def _threads(args=None):
         torch.set_num_threads(os.cpu_count() or 1)
 
 
-def load_data(spec: str, *, split: str = "train", seed: int = 0):
+#: load_data's keyword -> the command-line flag that sets it (named in the errors)
+_DATA_FLAGS = {"key": "--key", "num_levels": "--num-levels", "layout": "--layout"}
+
+
+def data_options(source) -> dict:
+    """The keyword arguments of :func:`load_data` (key, num_levels, layout) from the parsed
+    arguments or a run's settings dict (``train_args.json``); absent ones are None."""
+    get = source.get if isinstance(source, dict) else (lambda k, d=None: getattr(source, k, d))
+    return {"key": get("key"), "num_levels": get("levels"), "layout": get("layout")}
+
+
+def load_data(spec: str, *, split: str = "train", seed: int = 0, key: str | None = None,
+              num_levels: int | None = None, layout: str | None = None):
     """A :class:`scoresde.data.Dataset` from a ``--data`` value.
 
     "digits" -> the digits ``split``; a toy name -> 10 000 points (seed 0 for "train", a fresh
-    seed for "test"); a .npy / .npz path -> ``data.from_array``; a folder -> ``data.image_folder``.
-    Raises ValueError naming the valid forms.
+    seed for "test"); a .npy / .npz path -> ``data.from_array`` with ``key``, ``num_levels`` and
+    ``layout`` (``--key``, ``--num-levels``, ``--layout``); a folder -> ``data.image_folder``.
+
+    Raises:
+        ValueError naming the valid forms; ``--key`` / ``--num-levels`` / ``--layout`` given for
+        data that are not a .npy / .npz file; from_array's errors with the flag in place of the
+        keyword (e.g. "choose one with --key").
     """
     from .. import data as D
+    given = [_DATA_FLAGS[k] for k, v in (("key", key), ("num_levels", num_levels), ("layout", layout))
+             if v is not None]
+    is_array = spec.lower().endswith((".npy", ".npz")) and not os.path.isdir(spec)
+    if given and not is_array:
+        raise ValueError(f"{' / '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to .npy / .npz data; --data "
+                         f"{spec} is not such a file")
     if spec == "digits":
         return D.digits(split)
     if spec in D.TOYS:
         return D.toy(spec, n=10000, seed=seed if split == "train" else seed + 1_000_003)
     if os.path.isdir(spec):
         return D.image_folder(spec)
-    if spec.lower().endswith((".npy", ".npz")):
-        return D.from_array(spec)
+    if is_array:
+        try:
+            return D.from_array(spec, key=key, num_levels=num_levels, layout=layout)
+        except (ValueError, TypeError) as e:
+            raise type(e)(_flag_names(str(e))) from None
     if os.path.exists(spec):
         raise ValueError(f"data file {spec!r} is neither .npy / .npz nor a folder of images")
     raise ValueError(f"unknown data {spec!r}; valid values are 'digits', {list(D.TOYS)}, or a path to a .npy / .npz "
                      "file or an image folder")
 
 
-def load_run(path: str, *, device="cpu", quiet=False):
-    """(EMA score model in eval mode, sde, stored config, training Dataset or None) of a checkpoint."""
+def _flag_names(msg: str) -> str:
+    """from_array's message with the command-line flags in place of its keywords."""
+    if msg.startswith("key "):
+        msg = "--" + msg
+    for old, new in (("key=", "--key"), ("needs num_levels", "needs --num-levels"),
+                     ("num_levels given", "--num-levels given"), ("layout='nchw' or layout='nhwc' (the command "
+                     "line's --layout)", "--layout nchw or --layout nhwc"), ("layout='nhwc'", "--layout nhwc"),
+                     ("layout='nchw'", "--layout nchw")):
+        msg = msg.replace(old, new)
+    return msg
+
+
+def load_run(path: str, *, device="cpu", quiet=False, use_ema: bool = True):
+    """(score model in eval mode, sde, stored config, training Dataset or None) of a checkpoint.
+
+    The EMA weights unless ``use_ema=False`` (``--no-ema``): then the online weights, the raw
+    result of the last optimizer update; the config's "weights" says which ("ema", "online", or
+    "online (--no-ema)").
+    """
     from ..checkpoint import load_checkpoint
     from ..runs import load_score_model
     from .nets import build_net
@@ -62,7 +105,9 @@ def load_run(path: str, *, device="cpu", quiet=False):
     del state
     # quiet: the "using the EMA weights" notice would precede a later one-line error; the commands
     # state the weights in their own output instead
-    model, sde, cfg = load_score_model(path, net=net, map_location=device, quiet=True)
+    model, sde, cfg = load_score_model(path, net=net, map_location=device, quiet=True, use_ema=use_ema)
+    if not use_ema:
+        cfg["weights"] = "online (--no-ema)"
     from .. import data as D
     try:
         ds = D.load_dataset(cfg["data"])
@@ -74,7 +119,8 @@ def load_run(path: str, *, device="cpu", quiet=False):
 def _weights_note(cfg) -> str:
     if cfg.get("weights") == "pretrained":
         return f"scoresde: using the {cfg.get('source')}"
-    w = "EMA" if cfg.get("weights") == "ema" else "online (no EMA in the checkpoint)"
+    w = {"ema": "EMA", "online (--no-ema)": "online (--no-ema: not the EMA)"}.get(cfg.get("weights"),
+                                                                               "online (no EMA in the checkpoint)")
     return f"scoresde: using the {w} weights of the checkpoint (step {cfg.get('step')})"
 
 
@@ -82,3 +128,46 @@ def _check_shape(ds, cfg, what="data"):
     want = list(cfg["data"].get("shape", []))
     if want and list(ds.shape) != want:
         raise ValueError(f"{what} have shape {list(ds.shape)} per sample but the model was trained on {want}")
+
+
+#: sampler flags that ``compare`` passes to every row whose method declares the option
+_GRID_FLAGS = ("spacing", "order", "rho")
+
+
+def apply_sampler_flags(runs, args) -> list[str]:
+    """``compare``: the typed --spacing / --order / --rho reach every run whose method takes them.
+
+    Arguments:
+        runs: the :class:`scoresde.cli.compare.Run` rows (their ``kwargs`` are updated in place).
+        args: the parsed arguments (only typed flags count; a namespace not built by the parser
+            counts every set value as typed).
+    Returns:
+        notes for the report, one per flag applied, naming the methods it reached.
+    Raises:
+        ValueError: a typed flag that no method of the comparison takes (the message lists those
+            that do), or --eps / --no-denoise, which compare does not take (each row uses its
+            method's default, and the NFE budgets count the final denoising step).
+    """
+    from ..solvers.registry import SOLVERS
+    from .parser import given_options
+    typed = given_options(args)
+    was_typed = (lambda f: getattr(args, f, None) not in (None, False)) if typed is None else (lambda f: f in typed)
+    for flag in ("eps", "no_denoise"):
+        if was_typed(flag) and getattr(args, flag, None) not in (None, False):
+            raise ValueError(f"--{flag.replace('_', '-')} does not apply to compare: each row uses its method's "
+                             "default (and the NFE budgets count the final denoising step)")
+    notes = []
+    for flag in _GRID_FLAGS:
+        value = getattr(args, flag, None)
+        if value is None or not was_typed(flag):
+            continue
+        took = sorted({r.name for r in runs if flag in SOLVERS[r.name].options})
+        if not took:
+            takers = [m for m, s in SOLVERS.items() if flag in s.options]
+            raise ValueError(f"--{flag} applies to none of the compared methods {sorted({r.name for r in runs})}; "
+                             f"methods that take it: {takers}")
+        for r in runs:
+            if r.name in took:
+                r.kwargs[flag] = value
+        notes.append(f"--{flag} {value} for {', '.join(took)}")
+    return notes

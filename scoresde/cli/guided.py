@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .common import _log, load_data
+from .common import _log, data_options, load_data
 from .options import CFG_SCALE
 
 __all__ = ["Guidance", "guidance", "run_train_classifier"]
@@ -148,7 +148,7 @@ def run_train_classifier(args) -> dict:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    ds = load_data(args.data, split="train", seed=0)
+    ds = load_data(args.data, split="train", seed=0, **data_options(args))
     evald = load_data(args.data, split="test", seed=0) if args.data == "digits" else None
     if ds.num_classes is None or ds.labels is None:
         raise ValueError(f"train-classifier needs labelled data; {ds.name} has no labels (a .npz needs a 'labels' "

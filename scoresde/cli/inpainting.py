@@ -94,8 +94,8 @@ def run_inpaint(args) -> int:
     out = Path(args.out)
     npz, png = out.with_name(out.name + ".npz"), out.with_name(out.name + ".png")
     for f in (npz, png):  # before any work, as sample
-        check_output_file(f, "--out", args.out)
-    model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet)
+        check_output_file(f, "--out", args.out, make_folder=True)
+    model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet, use_ema=not args.no_ema)
     shape = tuple(cfg["data"]["shape"])
     known1 = make_mask(args.mask, shape, 1)  # shape check before the data are read
     if model.num_classes is not None and not float(cfg.get("train", {}).get("label_dropout", 0.0) or 0.0):

@@ -10,11 +10,15 @@ import torch
 from .common import load_data
 
 
-def eval_split(spec, split, cfg, ds, seed):
-    """The data set to evaluate: ``--data`` if given, else the checkpoint data's ``split``."""
+def eval_split(spec, split, cfg, ds, seed, **data_options):
+    """The data set to evaluate: ``--data`` if given (read with ``data_options``: --key,
+    --num-levels, --layout), else the checkpoint data's ``split``."""
     from .. import data as D
     if spec is not None:
-        return load_data(spec, split=split, seed=seed), f"{spec} ({split})"
+        return load_data(spec, split=split, seed=seed, **data_options), f"{spec} ({split})"
+    if any(v is not None for v in data_options.values()):
+        raise ValueError("--key / --num-levels / --layout say how to read --data; without --data the checkpoint's "
+                         "data are read as they were for training")
     dcfg = cfg["data"]
     if dcfg.get("loader") == "digits":
         return D.digits(split), f"digits {split} split"

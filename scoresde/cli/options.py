@@ -3,7 +3,8 @@
 The types turn a bad value into argparse's one-line "argument --x: ..." error at parse time;
 :func:`_add_common` (seed, device, threads, quiet), :func:`_add_sampler_options` (the options of
 ``scoresde.sample``) and :func:`_add_sde_options` (the forward SDE of ``train`` and
-``train-classifier``) are added to each parser that takes them. Nothing heavy is imported here.
+``train-classifier``) and :func:`_add_data_options` (how ``--data`` arrays are read) are added to
+each parser that takes them. Nothing heavy is imported here.
 """
 from __future__ import annotations
 
@@ -170,3 +171,39 @@ def _add_sde_options(p: argparse.ArgumentParser) -> None:
                         "Technique 1; over 2000 samples of larger data), raised if needed so that the prior is "
                         "within 0.01 nats per dimension of the data's terminal marginal (off-centre data)")
     g.add_argument("--num-scales", type=_positive_int, default=1000, help="N, steps of the discrete chain")
+
+
+def _levels(text: str) -> int:
+    """``--num-levels``: the number of integer levels of array data, an integer >= 2."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (e.g. 17 for values 0..16), got {text!r}") from None
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (e.g. 17 for values 0..16), got {text!r}")
+    return v
+
+
+#: --layout: the axis order of 4-D image arrays (scoresde.data.from_array's layout)
+LAYOUTS = ("nchw", "nhwc")
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """How a ``--data`` .npy / .npz array is read (:func:`scoresde.data.from_array`'s key, num_levels, layout)."""
+    g = p.add_argument_group(".npy / .npz data (scoresde.data.from_array)")
+    g.add_argument("--key", default=None, metavar="NAME",
+                   help="the array of a .npz that holds several (default: its one array besides 'labels')")
+    g.add_argument("--num-levels", dest="levels", type=_levels, default=None, metavar="L",
+                   help="integer data: the number of levels, values 0..L-1 (default: 256 for uint8; other integer "
+                        "dtypes need it, e.g. 17 for the values 0..16)")
+    g.add_argument("--layout", choices=LAYOUTS, default=None,
+                   help="axis order of 4-D image arrays; default: the channels are the axis of 1 and 3 of size <= 4, "
+                        "and a shape where both or neither are is an error. A 3-D (H, W, 3) array is one image "
+                        "with nhwc, (n, H, W) gray images with nchw")
+
+
+def _add_weights_option(p: argparse.ArgumentParser) -> None:
+    """``--no-ema``: which weights of a run are loaded (``scoresde.cli.common.load_run``)."""
+    p.add_argument("--no-ema", action="store_true",
+                   help="use the run's online weights (those of the last optimizer update) instead of their "
+                        "exponential moving average (EMA), which samples and likelihoods use by default")

@@ -7,7 +7,9 @@ one-line error naming the option, the path and what is wrong:
 * a path under a file (``--out afile/samples``): ValueError "... is a file, not a folder";
 * an existing folder given as a file name: ValueError "... is an existing folder";
 * a folder that does not exist: FileNotFoundError (nothing is created: a failed run leaves
-  nothing behind; ``compare`` creates its output folder after the work, under an existing one);
+  nothing behind; ``compare`` creates its output folder after the work, under an existing one),
+  except with ``make_folder=True`` (``sample`` and ``inpaint``, as ``train --out``): then the
+  folder is created under the nearest existing one, which must be a writable folder;
 * a folder that cannot be written: ValueError with the operating system's reason, found by
   creating and removing a probe file. (Root ignores permission bits, so a read-only folder
   stops only non-root users; the tests, run as root, cover the first two cases.)
@@ -36,12 +38,14 @@ def _probe(folder: Path, what: str) -> None:
         raise ValueError(f"{what}: folder {folder} is not writable ({e.strerror or e})") from None
 
 
-def check_output_file(path, option: str = "--out", value=None) -> Path:
+def check_output_file(path, option: str = "--out", value=None, *, make_folder: bool = False) -> Path:
     """Check that the file ``path`` can be written (atomically, beside itself) before any work.
 
     Arguments:
         path: the file to be written.
         option, value: how the error names it, e.g. ``--out samples`` (value defaults to path).
+        make_folder: create the file's folder (and the ones above it) if missing, instead of
+            raising FileNotFoundError.
     Returns: the absolute path.
     Raises: ValueError / FileNotFoundError (one line), see the module docstring.
     """
@@ -53,7 +57,13 @@ def check_output_file(path, option: str = "--out", value=None) -> Path:
     if not base.is_dir():
         raise ValueError(f"{what}: {base} is a file, not a folder")
     if base != p.parent:
-        raise FileNotFoundError(f"{what}: output folder {p.parent} does not exist")
+        if not make_folder:
+            raise FileNotFoundError(f"{what}: output folder {p.parent} does not exist")
+        _probe(base, what)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"{what}: cannot create the folder {p.parent} ({e.strerror or e})") from None
     _probe(p.parent, what)
     return p
 

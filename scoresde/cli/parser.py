@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import argparse
 
-from .options import (SDES, _add_common, _add_sampler_options, _add_sde_options, _class_arg,  # noqa: F401
-                      _decay, _device, _dropout, _finite_float, _methods, _nonneg_int, _positive_float,
+from .options import (SDES, _add_common, _add_data_options, _add_sampler_options, _add_sde_options,  # noqa: F401
+                      _add_weights_option, _class_arg, _decay, _device, _dropout, _finite_float, _methods,
+                      _nonneg_int, _positive_float,
                       _positive_int, _unit_float, CFG_SCALE)
 
 __all__ = ["build_parser", "CLIError", "given_options", "GIVEN"]
@@ -125,6 +126,7 @@ def _add_train(sub) -> None:
                    help="'digits' (scikit-learn 8x8), a 2-D toy name (e.g. swiss_roll, two_moons, "
                         "8gaussians, checkerboard), or a path to .npy / .npz / an image folder")
     p.add_argument("--out", required=True, help="output folder (checkpoint, config, training log)")
+    _add_data_options(p)
     _add_sde_options(p)
     g = p.add_argument_group("model and objective")
     g.add_argument("--model", choices=MODELS, default="auto", help="network; auto: UNet for square images of side >= 8, else the MLP (on flattened samples)")
@@ -154,7 +156,8 @@ def _add_train(sub) -> None:
 def _add_sample(sub) -> None:
     """The ``sample`` subcommand."""
     p = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a checkpoint",
-                       description="Sample from a trained checkpoint (EMA weights). Writes <out>.npz with the "
+                       description="Sample from a trained checkpoint (EMA weights; --no-ema: the online ones). "
+                                   "Writes <out>.npz with the "
                                    "samples and <out>.png: an image grid, or a scatter plot for 2-D data.")
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="checkpoint file (or a training folder holding checkpoint.pt); or give --diffusers")
@@ -165,7 +168,9 @@ def _add_sample(sub) -> None:
     p.add_argument("--steps", type=_positive_int, default=100, help="solver steps (fixed-step methods)")
     p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--batch-size", type=_positive_int, default=1000, help="samples per batch")
-    p.add_argument("--out", default="samples", help="output stem: writes <out>.npz and <out>.png")
+    p.add_argument("--out", default="samples", help="output stem: writes <out>.npz and <out>.png (its folder is "
+                                                     "created if missing)")
+    _add_weights_option(p)
     g = p.add_argument_group("class-conditional sampling")
     g.add_argument("--class", dest="label", type=_class_arg, default=None, metavar="K",
                    help="draw class K (an index 0..num_classes-1), or 'all': -n samples of every class, one grid "
@@ -209,6 +214,7 @@ def _add_inpaint(sub) -> None:
                    help="RePaint: times each block of --jump-length steps is done (1 = no resampling; about this "
                         "many times the NFE)")
     p.add_argument("--out", default="inpaint", help="output stem: writes <out>.npz and <out>.png")
+    _add_weights_option(p)
     _add_sampler_options(p)
     _add_common(p)
 
@@ -226,6 +232,7 @@ def _add_train_classifier(sub) -> None:
     p.add_argument("--data", default="digits", help="labelled images: 'digits', a .npz with a 'labels' array, or an "
                                                     "image folder of class sub-folders")
     p.add_argument("--out", required=True, help="output folder (checkpoint, config, training log)")
+    _add_data_options(p)
     _add_sde_options(p)
     g = p.add_argument_group("classifier and optimisation")
     g.add_argument("--channels", type=_positive_int, default=32, help="base channels (a multiple of 4)")
@@ -256,6 +263,7 @@ def _add_likelihood(sub) -> None:
     p.add_argument("--split", choices=("test", "train"), default="test", help="data split of the checkpoint's data")
     p.add_argument("--data", default=None, help="other data to evaluate (same forms as train --data); "
                                                 "default: the checkpoint's data")
+    _add_data_options(p)
     p.add_argument("-n", "--num-points", type=int, default=0, help="evaluate the first n points (0 = all)")
     p.add_argument("--divergence", choices=DIVERGENCES, default="hutchinson_rademacher",
                    help="divergence estimator inside the ODE")
@@ -266,6 +274,7 @@ def _add_likelihood(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=500, help="points per solve")
     p.add_argument("--vlb", action="store_true", help="also the DDPM variational bound (VP / sub-VP)")
     p.add_argument("--out", default="likelihood.json", help="JSON output file")
+    _add_weights_option(p)
     _add_common(p)
 
 
@@ -291,6 +300,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--bpd-points", type=int, default=100,
                    help="test points for the bits/dim columns (0 = skip bits/dim)")
     p.add_argument("--out", default="compare", help="output folder")
+    _add_weights_option(p)
     _add_sampler_options(p)
     _add_common(p)
 

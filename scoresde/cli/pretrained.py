@@ -41,8 +41,13 @@ def parse_overrides(items) -> dict:
 
 
 def load_model(args):
-    """(model (eval, on args.device), sde, cfg, None) of --diffusers / --reference-ckpt."""
+    """(model (eval, on args.device), sde, cfg, None) of --diffusers / --reference-ckpt (its EMA
+    weights, or with --no-ema its online ones; a diffusers folder holds one set: --no-ema is an error)."""
+    no_ema = bool(getattr(args, "no_ema", False))
     if getattr(args, "diffusers", None):
+        if no_ema:
+            raise ValueError("--no-ema: a diffusers folder holds one set of weights (no EMA to leave out); "
+                             "drop --no-ema")
         from ..pretrained import from_diffusers
         model = from_diffusers(args.diffusers)
         net = model.net
@@ -55,11 +60,12 @@ def load_model(args):
         source = f"diffusers {args.diffusers}"
     else:
         from ..reference import load_reference_checkpoint
-        model = load_reference_checkpoint(args.reference_ckpt, args.config, **parse_overrides(args.override))
+        model = load_reference_checkpoint(args.reference_ckpt, args.config, use_ema=not no_ema,
+                                          **parse_overrides(args.override))
         net_cfg = model.net.config() if hasattr(model.net, "config") else {}
         size = int(net_cfg.get("image_size", 32))
         shape = (int(net_cfg.get("num_channels", 3)), size, size)
-        source = f"reference checkpoint {args.reference_ckpt} ({args.config})"
+        source = f"reference checkpoint {args.reference_ckpt} ({args.config}, {'online' if no_ema else 'EMA'} weights)"
     model = model.to(args.device).eval()
     cfg = {"data": {"shape": list(shape), "data_range": [-1.0, 1.0]}, "weights": "pretrained", "source": source}
     return model, model.sde, cfg, None

@@ -9,15 +9,17 @@ from pathlib import Path
 import torch
 
 from ..plotting import atomic_file
-from .common import _log, _threads, load_data
+from .common import _log, _threads, data_options, load_data
 
 TRAIN_ARGS = "train_args.json"
 #: train options that may change when a run is resumed
 _RESUME_FREE = ("steps", "quiet", "checkpoint_every", "out", "device", "command")
 #: free options that keep the run's saved value unless typed (an interrupted run resumes to its own --steps)
 _KEEP_UNLESS_GIVEN = ("steps", "checkpoint_every")
-#: options added after runs were saved, with the value those runs had
-_ADDED_DEFAULTS = {"class_conditional": False, "label_dropout": 0.0}
+#: options added after runs were saved, with the value those runs had (--layout: see _old_run_layout)
+_ADDED_DEFAULTS = {"class_conditional": False, "label_dropout": 0.0, "key": None, "levels": None}
+#: option dest -> its flag, where they differ (the resume error names the flag)
+_FLAGS = {"levels": "num-levels"}
 #: settings a train_args.json must hold (run_train reads them)
 _REQUIRED = ("data", "sde", "beta_min", "beta_max", "sigma_min", "sigma_max", "num_scales", "model", "hidden",
              "layers", "channels", "objective", "prediction", "steps", "batch_size", "lr", "warmup", "ema", "seed",
@@ -138,12 +140,15 @@ def run_train(args) -> dict:
         saved = _read_train_args(saved_path)
         for k, v in _ADDED_DEFAULTS.items():  # runs saved before these options existed had their defaults
             saved.setdefault(k, v)
+        if "layout" not in saved:
+            saved["layout"] = _old_run_layout((state.get("config") or {}).get("data"))
         if typed("data") and settings["data"] != saved.get("data"):
             raise ValueError(f"{out} holds a run on --data {saved.get('data')}; train on {settings['data']} in "
                              "another --out folder")
         changed = [k for k in saved if k not in _RESUME_FREE and k in settings and typed(k) and settings[k] != saved[k]]
         if changed:  # as the Python API: a resumed run keeps its settings, so a different request is an error
-            diffs = ", ".join(f"--{k.replace('_', '-')} {settings[k]} (saved {saved[k]})" for k in changed)
+            diffs = ", ".join(f"--{_FLAGS.get(k, k.replace('_', '-'))} {settings[k]} (saved {saved[k]})"
+                              for k in changed)
             raise ValueError(f"{out} holds a run whose settings cannot change on resume: {diffs}; omit them to "
                              "resume, or train in another --out folder")
         _log(args, f"scoresde train: resuming {ckpt} from step {resumed_from}")
@@ -157,7 +162,8 @@ def run_train(args) -> dict:
         del state
     if not resumed_from:
         settings["warmup"] = min(settings["warmup"], settings["steps"])  # fixed for the run's resumes
-    ds = load_data(settings["data"], split="train", seed=0)
+    ds = load_data(settings["data"], split="train", seed=0, **data_options(settings))
+    settings["layout"] = settings.get("layout") or _layout_found(ds)  # an inferred layout is the run's from now on
     evald = load_data(settings["data"], split="test", seed=0) if settings["data"] == "digits" else None
     _check_labels(settings, ds)
     settings.setdefault("dequantize", True)
@@ -202,6 +208,22 @@ def run_train(args) -> dict:
         loss = (load_checkpoint(res.checkpoint).get("metrics") or {}).get("loss")
     return {**summary, "step": res.step, "loss": loss, "eval_loss": res.eval_loss, "checkpoint": res.checkpoint,
             "wall_s": wall, "trained": res.step > resumed_from}
+
+
+def _layout_found(ds) -> str | None:
+    """The layout (--layout) in which the images of an array file were read; None for other data."""
+    cfg = ds.config() if callable(getattr(ds, "config", None)) else None
+    if isinstance(cfg, dict) and cfg.get("loader") == "array" and len(ds.shape) == 3:
+        return "nhwc" if cfg.get("channels_last") else "nchw"
+    return None
+
+
+def _old_run_layout(data_cfg) -> str | None:
+    """--layout of a run saved before the option existed: the layout its array images were read in
+    (it read every 4-D array as NCHW unless told, so the inferred layout may differ); None otherwise."""
+    if isinstance(data_cfg, dict) and data_cfg.get("loader") == "array" and len(data_cfg.get("shape") or ()) == 3:
+        return "nhwc" if data_cfg.get("channels_last") else "nchw"
+    return None
 
 
 def _check_labels(settings: dict, ds) -> None:
