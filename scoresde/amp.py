@@ -60,6 +60,16 @@ def check_compile(value) -> bool | str:
     raise ValueError(f"compile must be {_BACKENDS_HINT}; got {value!r}")
 
 
+def _grad_scaler(device: torch.device):
+    """``torch.amp.GradScaler(device.type)`` (torch >= 2.3); on older torch the CUDA one, and a named error on CPU."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type)
+    if device.type == "cuda":
+        return torch.cuda.amp.GradScaler()
+    raise ValueError(f"amp='fp16' on {device.type} needs torch >= 2.3 (torch.amp.GradScaler); this is torch "
+                     f"{torch.__version__}: use amp='bf16' or a CUDA device")
+
+
 class TrainPrecision:
     """The precision policy of one training run: autocast dtype, gradient scaler, compiled network.
 
@@ -77,7 +87,7 @@ class TrainPrecision:
         self.dtype = amp_dtype(amp)
         self.compile = check_compile(compile)
         self.device = torch.device(device)
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+        self.scaler = _grad_scaler(self.device) if self.dtype == torch.float16 else None
 
     def context(self):
         """The autocast context of the loss's forward pass (a no-op without amp).

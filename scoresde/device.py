@@ -100,7 +100,8 @@ def autocast(device, dtype: torch.dtype | None):
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"autocast dtype must be torch.bfloat16 or torch.float16; got {dtype}")
     kind = torch.device(device).type
-    if not torch.amp.is_autocast_available(kind):
+    available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4; before: CPU and CUDA
+    if not (available(kind) if available is not None else kind in ("cpu", "cuda")):
         raise ValueError(f"autocast is not available on device type {kind!r}; use 'cpu' or 'cuda' data")
     return torch.autocast(device_type=kind, dtype=dtype)
 
