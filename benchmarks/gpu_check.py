@@ -17,6 +17,10 @@ network: ch 128, ch_mult (1, 2, 2, 2), two residual blocks, attention at 16x16) 
    measured cost of one evaluation (``s_per_nfe``, the hardware figure) and an even share of
    the time left; a capped solve reports ">cap" NFE and an upper bound on its images/s;
 
+4. **synchronisations**: host-device syncs per network evaluation (``set_sync_debug_mode``) of a
+   bare ScoreModel call, the checked ``call_score``, a sampler, the likelihood and a training
+   update (the cost of the NaN / shape checks, issue 13, item 5);
+
 and the peak GPU memory of each (``torch.cuda.max_memory_allocated`` after
 ``reset_peak_memory_stats``). The data: scikit-learn's 8x8 digits upscaled to 32x32 (nearest) in
 three channels, 17 levels, in [-1, 1] (the network's cost does not depend on the pictures).
@@ -251,6 +255,56 @@ def section_bpd(b: Bench) -> None:
         b.run("bpd", f"bits/dim {name}, batch {batch}", 10.0, one)
 
 
+def section_syncs(b: Bench) -> None:
+    """Host-device synchronisations per network evaluation (CUDA only: ``torch.cuda.set_sync_debug_mode``),
+    for the NaN / shape checks of issue 13, item 5: a bare ScoreModel call, the checked ``call_score``, a
+    sampler, the likelihood and one training update."""
+    import warnings
+
+    from scoresde import TrainConfig, bits_per_dim, sample, train
+    from scoresde.score_fn import call_score
+
+    s = b.size
+    model = b.model if b.model is not None else b.new_model().eval()
+    n = 8
+    shape = (n, s["net"]["in_channels"], s["image"], s["image"])
+    levels, data = digits32(s["image"])
+
+    def count(fn) -> int:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                fn()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in seen)
+
+    cases = {
+        "ScoreModel call": (lambda: model(torch.randn(shape, device=b.device),
+                                          torch.full((n,), 0.5, device=b.device, dtype=torch.float64)), 1),
+        "call_score (checked)": (lambda: call_score(model, torch.randn(shape, device=b.device),
+                                                    torch.full((n,), 0.5, device=b.device, dtype=torch.float64)), 1),
+        "sample dpmpp_2m, 4 steps": (lambda: sample(model, b.sde, shape, method="dpmpp_2m", steps=4, denoise=False,
+                                                    device=b.device), 4),
+        "bits_per_dim euler, 2 steps": (lambda: bits_per_dim(model, b.sde, levels[:n].to(b.device), num_levels=17,
+                                                             method="euler", steps=2), 2),
+        "train, 1 update (batch 8)": (lambda: train(b.new_model(), b.sde, "dsm", data[:64], TrainConfig(
+            steps=1, batch_size=n, warmup=0, eval_every=0, log_every=0, checkpoint_every=0, quiet=True,
+            device=str(b.device))), 1),
+    }
+    for what, (fn, nfe) in cases.items():
+        def one(fn=fn, nfe=nfe, what=what):
+            if not b.cuda:
+                return {"note": "counts CUDA synchronisations: needs CUDA (nothing measured on the CPU)"}
+            with torch.no_grad() if "train" not in what and "bits" not in what else torch.enable_grad():
+                fn()  # warm-up (lazy initialisation synchronises once)
+                syncs = count(fn)
+            return {"syncs": syncs, "nfe": nfe, "syncs_per_nfe": round(syncs / nfe, 2)}
+
+        b.run("syncs", what, 5.0, one)
+
+
 def section_compile(b: Bench, args) -> None:
     """bf16 + torch.compile training, in a child process with a timeout (compiling the UNet has no time
     bound of its own); its rows are merged here."""
@@ -292,7 +346,8 @@ def tables(rows) -> str:
     out = []
     for sec, title, cols in (("train", "Training (scoresde.train, dsm, batch {b})", ("steps_per_s", "first_step_s", "loss")),
                              ("sample", "Sampling", ("nfe", "seconds", "images_per_s")),
-                             ("bpd", "Bits/dim (dopri5, 1 Rademacher probe)", ("nfe", "nfe_cap", "s_per_nfe", "seconds", "images_per_s", "bpd"))):
+                             ("bpd", "Bits/dim (dopri5, 1 Rademacher probe)", ("nfe", "nfe_cap", "s_per_nfe", "seconds", "images_per_s", "bpd")),
+                             ("syncs", "Host-device synchronisations (torch.cuda.set_sync_debug_mode)", ("nfe", "syncs", "syncs_per_nfe"))):
         rs = [r for r in rows if r["section"] == sec]
         if not rs:
             continue
@@ -319,7 +374,7 @@ def readme_rows(rows, gpu: str) -> list[dict]:
     return out
 
 
-SECTIONS = {"train": section_train, "sample": section_sample, "bpd": section_bpd,
+SECTIONS = {"train": section_train, "sample": section_sample, "bpd": section_bpd, "syncs": section_syncs,
             "compile": section_compile, "compile-inline": lambda b: section_train(b, compiled=True)}
 
 
@@ -327,7 +382,8 @@ def main(argv=None) -> int:
     p = parser("gpu", __doc__.split("\n")[0])
     p.add_argument("--device", default="cuda", help="CUDA device (default cuda); without CUDA the CPU toy run")
     p.add_argument("--budget", type=float, default=None, help="seconds for the whole script (default 330)")
-    p.add_argument("--sections", nargs="+", default=["train", "sample", "bpd", "compile"], choices=list(SECTIONS))
+    p.add_argument("--sections", nargs="+", default=["train", "sample", "syncs", "bpd", "compile"],
+                   choices=list(SECTIONS))
     p.add_argument("--weights", default=None, help="a state dict of the UNet to load (e.g. a trained CIFAR-10 "
                    "model); sampling and bits/dim then use it (their NFE depend on the field)")
     args = p.parse_args(argv)
