@@ -55,7 +55,8 @@ class TrainConfig:
             is written.
         resume: continue from ``out_dir/checkpoint.pt`` when it exists (with False, an existing
             checkpoint is an error rather than being overwritten).
-        quiet: no progress bar.
+        quiet: no progress bar, and no status line (the "resuming from step N of M" / "nothing
+            trained" line :func:`train` prints to stderr otherwise).
         device: "cpu", "cuda", "cuda:1", ...; "auto": CUDA when available, else the CPU; None:
             the model's device (under torchrun with CUDA, None and "auto": cuda:LOCAL_RANK).
         label_dropout: for a class-conditional model, the probability in [0, 1) with which each
