@@ -33,8 +33,15 @@ def setup_distributed(device: str | None = None) -> tuple[int, int, torch.device
     "nccl" when the device is CUDA, "gloo" otherwise; with CUDA each process uses
     cuda:LOCAL_RANK. Outside torchrun nothing is initialised.
 
-    Returns: (rank, world_size, device) — (0, 1, device or "cpu") in a single process.
-    Raises: ValueError: an explicit CUDA device requested but CUDA is not available.
+    Arguments:
+        device: the device asked for ("cpu", "cuda", ...) or None (CUDA if available).
+    Returns:
+        (rank, world_size, device) — (0, 1, device or "cpu") in a single process.
+    Raises:
+        ValueError: an explicit CUDA device requested but CUDA is not available.
+    Reference:
+        PyTorch, "torchrun (Elastic Launch)": RANK, WORLD_SIZE, LOCAL_RANK; EDM's
+        ``torch_utils/distributed.py`` (nccl, gloo elsewhere).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if device is not None:

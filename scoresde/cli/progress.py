@@ -47,6 +47,9 @@ class NetBar:
         enabled: False shows nothing and hooks nothing.
     Raises:
         ValueError: a negative total or batches.
+    Reference:
+        issue 11, item 5: a bar counts what its total counts; tqdm's ``total=None`` for an
+        unknown total.
     """
 
     def __init__(self, model, desc: str, *, total: int | None = None, batches: int = 1, enabled: bool = True):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["env_rank", "env_world", "is_main", "start", "SPLITS", "SINGLE"]
+__all__ = ["env_rank", "env_world", "is_main", "check_single", "start", "finish", "SPLITS", "SINGLE"]
 
 #: commands whose work is split across torchrun's processes
 SPLITS = ("likelihood", "sample", "train", "train-classifier")
@@ -76,6 +76,10 @@ def start(args) -> tuple[int, int]:
         args: the parsed command line (``device`` is read and may be replaced).
     Returns:
         (rank, world size): (0, 1) outside torchrun.
+    Raises:
+        ValueError: ``--device cuda`` without CUDA (from ``setup_distributed``).
+    Reference:
+        Karras et al. 2022 (EDM), ``generate.py``: batches dealt to the ranks, per-seed noise.
     """
     if env_world() <= 1:
         return 0, 1
