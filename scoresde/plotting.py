@@ -2,6 +2,11 @@
 
 Every writer goes through :func:`atomic_file`, so a failed or interrupted run never leaves a
 partial file behind: output is written to a temporary file in the target folder and renamed.
+
+The writers never touch matplotlib's global state: no ``matplotlib.use(...)``, no pyplot.
+Figures are ``matplotlib.figure.Figure`` objects drawn on their own Agg canvas
+(``FigureCanvasAgg``) and image grids go through ``matplotlib.image.imsave``, so they work
+headless and leave the backend of a notebook or GUI session, and its open figures, as they were.
 """
 from __future__ import annotations
 
@@ -26,8 +31,12 @@ def atomic_file(path, mode: str = "w"):
         path: the final file path (its folder must exist).
         mode: "w" (text, yields an open file), "wb" (binary, open file) or "path" (yields the
             temporary path as a str, with the same suffix, for writers that take a file name).
+    Returns:
+        a context manager yielding the open temporary file (or its path for ``mode="path"``).
     Raises:
         whatever the block raises; the temporary file is removed and ``path`` is untouched.
+    Reference:
+        POSIX ``rename(2)`` atomicity within one file system (``os.replace``).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
@@ -46,16 +55,22 @@ def atomic_file(path, mode: str = "w"):
         raise
 
 
-def _save_png(fig, path) -> None:
-    """Write a matplotlib figure as PNG atomically (temporary file, then rename) and close it."""
-    import matplotlib.pyplot as plt
+def _figure(figsize):
+    """A ``matplotlib.figure.Figure`` on its own Agg canvas: no pyplot, no global backend switch,
+    nothing registered with pyplot's figure manager (so nothing to close)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path) -> None:
+    """Write a figure of :func:`_figure` as PNG atomically (temporary file, then rename)."""
     fig.tight_layout()
-    try:
-        with atomic_file(path, "path") as tmp:
-            fig.savefig(tmp, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    with atomic_file(path, "path") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def image_grid(x, nrow: int | None = None, data_range=(-1.0, 1.0), pad: int = 1,
@@ -67,11 +82,14 @@ def image_grid(x, nrow: int | None = None, data_range=(-1.0, 1.0), pad: int = 1,
         nrow: images per row; default ceil(sqrt(B)).
         data_range: (low, high) mapped to (0, 1); values outside are clipped.
         pad: pixels of padding between images, of value ``pad_value`` in [0, 1].
+        pad_value: the padding's value in [0, 1].
     Returns:
         (rows*(H+pad)+pad, nrow*(W+pad)+pad) array in [0, 1] for C = 1, with a trailing channel
         axis of 3 for C = 3.
     Raises:
         ValueError: unsupported shape.
+    Reference:
+        the layout of torchvision's ``make_grid``.
     """
     x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x, dtype=np.float64)
     if x.ndim == 3:
@@ -94,12 +112,27 @@ def save_image_grid(x, path, nrow: int | None = None, data_range=(-1.0, 1.0), sc
                     pad_value: float | None = None) -> None:
     """Write images x (B, C, H, W) as one PNG grid (dark strokes on white for C = 1).
 
-    Each pixel becomes a ``scale`` x ``scale`` block, so 8x8 digits stay legible. ``pad_value``:
-    the padding's value in [0, 1] of the grid (default light gray for C = 1, white for C = 3).
+    Each pixel becomes a ``scale`` x ``scale`` block, so 8x8 digits stay legible. The file is
+    written by ``matplotlib.image.imsave`` through a temporary file and a rename; matplotlib's
+    backend and pyplot's figures are left as they were (works headless, in notebooks and in GUI
+    sessions alike).
+
+    Arguments:
+        x: (B, C, H, W) or (B, H, W) images (tensor or array), C in {1, 3}, in ``data_range``.
+        path: the PNG file to write (its folder must exist).
+        nrow: images per row; default ceil(sqrt(B)).
+        data_range: (low, high) of the images; low is drawn white for C = 1 ("no ink").
+        scale: each pixel becomes a ``scale`` x ``scale`` block.
+        pad_value: the padding's value in [0, 1] of the grid (default light gray for C = 1,
+            white for C = 3).
+    Returns:
+        None; the grid is at ``path``.
+    Raises:
+        ValueError: unsupported shape (from :func:`image_grid`); OSError: ``path`` not writable.
+    Reference:
+        the layout of torchvision's ``make_grid``, without torchvision.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.image import imsave
     gray = np.shape(x)[1] == 1 if len(np.shape(x)) == 4 else True
     # grayscale: the low end of data_range is "no ink", drawn white, with light-gray padding
     if pad_value is None:
@@ -108,20 +141,27 @@ def save_image_grid(x, path, nrow: int | None = None, data_range=(-1.0, 1.0), sc
     g = np.kron(g, np.ones((scale, scale))) if g.ndim == 2 else np.repeat(np.repeat(g, scale, 0), scale, 1)
     with atomic_file(path, "path") as tmp:
         if g.ndim == 2:
-            plt.imsave(tmp, g, cmap="gray_r", vmin=0.0, vmax=1.0, format="png")
+            imsave(tmp, g, cmap="gray_r", vmin=0.0, vmax=1.0, format="png")
         else:
-            plt.imsave(tmp, g, format="png")
+            imsave(tmp, g, format="png")
 
 
 def save_scatter(x, path, reference=None, title: str | None = None) -> None:
-    """Write a scatter plot of 2-D points x (B, 2), optionally over reference points (M, 2)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Write a scatter plot of 2-D points x (B, 2), optionally over reference points (M, 2).
+
+    Arguments:
+        x: (B, 2) points (tensor or array); path: the PNG to write; reference: (M, 2) or None,
+        drawn in gray under the samples; title: the axes title or None.
+    Returns:
+        None. Matplotlib's global backend is left as it was (an Agg canvas of its own).
+    Raises:
+        ValueError: points that are not 2-D.
+    """
     x = np.asarray(x.detach().cpu() if hasattr(x, "detach") else x).reshape(len(x), -1)
     if x.shape[1] != 2:
         raise ValueError(f"a scatter plot needs 2-D points (B, 2); got {x.shape}")
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    fig = _figure((4.5, 4.5))
+    ax = fig.subplots()
     if reference is not None:
         r = np.asarray(reference.detach().cpu() if hasattr(reference, "detach") else reference).reshape(len(reference), 2)
         ax.scatter(r[:, 0], r[:, 1], s=3, c="0.7", label="data")
@@ -142,11 +182,13 @@ def save_quality_vs_nfe(rows, path, quality_name: str, floor: float | None = Non
         path: the PNG to write.
         quality_name: y-axis label (e.g. "Frechet distance (digit features)").
         floor: if given, a horizontal line for the real-data floor of the metric.
+    Returns:
+        None. Matplotlib's global backend is left as it was (an Agg canvas of its own).
+    Raises:
+        OSError: ``path`` not writable.
     """
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = _figure((6, 4))
+    ax = fig.subplots()
     methods = []
     for r in rows:
         if r["method"] not in methods:

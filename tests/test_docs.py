@@ -11,7 +11,6 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -87,36 +86,7 @@ def test_runner_records_cells(tmp_path):
     assert run.main([str(bad), str(tmp_path / "o2")]) == 1
 
 
-def _code_blocks(page: pathlib.Path):
-    """(first line number, source, run) of each ```python block of a page; run: the block is
-    preceded by the line ``<!-- docs-test: run -->`` (self-contained, cheap enough to execute)."""
-    lines, out, i = page.read_text().splitlines(), [], 0
-    while i < len(lines):
-        if lines[i].strip() == "```python":
-            run = i > 0 and lines[i - 1].strip() == "<!-- docs-test: run -->"
-            j = i + 1
-            while lines[j].strip() != "```":
-                j += 1
-            out.append((i + 2, textwrap.dedent("\n".join(lines[i + 1:j])), run))
-            i = j
-        i += 1
-    return out
-
-
-PAGES = sorted((ROOT / "docs").glob("*.md"))
-
-
-@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
-def test_page_code_blocks(page):
-    """Every Python block of a page compiles; the ones marked ``<!-- docs-test: run -->`` run."""
-    for line, src, run in _code_blocks(page):
-        code = compile(src, f"{page.name}:{line}", "exec")
-        if run:
-            exec(code, {"__name__": "docs_block"})
-
-
-def test_some_page_block_runs():
-    assert any(run for p in PAGES for _, _, run in _code_blocks(p)), "no page block is marked to run"
+# The Python blocks of the guide pages and the README: tests/test_doc_examples.py runs them.
 
 
 def _mkdocs_available() -> bool:

@@ -7,8 +7,8 @@
   ``SCORESDE_DOCS_TIMEOUT`` seconds, default 900) fails the build.
 * **API reference** (``api/*.md``): one ``::: name`` block per name of ``scoresde.__all__``
   (grouped by topic; a name no group claims lands in "Other", so none is left out), and one
-  per module of ``scoresde.solvers`` and for ``scoresde.models``, ``scoresde.data`` and
-  ``scoresde.oracle``; ``api/index.md`` counts the names documented against the public names.
+  per module of ``scoresde.solvers`` and for ``scoresde.models``, ``scoresde.data``,
+  ``scoresde.oracle`` and ``scoresde.plotting``; ``api/index.md`` counts the names documented against the public names.
 * **CLI reference** (``cli.md``): the ``--help`` of the ``scoresde`` command and of each
   subcommand, formatted by the argparse parser itself (``scoresde.cli.build_parser``).
 * **Tables from the code**: ``<!-- solver-nfe-table -->`` becomes the registry's NFE per step.
@@ -56,7 +56,8 @@ GROUPS = {
     "Pretrained models": ["from_diffusers", "load_reference_checkpoint"],
     "Metrics": ["sliced_wasserstein", "frechet_distance", "digit_frechet_distance"],
 }
-PACKAGES = {"models": "scoresde.models", "data": "scoresde.data", "oracle": "scoresde.oracle"}
+PACKAGES = {"models": "scoresde.models", "data": "scoresde.data", "oracle": "scoresde.oracle",
+            "plotting": "scoresde.plotting"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,7 +150,8 @@ def api_pages() -> dict[str, str]:
     pages["api/index.md"] = (
         "# API reference\n\nGenerated from the docstrings by mkdocstrings at every build: "
         "[`scoresde`](scoresde.md) (the names of `scoresde.__all__`), [`scoresde.solvers`](solvers.md), "
-        "[`scoresde.models`](models.md), [`scoresde.data`](data.md) and [`scoresde.oracle`](oracle.md).\n\n"
+        "[`scoresde.models`](models.md), [`scoresde.data`](data.md), [`scoresde.oracle`](oracle.md) and "
+        "[`scoresde.plotting`](plotting.md) (image grids and figures, no global matplotlib backend switch).\n\n"
         f"**{documented} of {total} public classes and functions have a docstring; {layout} of them have both an "
         "`Arguments:` and a `Returns:` section** (classes: `Arguments:` in the class or `__init__` docstring). A "
         "module's public names are its `__all__`, else the classes and functions it defines without a leading "

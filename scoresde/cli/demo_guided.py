@@ -107,8 +107,16 @@ def inpainting(model, sde, ds, out, p, *, seed, device, pc_opts, log=None) -> di
             "hidden": float((~known[0]).float().mean()), "picture": "inpainting.png", "truth_accuracy": ceiling}
 
 
-def class_section(cc: dict) -> str:
-    """The report's class-conditional section (markdown)."""
+def class_section(cc: dict, run: str = "scoresde-demo/model", here: str = "from the folder you ran the demo in") -> str:
+    """The report's class-conditional section (markdown).
+
+    Arguments:
+        cc: the result of :func:`class_conditional`.
+        run: the model folder as the user can type it (relative to the folder the demo ran in).
+        here: where the command works from, e.g. "from the folder you ran the demo in".
+    Returns:
+        the Markdown section.
+    """
     table = "\n".join(
         f"| {r['scale']:g}{' (default)' if r['scale'] == cc['scale'] else ''} | {r['accuracy']:.3f} ± {r['se']:.3f} | "
         f"{r['fd']:.2f} | {r['nfe']} | {r['wall_s']:.1f} |" for r in cc["rows"])
@@ -120,8 +128,8 @@ and the bits/dim use. Classifier-free guidance samples class y with (1 + w) s(x,
 {cc['label']} ({cc['steps']} steps) from the same seed at every w, {cc['per_class']} samples of each digit.
 Accuracy: the fraction of the {cc['n']} samples that the digit classifier of the Frechet distance assigns to the
 digit they were drawn for (± binomial standard error). FD: their Frechet distance to the test split, all digits
-pooled (strong guidance loses diversity). `scoresde sample model --class all` draws these with the default
-w = {cc['scale']:g}.
+pooled (strong guidance loses diversity). `scoresde sample {run} --class all` ({here}) draws these with
+the default w = {cc['scale']:g}.
 
 | w | accuracy | FD (pooled) | NFE | seconds |
 |---:|---:|---:|---:|---:|
@@ -133,12 +141,20 @@ One row per digit, w = {cc['scale']:g}:
 """
 
 
-def inpaint_section(ip: dict) -> str:
-    """The report's inpainting section (markdown)."""
+def inpaint_section(ip: dict, run: str = "scoresde-demo/model",
+                    here: str = "from the folder you ran the demo in") -> str:
+    """The report's inpainting section (markdown).
+
+    Arguments:
+        ip: the result of :func:`inpainting`.
+        run: the model folder as the user can type it; here: where the command works from.
+    Returns:
+        the Markdown section.
+    """
     table = "\n".join(f"| {r['method']} | {r['nfe']} | {r['accuracy']:.3f} ± {r['se']:.3f} | {r['rmse']:.3f} | "
                       f"{r['wall_s']:.1f} |" for r in ip["rows"])
     return f"""## Inpainting held-out digits
-`scoresde inpaint model --mask {ip['mask']}`: the {ip['mask']} mask hides {ip['hidden']:.0%} of the pixels; after
+`scoresde inpaint {run} --mask {ip['mask']}` ({here}): the {ip['mask']} mask hides {ip['hidden']:.0%} of the pixels; after
 every step of PC ({ip['steps']} steps, NFE {ip['nfe']}) the known pixels are replaced by a draw of their forward
 perturbation at the current time (Song et al. 2021, App. I.2) and pasted exactly at the end, with the model's
 unconditional score. Each row: the masked input (hidden pixels in red), {ip['samples']} samples, the truth; the
