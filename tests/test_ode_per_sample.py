@@ -104,6 +104,10 @@ def test_bad_arguments_and_failures():
         solve_ode(_field, (x, c), EPS, 1.0, step_control="sample")
     with pytest.raises(ValueError, match="dopri5. only"):
         solve_ode(_field, (x, c), EPS, 1.0, method="bosh3", step_control="per_sample")
+    with pytest.raises(ValueError, match="dopri5. only"):
+        solve_ode(_field, (x, c), EPS, 1.0, method="euler", steps=10, step_control="per_sample")
+    with pytest.raises(ValueError, match="steps applies"):
+        solve_ode(_field, (x, c), EPS, 1.0, steps=10, step_control="per_sample")
     with pytest.raises(ValueError, match="norm must be None"):
         solve_ode(_field, (x, c), EPS, 1.0, norm=lambda y: y[0].abs().max(), step_control="per_sample")
     with pytest.raises(ValueError, match="with_rows"):

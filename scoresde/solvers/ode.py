@@ -165,11 +165,13 @@ def _adaptive_options(method, steps, min_step, norm, t1, device) -> dict:
     return options
 
 
-def _per_sample(func, y0, t0, t1, *, method, rtol, atol, max_nfe, min_step, norm, with_rows, dtypes):
+def _per_sample(func, y0, t0, t1, *, method, rtol, atol, steps, max_nfe, min_step, norm, with_rows, dtypes):
     """step_control="per_sample": the batched dopri5 of ode_per_sample, one step size per sample."""
     if method != "dopri5":
         raise ValueError(f"step_control='per_sample' supports method 'dopri5' only; got {method!r} (use "
                          "step_control='batch' for the other methods)")
+    if steps is not None:
+        raise ValueError("steps applies to the fixed-grid methods; step_control='per_sample' is adaptive (dopri5)")
     if min_step is not None:
         check_positive("min_step", min_step)
     if norm is not None and norm is not rms_norm:
@@ -275,9 +277,7 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
     if method in ADAPTIVE_METHODS:
         _check_resolution(rtol, atol, dtypes)
     if step_control == "per_sample":
-        if steps is not None:
-            raise ValueError("steps applies to the fixed-grid methods; step_control='per_sample' is adaptive (dopri5)")
-        return _per_sample(func, y0, t0, t1, method=method, rtol=rtol, atol=atol, max_nfe=max_nfe,
+        return _per_sample(func, y0, t0, t1, method=method, rtol=rtol, atol=atol, steps=steps, max_nfe=max_nfe,
                            min_step=min_step, norm=norm, with_rows=with_rows, dtypes=dtypes)
     if method in ADAPTIVE_METHODS:
         options = _adaptive_options(method, steps, min_step, norm, t1, device)
