@@ -360,7 +360,7 @@ def tables(rows) -> str:
 
 def readme_rows(rows, gpu: str) -> list[dict]:
     """The README rows this script owns: only from a CUDA run (a CPU toy run measures nothing of a GPU)."""
-    got = {r["what"]: r for r in rows if "error" not in r and "skipped" not in r}
+    got = {r["what"]: r for r in rows if not {"error", "skipped", "note"} & set(r)}  # measured in full only
     out = []
     for key, label, field in (("dpmpp_2m 20 steps", "sampling, dpmpp_2m 20 NFE, batch 256", "images_per_s"),
                               ("bits/dim float32, batch 256", "bits/dim at 1e-5, batch 256, float32", "images_per_s"),
@@ -393,9 +393,14 @@ def main(argv=None) -> int:
     b = Bench(args)
     b.reserve = (130.0 if b.cuda else 25.0) if "compile" in args.sections else 0.0  # kept for the compile section
     if args.weights:
-        b.model = b.new_model()
-        b.model.load_state_dict(torch.load(args.weights, map_location=b.device, weights_only=True))
-        b.model.eval()
+        try:
+            model = b.new_model()
+            model.load_state_dict(torch.load(args.weights, map_location=b.device, weights_only=True))
+            b.model = model.eval()
+        except Exception as e:  # noqa: BLE001 - say so and go on with the network trained here
+            b.rows.append({"section": "train", "what": f"--weights {args.weights}", "error": f"{type(e).__name__}: {e}"[:300]})
+            print(f"--weights {args.weights} not loaded ({type(e).__name__}: {e}); using the network trained here",
+                  file=sys.stderr)
     gpu = torch.cuda.get_device_name(b.device) if b.cuda else "no CUDA: CPU toy run"
     print(f"gpu_check on {gpu}; torch {torch.__version__}; sizes {json.dumps(b.size)}", flush=True)
     for name in args.sections:
