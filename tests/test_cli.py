@@ -941,3 +941,26 @@ def test_likelihood_data_takes_the_array_options(toy_run, tmp_path, capsys):
     assert json.loads((tmp_path / "l.json").read_text())["n_points"] == 8
     assert main(["likelihood", str(toy_run), "--key", "more", "--out", str(tmp_path / "m.json"), "--quiet"]) == 1
     assert "without --data the checkpoint's data are read as they were" in _last_error(capsys)
+
+
+def test_sample_takes_the_fast_solvers_variant_and_churn(toy_run, tmp_path, capsys):
+    # unipc's B(h) variant and heun's S_churn reach the solver (other samples), and only the methods that take them
+    got = {}
+    for method, flags in (("unipc", []), ("unipc", ["--variant", "bh1"]), ("heun", []), ("heun", ["--s-churn", "5"])):
+        out = tmp_path / f"{method}{len(flags)}"
+        assert main(["sample", str(toy_run), "--method", method, "--steps", "4", "-n", "16", "--out", str(out),
+                     "--quiet", *flags]) == 0
+        got[(method, len(flags))] = np.load(f"{out}.npz")["samples"]
+    assert not np.array_equal(got[("unipc", 0)], got[("unipc", 2)])
+    assert not np.array_equal(got[("heun", 0)], got[("heun", 2)])
+    capsys.readouterr()
+    assert main(["sample", str(toy_run), "--method", "pc", "--variant", "bh1", "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 1
+    assert "--variant does not apply to method 'pc'" in _last_error(capsys)
+    assert main(["sample", str(toy_run), "--method", "unipc", "--variant", "bh3", "--out", str(tmp_path / "x")]) == 2
+    assert "argument --variant: invalid choice: 'bh3'" in _last_error(capsys)
+    assert main(["sample", str(toy_run), "--method", "unipc", "--variant", "taylor", "--out", str(tmp_path / "x"),
+                 "--quiet"]) == 1  # dpmpp_3m's variant: the solver names unipc's
+    assert "unknown variant 'taylor'; valid values are ['bh1', 'bh2']" in _last_error(capsys)
+    assert main(["sample", str(toy_run), "--method", "heun", "--s-churn", "-1", "--out", str(tmp_path / "x")]) == 2
+    assert "argument --s-churn: expected a finite number >= 0" in _last_error(capsys)

@@ -131,11 +131,12 @@ def _check_shape(ds, cfg, what="data"):
 
 
 #: sampler flags that ``compare`` passes to every row whose method declares the option
-_GRID_FLAGS = ("spacing", "order", "rho")
+_GRID_FLAGS = ("spacing", "order", "rho", "variant", "s_churn")
 
 
 def apply_sampler_flags(runs, args) -> list[str]:
-    """``compare``: the typed --spacing / --order / --rho reach every run whose method takes them.
+    """``compare``: the typed --spacing / --order / --rho / --variant / --s-churn reach every run
+    whose method takes them.
 
     Arguments:
         runs: the :class:`scoresde.cli.compare.Run` rows (their ``kwargs`` are updated in place).
@@ -164,10 +165,10 @@ def apply_sampler_flags(runs, args) -> list[str]:
         took = sorted({r.name for r in runs if flag in SOLVERS[r.name].options})
         if not took:
             takers = [m for m, s in SOLVERS.items() if flag in s.options]
-            raise ValueError(f"--{flag} applies to none of the compared methods {sorted({r.name for r in runs})}; "
+            raise ValueError(f"--{flag.replace('_', '-')} applies to none of the compared methods {sorted({r.name for r in runs})}; "
                              f"methods that take it: {takers}")
         for r in runs:
             if r.name in took:
                 r.kwargs[flag] = value
-        notes.append(f"--{flag} {value} for {', '.join(took)}")
+        notes.append(f"--{flag.replace('_', '-')} {value} for {', '.join(took)}")
     return notes

@@ -47,6 +47,16 @@ def _nonneg_int(text: str) -> int:
     return v
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not (0 <= v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
+
+
 def _decay(text: str) -> float:
     """An EMA decay: a number in [0, 1) (1 would never move the average off its first value)."""
     try:
@@ -132,6 +142,11 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
                         "the SDE samplers, logsnr for the DPM-Solver family and unipc, karras for heun)")
     g.add_argument("--order", type=_positive_int, default=None, help="dpm_solver / dpm_adaptive / unipc / deis: order")
     g.add_argument("--rho", type=_positive_float, default=None, help="karras spacing: rho (default 7)")
+    g.add_argument("--variant", choices=("bh1", "bh2", "peers", "taylor"), default=None,
+                   help="unipc: bh1 or bh2 (default bh2; bh1 below ~10 steps); dpmpp_3m: peers or taylor (default "
+                        "peers)")
+    g.add_argument("--s-churn", type=_nonneg_float, default=None,
+                   help="heun: EDM's stochasticity S_churn (default 0, deterministic)")
     g.add_argument("--no-denoise", action="store_true", help="return the last noisy state, not its mean")
 
 

@@ -9,7 +9,8 @@ import torch
 #: command-line flag (dest) -> the ``scoresde.sample`` option it sets (the method must declare it)
 _FLAGS = {"predictor": "predictor", "corrector": "corrector", "snr": "snr", "corrector_steps": "corrector_steps",
           "sde_method": "sde_method", "ode_method": "ode_method", "rtol": "rtol", "atol": "atol", "eta": "eta",
-          "variance": "variance", "spacing": "spacing", "order": "order", "rho": "rho"}
+          "variance": "variance", "spacing": "spacing", "order": "order", "rho": "rho", "variant": "variant",
+          "s_churn": "s_churn"}
 
 
 def sampler_options(method: str, args) -> dict:
