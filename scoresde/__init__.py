@@ -18,6 +18,7 @@ from .sde import SDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, sde_from_config
 from .train import TrainConfig, load_score_model, shard_evaluate, train
 from .classify import classifier_accuracy, load_classifier, train_classifier
 from .data_stats import suggest_sigma_max
+from .device import autocast_score, resolve_device
 from .vlb import VLBResult, ddpm_vlb
 
 __version__ = "0.1.0"
@@ -33,5 +34,5 @@ __all__ = [
     "train", "TrainConfig", "load_score_model", "shard_evaluate",
     "train_classifier", "load_classifier", "classifier_accuracy",
     "sliced_wasserstein", "frechet_distance", "digit_frechet_distance",
-    "suggest_sigma_max",
+    "suggest_sigma_max", "autocast_score", "resolve_device",
 ]
