@@ -158,7 +158,9 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a checkpoint",
                        description="Sample from a trained checkpoint (EMA weights; --no-ema: the online ones). "
                                    "Writes <out>.npz with the "
-                                   "samples and <out>.png: an image grid, or a scatter plot for 2-D data.")
+                                   "samples and <out>.png: an image grid, or a scatter plot for 2-D data. Under "
+                                   "torchrun --nproc_per_node=K the batches are dealt out to the K processes "
+                                   "(batch b seeded by --seed + b: the samples of one process).")
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="checkpoint file (or a training folder holding checkpoint.pt); or give --diffusers")
     p.add_argument("--diffusers", default=None, metavar="PATH",
@@ -250,7 +252,9 @@ def _add_likelihood(sub) -> None:
     p = sub.add_parser("likelihood", formatter_class=_Formatter, help="bits/dim by the probability-flow ODE",
                        description="Exact likelihood of a data split under the probability-flow ODE, in bits/dim "
                                    "(uniformly dequantized integer levels), with its standard error over the data; "
-                                   "optionally also the DDPM variational bound (VP / sub-VP).")
+                                   "optionally also the DDPM variational bound (VP / sub-VP). Under torchrun "
+                                   "--nproc_per_node=K the batches of --batch-size points are dealt out to the K "
+                                   "processes (batch j seeded by --seed + j: the numbers of one process).")
     p.add_argument("checkpoint", nargs="?", default=None,
                    help="checkpoint file (or a training folder holding checkpoint.pt); or give --reference-ckpt")
     p.add_argument("--reference-ckpt", default=None, metavar="PATH",
