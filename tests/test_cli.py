@@ -964,3 +964,21 @@ def test_sample_takes_the_fast_solvers_variant_and_churn(toy_run, tmp_path, caps
     assert "unknown variant 'taylor'; valid values are ['bh1', 'bh2']" in _last_error(capsys)
     assert main(["sample", str(toy_run), "--method", "heun", "--s-churn", "-1", "--out", str(tmp_path / "x")]) == 2
     assert "argument --s-churn: expected a finite number >= 0" in _last_error(capsys)
+
+
+def test_old_array_run_resumes_in_the_layout_it_was_trained_in(tmp_path, capsys):
+    # runs saved before --layout read every 4-D array as NCHW: an (n, 8, 8, 3) array as samples (8, 8, 3). Resuming
+    # such a run must read it that way again, not in the layout inferred now (NHWC: samples (3, 8, 8))
+    np.save(tmp_path / "rgb.npy", np.random.RandomState(2).randint(0, 256, size=(16, 8, 8, 3)).astype(np.uint8))
+    args = ["train", "--data", str(tmp_path / "rgb.npy"), "--out", str(tmp_path / "run"), "--model", "mlp",
+            "--hidden", "16", "--layers", "1", "--batch-size", "8", "--quiet"]
+    assert main([*args, "--steps", "1", "--layout", "nchw"]) == 0
+    path = tmp_path / "run" / "train_args.json"
+    saved = json.loads(path.read_text())
+    for k in ("key", "levels", "layout"):  # as an old run's settings
+        del saved[k]
+    path.write_text(json.dumps(saved))
+    assert main([*args, "--steps", "2"]) == 0
+    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 2 and ck["config"]["data"]["shape"] == [8, 8, 3]
+    assert json.loads(path.read_text())["layout"] == "nchw"
