@@ -137,3 +137,14 @@ def test_pages_full_size(tmp_path):
     spec, result = _run(tmp_path, full=True, timeout=3600)
     for name in PAGE_NAMES:
         _check(spec, result, name, check_all_outputs=True)
+
+
+def test_install_instructions_are_the_ones_that_work():
+    """The package is not on PyPI: no page may tell a reader to `pip install scoresde`; the demo page
+    gives the install from a clone (setup.sh or pip install -e .)."""
+    import re
+    for page in D.PAGES:
+        text = page.read_text()
+        assert not re.search(r"pip install\s+scoresde\b", text), page.name
+    demo = (D.ROOT / "docs" / "demo.md").read_text()
+    assert "bash setup.sh" in demo and "pip install -e ." in demo

@@ -210,7 +210,18 @@ def fd_spread(runs, reference, *, seed: int = 0, classifier=None) -> dict:
 
 
 def fd_spread_text(result) -> str:
-    """The report's paragraph on why a stochastic sampler's FD need not fall with more steps."""
+    """The report's paragraph on why a stochastic sampler's FD need not fall with more steps.
+
+    Arguments:
+        result: the comparison's result dict, with "fd_spread" from :func:`fd_spread` (or None).
+    Returns:
+        Markdown: the standard error, what differences it makes meaningless, and a table of
+        FD ± s.e. per stochastic sampler and step count ("" without "fd_spread").
+    Raises:
+        nothing.
+    Reference:
+        :func:`bootstrap_fd_se`.
+    """
     sp = result.get("fd_spread")
     if not sp:
         return ""
@@ -245,6 +256,10 @@ def model_commands_path(model_dir) -> tuple[str, str]:
             to the folder the demo ran in unless --out was absolute).
     Returns:
         (the path quoted for a POSIX shell, "from the folder you ran the demo in" or "from any folder").
+    Raises:
+        nothing.
+    Reference:
+        ``shlex.quote`` (POSIX shell quoting).
     """
     here = "from any folder" if Path(model_dir).is_absolute() else "from the folder you ran the demo in"
     return shlex.quote(str(model_dir)), here

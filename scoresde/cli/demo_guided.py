@@ -116,6 +116,10 @@ def class_section(cc: dict, run: str = "scoresde-demo/model", here: str = "from 
         here: where the command works from, e.g. "from the folder you ran the demo in".
     Returns:
         the Markdown section.
+    Raises:
+        KeyError: ``cc`` lacks a field of :func:`class_conditional`'s result.
+    Reference:
+        Ho & Salimans 2022, "Classifier-Free Diffusion Guidance".
     """
     table = "\n".join(
         f"| {r['scale']:g}{' (default)' if r['scale'] == cc['scale'] else ''} | {r['accuracy']:.3f} ± {r['se']:.3f} | "
@@ -150,6 +154,10 @@ def inpaint_section(ip: dict, run: str = "scoresde-demo/model",
         run: the model folder as the user can type it; here: where the command works from.
     Returns:
         the Markdown section.
+    Raises:
+        KeyError: ``ip`` lacks a field of :func:`inpainting`'s result.
+    Reference:
+        Song et al. 2021, App. I.2 (replacement); Lugmayr et al. 2022 (RePaint).
     """
     table = "\n".join(f"| {r['method']} | {r['nfe']} | {r['accuracy']:.3f} ± {r['se']:.3f} | {r['rmse']:.3f} | "
                       f"{r['wall_s']:.1f} |" for r in ip["rows"])
