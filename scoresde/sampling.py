@@ -10,7 +10,7 @@ equation each discretizes and its cost in score evaluations (NFE):
   NFE = steps.
 - ``"pc"``: predictor-corrector, Alg. 1-5 (corrector, then predictor, at each grid time);
   NFE = steps (1 + corrector_steps).
-- ``"sde"``: the reverse SDE through ``torchsde.sdeint`` in s = T - t; NFE = a steps + b
+- ``"sde"``: the reverse SDE by torchsde's fixed-step methods in s = T - t; NFE = a steps + b
   (euler: a = 1, b = 0; see :data:`scoresde.solvers.sdeint.NFE`).
 - ``"ode"``: the probability-flow ODE, Eq. (13), through torchdiffeq; NFE adaptive, reported.
 - ``"ddpm"``: DDPM ancestral sampling on the VP chain, Ho et al. 2020, Alg. 2; NFE = K (chain length).
@@ -38,6 +38,7 @@ import torch
 from ._checks import bcast
 from .grids import repaint_schedule
 from .sde import SDE
+from .score_fn import FiniteCheck
 from .solvers.base import SOLVERS
 from .solvers.common import ScoreEval, check_generator, generator_device
 from .solvers.ode import HALF_DTYPES
@@ -115,6 +116,18 @@ def _tweedie(score: ScoreEval, sde: SDE, x: torch.Tensor, eps: float) -> torch.T
     return ((x + bcast(sig**2, x).to(x.dtype) * s) / bcast(a, x).to(x.dtype)).to(out_dtype)
 
 
+def _check_callables(score_fn, sde, generator, step_hook) -> None:
+    """TypeError naming ``sde``, ``score_fn``, ``generator`` or ``step_hook`` when it is not what sample() takes."""
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__}")
+    if not callable(score_fn):
+        raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
+    check_generator(generator)
+    if step_hook is not None and not callable(step_hook):
+        raise TypeError(f"step_hook must be callable (x, x_mean, alpha, sigma) -> (x, x_mean) or None; "
+                        f"got {type(step_hook).__name__}")
+
+
 def _placement(shape: tuple, x_T, device, dtype, generator) -> tuple[torch.device, torch.dtype]:
     """The samples' device and dtype from the arguments (``x_T``'s, the generator's, else CPU float32);
     checks x_T (shape, floating, finite), dtype, device and the generator's device."""
@@ -139,13 +152,15 @@ def _placement(shape: tuple, x_T, device, dtype, generator) -> tuple[torch.devic
 
 def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | None = None, generator=None,
            device=None, dtype: torch.dtype | None = None, denoise: bool = True, progress: bool = False,
-           return_info: bool = False, x_T: torch.Tensor | None = None, step_hook=None, resample=None, **options):
+           return_info: bool = False, x_T: torch.Tensor | None = None, step_hook=None, resample=None,
+           check_every: int | None = None, **options):
     """Draw samples from a score-based model by integrating the reverse of ``sde`` from T to eps.
 
     Arguments:
         score_fn: callable (x (B, *S), t (B,)) -> (B, *S), an estimate of grad_x log p_t(x);
             e.g. a :class:`scoresde.ScoreModel`. t arrives as float64 (float32 on MPS). Its
-            output is checked on every call (shape, NaN / inf with the time of the call).
+            output is checked (shape on every call; NaN / inf with the time of the call, see
+            ``check_every``).
         sde: the forward SDE (:class:`~scoresde.VPSDE`, :class:`~scoresde.SubVPSDE`,
             :class:`~scoresde.VESDE`).
         shape: (B, *S), the shape of the returned batch.
@@ -178,7 +193,8 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         denoise: return the noise-free mean of the last step (grid methods: the predictor's
             mean at eps; "sde" / "ode": Tweedie's E[x_0 | x_eps] = (x + sigma(eps)^2 s) / alpha(eps),
             one extra NFE). "ddpm" / "ddim" always end without noise, so it changes nothing there.
-        progress: show a tqdm bar of score evaluations.
+        progress: a tqdm bar counting score evaluations (NFE), its total the exact NFE of the
+            plan (``denoise`` included); no total for "ode" and "dpm_adaptive" (the count only).
         return_info: also return a :class:`SampleInfo` (with the exact NFE).
         x_T: optional start (B, *S) at time T (default: a draw from ``sde.prior_sampling``);
             e.g. to compare samplers from the same latent.
@@ -188,6 +204,10 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         resample: optional (jump_length, jump_n_sample) of RePaint's resampling schedule
             (:func:`scoresde.constrained.repaint_schedule`), for the grid samplers
             "euler_maruyama", "reverse_diffusion", "ancestral", "pc" only (ValueError otherwise).
+        check_every: evaluations between reads of the score's NaN / inf flag (int >= 1); None:
+            1 on the CPU (free there), 16 on a GPU (a read is a host-device sync). With k > 1 a
+            NaN is reported up to k - 1 evaluations late (at the latest at the end), the error
+            naming the time and number of the first bad evaluation.
         **options: method-specific keyword arguments (anything else raises TypeError):
             "euler_maruyama", "reverse_diffusion", "ancestral": ``spacing`` of the grid
                 ("uniform", "quadratic", "logsnr").
@@ -198,8 +218,8 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
                 :class:`~scoresde.solvers.correctors.LangevinCorrector`), ``spacing``.
             "sde": ``sde_method`` ("euler" (default), "milstein", "srk", "heun", "midpoint",
                 "reversible_heun", "euler_heun"); uniform grid only. NFE per step: 1 for euler,
-                milstein, euler_heun, reversible_heun (+1 once); 2 for heun, midpoint; 9 for srk
-                (+1 once) (:data:`scoresde.solvers.sdeint.NFE`).
+                milstein, euler_heun, reversible_heun (+1 once); 2 for heun, midpoint, srk (SRA1, the
+                strong-order-1.5 scheme for additive noise) (:data:`scoresde.solvers.sdeint.NFE`).
             "ode": ``ode_method`` (any method of :func:`scoresde.solvers.ode.solve_ode`, default
                 "dopri5"), ``rtol``, ``atol`` (> 0, default 1e-5), ``max_nfe``, ``min_step``.
             "ddpm": ``variance`` ("fixed_small", "fixed_large", "learned_range"; default
@@ -221,6 +241,7 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
             with an SDE other than VPSDE; "ancestral" with sub-VP; a ``score_fn`` output whose
             shape differs from x, or that is NaN / inf (the message gives the time).
         TypeError: an option the method does not take; non-callable score_fn; bad generator;
+            ``check_every`` not an int >= 1 or None;
             ``shape`` not a tuple of ints; ``dtype`` not a floating torch.dtype.
         ODESolverError: the adaptive ODE solve did not finish (``max_nfe``, step underflow).
     Reference:
@@ -228,14 +249,7 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
         Alg. 2; Song, Meng & Ermon 2021, Eq. (12); Nichol & Dhariwal 2021, Sec. 3.1, 4.
     """
     solver_cls = get_solver(method)
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__}")
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
-    check_generator(generator)
-    if step_hook is not None and not callable(step_hook):
-        raise TypeError(f"step_hook must be callable (x, x_mean, alpha, sigma) -> (x, x_mean) or None; "
-                        f"got {type(step_hook).__name__}")
+    _check_callables(score_fn, sde, generator, step_hook)
     solver = solver_cls(**options)
     shape = _check_shape(shape)
     for name, flag in (("denoise", denoise), ("progress", progress), ("return_info", return_info)):
@@ -249,15 +263,21 @@ def sample(score_fn, sde: SDE, shape, *, method: str, steps=None, eps: float | N
             raise ValueError(f"resample (RePaint) needs a grid sampler (euler_maruyama, reverse_diffusion, ancestral, "
                              f"pc); got method {method!r}")
         plan = solver.with_schedule(plan, repaint_schedule(plan.times, *resample))
+    if check_every is not None:
+        FiniteCheck(check_every)  # TypeError / ValueError naming check_every
     x, nfe = _run(solver, score_fn, sde, plan, shape, x_T, device, dtype, generator, denoise, progress, step_hook,
-                  method)
+                  method, check_every)
     if return_info:
         return x, SampleInfo(nfe=nfe, method=method, steps=plan.steps, times=plan.times)
     return x
 
 
-def _run(solver, score_fn, sde, plan, shape, x_T, device, dtype, generator, denoise, progress, hook, method):
-    """Draw (or take) x_T, solve, apply Tweedie's step for ``denoise``; returns (samples, NFE)."""
+def _run(solver, score_fn, sde, plan, shape, x_T, device, dtype, generator, denoise, progress, hook, method,
+         check_every=None):
+    """Draw (or take) x_T, solve, apply Tweedie's step for ``denoise``; returns (samples, NFE).
+
+    The bar counts NFE (ScoreEval advances it once per call); its total is the plan's NFE plus
+    Tweedie's step, None when the plan does not know it (adaptive)."""
     tweedie = denoise and plan.tweedie_eps is not None
     total = None if plan.nfe is None else plan.nfe + int(tweedie)
     bar = None
@@ -265,13 +285,14 @@ def _run(solver, score_fn, sde, plan, shape, x_T, device, dtype, generator, deno
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=f"sample ({method})", unit="nfe")
-    score = ScoreEval(score_fn, bar)
+    score = ScoreEval(score_fn, bar, check_every)
     try:
         with torch.no_grad():
             x = _prior(sde, shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
             x = solver.solve(score, sde, x, plan, generator=generator, denoise=denoise, hook=hook)
             if tweedie:
                 x = _tweedie(score, sde, x, plan.tweedie_eps)
+            score.finish()  # the NaN flags not read yet (check_every > 1)
     finally:
         if bar is not None:
             bar.close()

@@ -101,7 +101,7 @@ NFE_CASES = [
     ("pc", {"corrector_steps": 3}, 10 * 4), ("pc", {"corrector": "none"}, 10),
     ("pc", {"corrector": "ald", "predictor": "euler_maruyama"}, 20),
     ("sde", {"sde_method": "euler"}, 10 + 1), ("sde", {"sde_method": "heun"}, 20 + 1),
-    ("sde", {"sde_method": "srk"}, 9 * 10 + 1 + 1), ("sde", {"sde_method": "reversible_heun"}, 10 + 1 + 1),
+    ("sde", {"sde_method": "srk"}, 2 * 10 + 1), ("sde", {"sde_method": "reversible_heun"}, 10 + 1 + 1),
     ("sde", {"sde_method": "milstein"}, 10 + 1), ("sde", {"sde_method": "midpoint"}, 20 + 1),
     ("ode", {"ode_method": "rk4"}, 4 * 10 + 1), ("ode", {}, None),
     ("ddpm", {}, 10), ("ddim", {"eta": 1.0}, 10),

@@ -16,37 +16,56 @@ from typing import Callable
 import torch
 
 from ..schedules import work_dtype
-from ..score import call_score
+from ..score_fn import FiniteCheck, call_score, check_every_default
 
 class ScoreEval:
     """``score_fn`` wrapped for a solver: t broadcast to (B,), output checked, calls counted.
 
     Arguments:
         score_fn: callable (x (B, *S), t (B,)) -> (B, *S), an estimate of grad_x log p_t(x).
-        bar: optional tqdm bar, advanced by one per evaluation.
+        bar: optional tqdm bar, advanced by one per evaluation (its unit is one NFE).
+        check_every: how often (in evaluations) the NaN / inf flag of the outputs is read back
+            to the host (int >= 1), or None: every evaluation on the CPU (free there), every
+            :data:`scoresde.score_fn.DEVICE_CHECK_EVERY` on other devices (no synchronisation
+            per call; a NaN is then reported up to that many evaluations late, see
+            :class:`scoresde.score_fn.FiniteCheck`). Call :meth:`finish` at the end of a solve.
     Attributes:
         nfe: number of calls made so far.
     Raises (on call):
         ValueError: output of the wrong shape, or NaN / inf (with the time of the call).
     """
 
-    def __init__(self, score_fn: Callable, bar=None):
+    #: tells :func:`scoresde.score_fn.call_score` that this callable checks its own output
+    checks_output = True
+
+    def __init__(self, score_fn: Callable, bar=None, check_every: int | None = None):
         if not callable(score_fn):
             raise TypeError(f"score_fn must be callable (x, t) -> score; got {type(score_fn).__name__}")
         self.score_fn, self.bar, self.nfe = score_fn, bar, 0
+        self.check_every = check_every
+        self._check = None if check_every is None else FiniteCheck(check_every)
 
     def time(self, t, x: torch.Tensor) -> torch.Tensor:
         """t (a number, 0-d or (B,) tensor) as a (B,) tensor in the working dtype on x's device."""
         dt = work_dtype(x.device)
+        if isinstance(t, (float, int)) and not isinstance(t, bool):
+            return torch.full((x.shape[0],), float(t), dtype=dt, device=x.device)
         t = torch.as_tensor(t, dtype=dt, device=x.device)
         return t.to(dt).reshape(-1).expand(x.shape[0]) if t.dim() == 0 else t.to(dt)
+
+    def checker(self, x: torch.Tensor) -> FiniteCheck:
+        """The :class:`~scoresde.score_fn.FiniteCheck` of this solve (made at the first call, for x's device)."""
+        if self._check is None:
+            self._check = FiniteCheck(check_every_default(x.device))
+        return self._check
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         t = self.time(t, x)
         self.nfe += 1
         if self.bar is not None:
             self.bar.update(1)
-        return call_score(self.score_fn, x, t).to(x.dtype)
+        s = call_score(self.score_fn, x, t, self._check or self.checker(x))
+        return s if s.dtype == x.dtype else s.to(x.dtype)
 
     def raw(self, x: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(prediction, variance channels) of a ``ScoreModel`` (``score_fn.raw``), counted and checked."""
@@ -55,11 +74,16 @@ class ScoreEval:
         if self.bar is not None:
             self.bar.update(1)
         pred, v, _ = self.score_fn.raw(x, t)
+        check = self._check or self.checker(x)
         for name, val in (("prediction", pred), ("variance output", v)):
-            if val is not None and not bool(torch.isfinite(val).all()):
-                raise ValueError(f"score_fn's {name} is NaN or inf at t in "
-                                 f"[{float(t.min()):.6g}, {float(t.max()):.6g}]")
+            if val is not None:
+                check.add(val, t, what=f"score_fn's {name} is NaN or inf")
         return pred.to(x.dtype), v
+
+    def finish(self) -> None:
+        """Read the NaN / inf flags still pending (the end of a solve). Raises ValueError for a bad output."""
+        if self._check is not None:
+            self._check.flush()
 
 
 def forward_jump(sde, x: torch.Tensor, t: float, t_next: float, generator=None) -> torch.Tensor:

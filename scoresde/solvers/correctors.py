@@ -53,16 +53,27 @@ class Corrector:
         """Step size e, shape (B,) in the working dtype."""
         raise NotImplementedError
 
-    def step(self, x, t, t_next, generator=None):
-        tb, tn = self.score.time(t, x), self.score.time(t_next, x)
-        alpha = self.sde.discrete_alpha(tb, tn)
+    def alphas(self, pairs) -> list[float]:
+        """alpha = ``sde.discrete_alpha(t, t_next)`` of each step (t, t_next) of ``pairs``, as floats (one call)."""
+        if not pairs:
+            return []
+        t = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+        tn = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+        return torch.as_tensor(self.sde.discrete_alpha(t, tn), dtype=torch.float64).expand(len(pairs)).tolist()
+
+    def step(self, x, t, t_next, generator=None, alpha=None):
+        """``n_steps`` Langevin updates at time t; ``alpha`` (a float of :meth:`alphas`) computed here if None."""
+        tb = self.score.time(t, x)
+        if alpha is None:
+            alpha = self.sde.discrete_alpha(tb, self.score.time(t_next, x))
         x_mean = x
         for _ in range(self.n_steps):
             grad = self.score(x, tb)
             z = randn(x.shape, generator, x.device, x.dtype)
-            e = self.step_size(grad, z, tb, alpha)
-            x_mean = x + bcast(e, x).to(x.dtype) * grad
-            x = x_mean + bcast(torch.sqrt(2.0 * e), x).to(x.dtype) * z
+            e = self.step_size(grad, z, tb, alpha)  # 0-d (one for the batch) or (B,), working dtype
+            e = e.to(x.dtype).reshape((-1,) + (1,) * (x.dim() - 1)) if e.dim() else e.to(x.dtype)
+            x_mean = torch.addcmul(x, e, grad)  # x + e grad
+            x = torch.addcmul(x_mean, (2.0 * e).sqrt_(), z)  # + sqrt(2 e) z
         return x, x_mean
 
 
@@ -91,12 +102,14 @@ class LangevinCorrector(Corrector):
         self.norm = check_choice("corrector_norm", norm, NORMS)
 
     def step_size(self, grad, z, t, alpha):
-        gn = torch.linalg.vector_norm(grad.reshape(grad.shape[0], -1).to(alpha.dtype), dim=-1)
-        zn = torch.linalg.vector_norm(z.reshape(z.shape[0], -1).to(alpha.dtype), dim=-1)
-        if self.norm == "batch":
-            gn, zn = gn.mean().expand_as(gn), zn.mean().expand_as(zn)
-        ratio = torch.where(gn > 0, zn / torch.where(gn > 0, gn, torch.ones_like(gn)), torch.zeros_like(gn))
-        return 2.0 * alpha * (self.snr * ratio) ** 2
+        B = grad.shape[0]
+        gn = torch.linalg.vector_norm(grad.reshape(B, -1), dim=-1)
+        zn = torch.linalg.vector_norm(z.reshape(B, -1), dim=-1)
+        if self.norm == "batch":  # one step size for the batch: a 0-d tensor
+            gn, zn = gn.mean(), zn.mean()
+        gn, zn = gn.to(t.dtype), zn.to(t.dtype)
+        ratio = torch.where(gn > 0, zn / gn, torch.zeros_like(gn))
+        return (2.0 * alpha) * (self.snr * ratio) ** 2
 
 
 class AnnealedLangevin(Corrector):

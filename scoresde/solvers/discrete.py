@@ -81,11 +81,12 @@ class _Eps:
         if self.variance == "learned_range" and not self.learned:
             raise ValueError("variance='learned_range' needs score_fn to be a scoresde.ScoreModel built with "
                              "learn_variance=True; use 'fixed_small' or 'fixed_large' otherwise")
-        self.times = chain.times()
+        self.times = chain.times().tolist()  # floats: the per-step work stays in Python numbers
+        self.ab = chain.alphas_cumprod.tolist()
 
     def __call__(self, x: torch.Tensor, k: int):
         """(eps (B, *S), v or None, alpha_k, sigma_k); alpha_k, sigma_k as Python floats (one k per batch)."""
-        ab = float(self.chain.alphas_cumprod[k])
+        ab = self.ab[k]
         alpha, sigma = ab**0.5, (1.0 - ab) ** 0.5
         t = self.score.time(self.times[k], x)
         if self.variance == "learned_range":
@@ -117,23 +118,31 @@ def ddpm_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, vari
     Reference: Ho et al. 2020, Alg. 2 and Eq. (6)-(7); Nichol & Dhariwal 2021, Eq. (15) and Sec. 4.
     """
     eps_fn = _Eps(score, chain, variance)
+    K = len(chain)
+    c1, c2 = chain.posterior_mean_coef1.tolist(), chain.posterior_mean_coef2.tolist()
+    ab_prev = chain.alphas_cumprod_prev.tolist()
+    stds = None
+    if eps_fn.variance != "learned_range":  # the same for the whole batch at each position: all K at once
+        probe = torch.zeros((K, 1), dtype=torch.float64)
+        stds = torch.exp(0.5 * chain.model_log_variance(torch.arange(K), probe, eps_fn.variance)).reshape(-1).tolist()
     x, _ = _chain_hook(hook, x, x, float(chain.alphas_cumprod[-1]))
-    for k in reversed(range(len(chain))):
+    for k in reversed(range(K)):
         eps, v, alpha, sigma = eps_fn(x, k)
         x0 = (x - sigma * eps) / alpha
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
         # posterior mean of q(x_{k-1} | x_k, x0) (Ho et al. 2020, Eq. (7)), the chain's coefficients
-        mean = float(chain.posterior_mean_coef1[k]) * x0 + float(chain.posterior_mean_coef2[k]) * x
+        mean = torch.add(c1[k] * x0, x, alpha=c2[k])
         if k == 0:
             x, _ = _chain_hook(hook, mean, mean, 1.0)
             continue
-        if eps_fn.variance == "learned_range":
+        z = randn(x.shape, generator, x.device, x.dtype)
+        if stds is None:
             std = torch.exp(0.5 * chain.model_log_variance(k, x, "learned_range", v)).to(x.dtype)
-        else:  # the same for the whole batch: read it once, at one sample
-            std = float(torch.exp(0.5 * chain.model_log_variance(k, x[:1], eps_fn.variance)).reshape(-1)[0])
-        x = mean + std * randn(x.shape, generator, x.device, x.dtype)
-        x, _ = _chain_hook(hook, x, mean, float(chain.alphas_cumprod_prev[k]))
+            x = mean + std * z
+        else:
+            x = torch.add(mean, z, alpha=stds[k])
+        x, _ = _chain_hook(hook, x, mean, ab_prev[k])
     return x
 
 
@@ -151,7 +160,8 @@ def ddim_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, eta:
     Reference: Song, Meng & Ermon 2021, Eq. (12), (16), App. C.1.
     """
     eps_fn = _Eps(score, chain, "fixed_small")
-    var, coef = ddim_coefficients(chain, eta)
+    var, coef = (v.tolist() for v in ddim_coefficients(chain, eta))
+    abs_prev = chain.alphas_cumprod_prev.tolist()
     x, _ = _chain_hook(hook, x, x, float(chain.alphas_cumprod[-1]))
     for k in reversed(range(len(chain))):
         eps, _, alpha, sigma = eps_fn(x, k)
@@ -159,10 +169,10 @@ def ddim_sample(score: ScoreEval, x: torch.Tensor, chain: DiscreteChain, *, eta:
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = (x - alpha * x0) / sigma
-        ab_prev = float(chain.alphas_cumprod_prev[k])
-        x_new = ab_prev**0.5 * x0 + float(coef[k]) * eps
+        ab_prev = abs_prev[k]
+        x_new = torch.add(ab_prev**0.5 * x0, eps, alpha=coef[k])
         if eta > 0 and k > 0:
-            x_new = x_new + float(var[k]) ** 0.5 * randn(x.shape, generator, x.device, x.dtype)
+            x_new = torch.add(x_new, randn(x.shape, generator, x.device, x.dtype), alpha=var[k] ** 0.5)
         x, _ = _chain_hook(hook, x_new.to(x.dtype), x_new.to(x.dtype), ab_prev)
     return x
 

@@ -20,7 +20,7 @@ from ..grids import SPACINGS, check_eps, time_grid
 from .base import Plan, Solver, call_hook, register
 from .common import forward_jump
 from .correctors import CORRECTORS
-from .predictors import PREDICTORS
+from .predictors import PREDICTORS, step_coefficients
 
 
 class _GridSampler(Solver):
@@ -58,6 +58,10 @@ class _GridSampler(Solver):
         predictor = PREDICTORS[check_choice("predictor", self.predictor_name(), tuple(PREDICTORS))](sde, score)
         corrector = self.corrector(sde, score)
         ts = plan.times.tolist()
+        # every step's scalars at once (one vectorised pass over the grid, none in the loop)
+        down = [(a, b) for a, b in zip(ts[:-1], ts[1:]) if b <= a]
+        coefs = iter(step_coefficients(predictor, down))
+        alphas = iter(corrector.alphas(down) if corrector is not None else ())
         x, x_mean = call_hook(hook, x, x, sde, ts[0])
         for k in range(len(ts) - 1):
             if ts[k + 1] > ts[k]:  # a RePaint jump back in time: the forward kernel from ts[k] to ts[k + 1]
@@ -65,10 +69,12 @@ class _GridSampler(Solver):
                 x, x_mean = call_hook(hook, x, x, sde, ts[k + 1])
                 continue
             if corrector is not None:
-                x, x_mean = corrector.step(x, ts[k], ts[k + 1], generator)
-                x, x_mean = call_hook(hook, x, x_mean, sde, ts[k])
-            x, x_mean = predictor.step(x, ts[k], ts[k + 1], generator)
-            x, x_mean = call_hook(hook, x, x_mean, sde, ts[k + 1])
+                x, x_mean = corrector.step(x, ts[k], ts[k + 1], generator, alpha=next(alphas))
+                if hook is not None:
+                    x, x_mean = call_hook(hook, x, x_mean, sde, ts[k])
+            x, x_mean = predictor.step(x, ts[k], ts[k + 1], generator, coef=next(coefs))
+            if hook is not None:
+                x, x_mean = call_hook(hook, x, x_mean, sde, ts[k + 1])
         return x_mean if denoise else x
 
 

@@ -27,6 +27,12 @@ from .common import ScoreEval, randn
 class Predictor:
     """Base class: ``step(x, t, t_next, generator) -> (x_next, x_next_mean)``.
 
+    Every predictor here is affine in the state and the score: x_mean = a x + b s(x, t) and
+    x_next = x_mean + c z, z ~ N(0, I), with scalars (a, b, c) of the step that
+    :meth:`coefficients` computes from the SDE, for a whole grid at once (the samplers do so
+    before the loop, so a step costs the score call, one noise draw and three tensor
+    operations; no validation of x, no host-device synchronisation).
+
     Arguments:
         sde: the forward SDE. score: a :class:`~scoresde.solvers.common.ScoreEval`.
     Shapes: x (B, *S); t, t_next numbers or (B,) tensors with t_next < t; outputs (B, *S).
@@ -38,14 +44,33 @@ class Predictor:
     def __init__(self, sde: SDE, score: ScoreEval):
         self.sde, self.score = sde, score
 
-    def step(self, x: torch.Tensor, t, t_next, generator=None):
+    def coefficients(self, t: torch.Tensor, t_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a, b, c), each (K,) float64, of the K steps t[k] -> t_next[k] ((K,) float64 tensors)."""
         raise NotImplementedError
+
+    def step(self, x: torch.Tensor, t, t_next, generator=None, coef=None):
+        """One step from t to t_next; ``coef`` an (a, b, c) row of :meth:`coefficients` (computed here if None)."""
+        if coef is None:
+            tb, tn = self.score.time(t, x).cpu(), self.score.time(t_next, x).cpu()
+            per_sample = isinstance(t, torch.Tensor) and t.dim() > 0 or isinstance(t_next, torch.Tensor) and t_next.dim() > 0
+            a, b, c = self.coefficients(tb if per_sample else tb[:1], tn if per_sample else tn[:1])
+            coef = (a.to(x.device), b.to(x.device), c.to(x.device)) if per_sample else (float(a), float(b), float(c))
+        a, b, c = coef
+        s = self.score(x, t)
+        z = randn(x.shape, generator, x.device, x.dtype)
+        if isinstance(a, torch.Tensor):  # per-sample times
+            a, b, c = (bcast(v, x).to(x.dtype) for v in (a, b, c))
+            x_mean = a * x + b * s
+            return x_mean + c * z, x_mean
+        x_mean = torch.add(x if a == 1.0 else x * a, s, alpha=b)
+        return torch.add(x_mean, z, alpha=c), x_mean
 
 
 class EulerMaruyama(Predictor):
     """Euler-Maruyama step of the reverse SDE with dt = t_next - t < 0 taken from the grid.
 
-    x_mean = x + [f(x, t) - g(t)^2 s(x, t)] dt,   x = x_mean + g(t) sqrt(-dt) z,   z ~ N(0, I).
+    x_mean = x + [f(x, t) - g(t)^2 s(x, t)] dt,   x = x_mean + g(t) sqrt(-dt) z,   z ~ N(0, I),
+    i.e. a = 1 + f(t) dt, b = -g(t)^2 dt, c = g(t) sqrt(-dt).
 
     NFE per step: 1. Reference: Song et al. 2021, Eq. (6) and the reference code's
     ``EulerMaruyamaPredictor`` (which uses dt = -1/N whatever the grid; here dt is the grid's).
@@ -53,15 +78,10 @@ class EulerMaruyama(Predictor):
 
     name = "euler_maruyama"
 
-    def step(self, x, t, t_next, generator=None):
-        tb, tn = self.score.time(t, x), self.score.time(t_next, x)
-        drift, g = self.sde.sde(x, tb)
-        s = self.score(x, tb)
-        rev_drift = drift - bcast(g**2, x).to(x.dtype) * s
-        dt = tn - tb
-        x_mean = x + bcast(dt, x).to(x.dtype) * rev_drift
-        z = randn(x.shape, generator, x.device, x.dtype)
-        return x_mean + bcast(g * torch.sqrt(-dt).to(g.dtype), x).to(x.dtype) * z, x_mean
+    def coefficients(self, t, t_next):
+        f, g = self.sde.drift_coeff(t), self.sde.diffusion_coeff(t)
+        dt = t_next - t
+        return 1.0 + f * dt, -(g**2) * dt, g * torch.sqrt(-dt)
 
 
 class ReverseDiffusion(Predictor):
@@ -71,20 +91,18 @@ class ReverseDiffusion(Predictor):
     alpha-bar(t_next); VE: SMLD's G^2 = sigma(t)^2 - sigma(t_next)^2; sub-VP: Euler-Maruyama
     with dt = t - t_next), then
 
-    x_mean = x - f + G^2 s(x, t),   x = x_mean + G z.
+    x_mean = x - f + G^2 s(x, t),   x = x_mean + G z
+
+    (f is linear in x, f = k x: a = 1 - k, b = G^2, c = G).
 
     NFE per step: 1. Reference: Song et al. 2021, Eq. (46)-(47), App. E.
     """
 
     name = "reverse_diffusion"
 
-    def step(self, x, t, t_next, generator=None):
-        tb, tn = self.score.time(t, x), self.score.time(t_next, x)
-        f, G = self.sde.discretize(x, tb, tn)
-        s = self.score(x, tb)
-        x_mean = x - f + bcast(G**2, x).to(x.dtype) * s
-        z = randn(x.shape, generator, x.device, x.dtype)
-        return x_mean + bcast(G, x).to(x.dtype) * z, x_mean
+    def coefficients(self, t, t_next):
+        f, G = self.sde.discretize(torch.ones((t.shape[0], 1), dtype=torch.float64), t, t_next)
+        return 1.0 - f[:, 0].to(torch.float64), G**2, G
 
 
 class AncestralSampling(Predictor):
@@ -110,19 +128,30 @@ class AncestralSampling(Predictor):
                              "use 'reverse_diffusion' or 'euler_maruyama'")
         super().__init__(sde, score)
 
-    def step(self, x, t, t_next, generator=None):
-        tb, tn = self.score.time(t, x), self.score.time(t_next, x)
-        s = self.score(x, tb)
-        z = randn(x.shape, generator, x.device, x.dtype)
+    def coefficients(self, t, t_next):
         if isinstance(self.sde, VPSDE):
-            beta = 1.0 - self.sde.discrete_alpha(tb, tn)
-            x_mean = (x + bcast(beta, x).to(x.dtype) * s) / bcast(torch.sqrt(1.0 - beta), x).to(x.dtype)
-            std = torch.sqrt(beta)
-        else:
-            s2, sp2 = self.sde.sigma(tb) ** 2, self.sde.sigma(tn) ** 2
-            x_mean = x + bcast(s2 - sp2, x).to(x.dtype) * s
-            std = torch.sqrt(sp2 * (s2 - sp2) / s2)
-        return x_mean + bcast(std, x).to(x.dtype) * z, x_mean
+            beta = 1.0 - self.sde.discrete_alpha(t, t_next)
+            r = 1.0 / torch.sqrt(1.0 - beta)
+            return r, beta * r, torch.sqrt(beta)
+        s2, sp2 = self.sde.sigma(t) ** 2, self.sde.sigma(t_next) ** 2
+        return torch.ones_like(s2), s2 - sp2, torch.sqrt(sp2 * (s2 - sp2) / s2)
+
+
+def step_coefficients(predictor: Predictor, pairs) -> list[tuple[float, float, float]]:
+    """(a, b, c) of ``predictor`` for each step (t, t_next) of ``pairs``, as Python floats (one vectorised call).
+
+    Arguments:
+        predictor: a :class:`Predictor`. pairs: a list of (t, t_next) numbers, t_next < t.
+    Returns:
+        A list of len(pairs) tuples (a, b, c) of floats, the rows :meth:`Predictor.step` takes as ``coef``.
+    """
+    if not pairs:
+        return []
+    t = torch.tensor([p[0] for p in pairs], dtype=torch.float64)
+    tn = torch.tensor([p[1] for p in pairs], dtype=torch.float64)
+    a, b, c = (torch.as_tensor(v, dtype=torch.float64).expand(len(pairs)).tolist()
+               for v in predictor.coefficients(t, tn))
+    return list(zip(a, b, c))
 
 
 PREDICTORS = {cls.name: cls for cls in (EulerMaruyama, ReverseDiffusion, AncestralSampling)}

@@ -1,4 +1,4 @@
-"""The torchsde adapter: the reverse-time SDE integrated by ``torchsde.sdeint``.
+"""The torchsde adapter: the reverse-time SDE integrated by torchsde's fixed-step methods.
 
 torchsde only integrates forwards in time, on a 2-D state (batch, channels). The reverse SDE
 dx = [f(x, t) - g(t)^2 s(x, t)] dt + g(t) dw-bar, t from T down to eps (Song et al. 2021,
@@ -6,21 +6,25 @@ Eq. (6)), is therefore solved in the variable s = T - t, increasing over [0, T -
 
     dx = -[f(x, T - s) - g(T - s)^2 s_theta(x, T - s)] ds + g(T - s) dW_s,
 
-with x flattened to (B, D), diagonal noise (g does not depend on x, so the Ito and
-Stratonovich forms coincide and every torchsde method applies), a float64 time grid, and fixed
-steps of length (T - eps) / steps.
+with x flattened to (B, D) and the steps of the sampler's uniform float64 grid. g does not
+depend on x, so the noise is *additive* (the Ito and Stratonovich forms coincide, Milstein's
+correction term is exactly 0, and "srk" is Roessler's SRA1 scheme for additive noise: strong
+order 1.5 at 2 evaluations per step instead of SRID2's 9); torchsde is given the product
+g(t) v directly (``g_prod``), never a (B, D, D) matrix. "reversible_heun" needs the diffusion
+itself and is solved as diagonal noise.
 
-Brownian motion, always seeded from the caller's ``torch.Generator`` (torchsde's own default
-takes its seed from numpy's global generator, so ``torch.manual_seed`` would not reproduce it):
-* "euler": :class:`IncrementBrownian`, which only draws the N(0, dt I) increment of each step
-  from the generator (per-step cost of a hand-written loop; valid because Euler queries the
-  path once per step, in order);
-* other methods: ``torchsde.BrownianInterval`` with ``entropy`` drawn from the generator (and
-  the space-time Levy area for "srk"); with a list of per-sample generators, one interval per
-  sample.
+The steps are taken with torchsde's own solver classes (``torchsde._core.methods``, one
+``step(t0, t1, y, extra)`` per grid step) rather than ``torchsde.sdeint``: sdeint probes the
+drift once for shapes (a network call), compares tensor times on every step and cannot run a
+step hook between steps without restarting the solver. The Brownian motion is
+:class:`IncrementBrownian`: each step queries its interval once, in order, so an increment
+drawn from the caller's ``torch.Generator`` (with srk also the space-time Levy area, an
+independent normal) is the exact Brownian path, at the cost of one or two normal draws per
+step (torchsde's BrownianInterval builds a binary tree of the path, about 9 state-sized draws
+per step, and seeds itself from numpy's global generator).
 
-Reference: Song et al. 2021, Eq. (6); Li et al. 2020 and Kidger et al. 2021 (torchsde,
-BrownianInterval); torchsde issue #115 (reverse time by a change of variable).
+Reference: Song et al. 2021, Eq. (6); Li et al. 2020 and Kidger et al. 2021 (torchsde);
+Roessler 2010 (SRA1); torchsde issue #115 (reverse time by a change of variable).
 """
 from __future__ import annotations
 
@@ -28,137 +32,155 @@ import math
 
 import torch
 
-from .._checks import bcast, check_choice, check_positive
+from .._checks import check_choice, check_positive
 from ..grids import check_eps, time_grid
 from ..sde import SDE
 from .base import Plan, Solver, call_hook, register
-from .common import ScoreEval, randn, seed_from
+from .common import ScoreEval, randn
 
 #: torchsde methods offered, with the SDE calculus each expects (equal here: g is state-free).
 SDE_METHODS = {"euler": "ito", "milstein": "ito", "srk": "ito", "heun": "stratonovich",
                "midpoint": "stratonovich", "reversible_heun": "stratonovich", "euler_heun": "stratonovich"}
 #: score evaluations of a solve with ``steps`` steps: (per step, once), counted (tests check it).
-#: The shape probe of ``sdeint`` is answered from memory where the first step repeats it; "srk"
-#: (9 evaluations per step for diagonal noise) and "reversible_heun" (an initial evaluation)
-#: cannot reuse it.
-NFE = {"euler": (1, 0), "milstein": (1, 0), "srk": (9, 1), "heun": (2, 0), "midpoint": (2, 0),
+#: "srk" (SRA1, additive noise) evaluates the drift at two stages per step (its tableau asks for
+#: the first stage twice; the second call is answered from memory); "reversible_heun" makes one
+#: initial evaluation.
+NFE = {"euler": (1, 0), "milstein": (1, 0), "srk": (2, 0), "heun": (2, 0), "midpoint": (2, 0),
        "reversible_heun": (1, 1), "euler_heun": (1, 0)}
 
 
 class IncrementBrownian:
     """Brownian motion for fixed, in-order steps: each query (ta, tb) draws a fresh N(0, (tb - ta) I).
 
-    Duck-types torchsde's ``BaseBrownian`` for the Euler method only (no Levy area, no
-    revisiting of intervals, not adaptive, not for the adjoint).
+    Duck-types torchsde's ``BaseBrownian`` for its fixed-step methods, which query every step's
+    interval once and in order: no revisiting of intervals, not adaptive, not for the adjoint.
+    With ``levy_area="space-time"`` a query with ``return_U=True`` also gives
+    U = int_ta^tb (W_s - W_ta) ds = h (W / 2 + H), H ~ N(0, h / 12 I) independent of the increment
+    W (torchsde's convention), which is what "srk" needs.
 
-    Arguments: shape (B, D); generator: a torch.Generator, a list of B of them, or None; dtype, device.
+    Arguments:
+        shape: (B, D). generator: a torch.Generator, a list of B of them, or None.
+        dtype, device: of the draws. levy_area: "none" (default) or "space-time".
+    Raises (on call):
+        ValueError: a point query bm(t), or U / A asked of a "none" motion.
     """
 
-    levy_area_approximation = "none"
-
-    def __init__(self, shape, generator, dtype, device):
+    def __init__(self, shape, generator, dtype, device, levy_area: str = "none"):
         self.shape, self.generator, self.dtype, self.device = tuple(shape), generator, dtype, device
+        self.levy_area_approximation = levy_area
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
-        if tb is None or return_U or return_A:
-            raise ValueError("IncrementBrownian only answers increment queries bm(ta, tb) of the Euler method")
-        dt = float(tb) - float(ta)
-        return randn(self.shape, self.generator, self.device, self.dtype) * math.sqrt(dt)
-
-
-class _StackedBrownian:
-    """One torchsde BrownianInterval per sample, queried together (per-sample generators)."""
-
-    def __init__(self, intervals):
-        self.intervals = intervals
-        self.levy_area_approximation = intervals[0].levy_area_approximation
-        b0 = intervals[0]
-        self.shape = (len(intervals), *b0.shape[1:])
-        self.dtype, self.device = b0.dtype, b0.device
-
-    def __call__(self, ta, tb=None, return_U=False, return_A=False):
-        outs = [bm(ta, tb, return_U=return_U, return_A=return_A) for bm in self.intervals]
-        if isinstance(outs[0], tuple):
-            return tuple(torch.cat(parts) for parts in zip(*outs))
-        return torch.cat(outs)
+        if tb is None or return_A or (return_U and self.levy_area_approximation != "space-time"):
+            raise ValueError("IncrementBrownian only answers increment queries bm(ta, tb) of fixed-step methods "
+                             "(and return_U=True with levy_area='space-time')")
+        h = float(tb) - float(ta)
+        w = randn(self.shape, self.generator, self.device, self.dtype).mul_(math.sqrt(h))
+        if not return_U:
+            return w
+        H = randn(self.shape, self.generator, self.device, self.dtype).mul_(math.sqrt(h / 12.0))
+        return w, (0.5 * w + H).mul_(h)
 
 
 class _ReverseTimeSDE:
-    """torchsde's SDE protocol for the reverse SDE in s = T - t on a flattened state."""
+    """torchsde's SDE protocol for the reverse SDE in s = T - t on a flattened state.
 
-    noise_type = "diagonal"
+    The coefficients f(t), g(t) of the times a solve visits are computed before the loop, in one
+    vectorised call (:meth:`prepare`), so that an evaluation is the score call and two tensor
+    operations; other times are computed when asked.
+    """
 
-    def __init__(self, sde: SDE, score: ScoreEval, shape, eps: float, sde_type: str, T: float | None = None):
+    def __init__(self, sde: SDE, score: ScoreEval, shape, eps: float, sde_type: str, T: float,
+                 noise_type: str = "additive"):
         self.sde, self.score, self.shape = sde, score, tuple(shape)
-        self.T = float(sde.T if T is None else T)  # the start of this solve (grid[0]); s = T - t
-        self.eps, self.sde_type = float(eps), sde_type
+        self.T, self.eps = float(T), float(eps)  # the start of this solve (grid[0]); s = T - t
+        self.sde_type, self.noise_type = sde_type, noise_type
         self._memo = None
+        self._coef: dict[float, tuple[float, float, float]] = {}
 
-    def _t(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        t = (self.T - s.to(torch.float64)).clamp(self.eps, self.T)
-        return self.score.time(t, x)
+    def prepare(self, s_values) -> None:
+        """Compute (t, f(t), g(t)) for the s of ``s_values`` (floats) at once."""
+        s_values = [float(v) for v in s_values if float(v) not in self._coef]
+        if not s_values:
+            return
+        t = torch.tensor([min(max(self.T - v, self.eps), self.T) for v in s_values], dtype=torch.float64)
+        f, g = self.sde.drift_coeff(t).tolist(), self.sde.diffusion_coeff(t).tolist()
+        self._coef.update(zip(s_values, zip(t.tolist(), f, g)))
+
+    def _at(self, s) -> tuple[float, float, float]:
+        key = float(s)
+        if key not in self._coef:
+            self.prepare([key])
+        return self._coef[key]
 
     def f(self, s, y):
-        # sdeint probes f(ts[0], y0) for shapes and then takes its first step at the same
-        # (ts[0], y0): answer the second call from memory so the probe costs no NFE.
-        memo, self._memo = self._memo, None
-        if memo is not None and memo[0] is y and memo[1] == float(s):
+        # a scheme that asks for the same stage twice (srk) gets the stored drift the second time
+        key = float(s)
+        memo = self._memo
+        if memo is not None and memo[0] is y and memo[1] == key:
             return memo[2]
+        t, f, g = self._at(key)
         x = y.view(self.shape)
-        t = self._t(s, x)
-        drift, g = self.sde.sde(x, t)
-        out = (bcast(g**2, x).to(x.dtype) * self.score(x, t) - drift).reshape(y.shape)
-        self._memo = (y, float(s), out)
+        score = self.score(x, t).reshape(y.shape)
+        out = torch.add(score * (g * g), y, alpha=-f)  # -(f x - g^2 s): the drift in s = T - t
+        self._memo = (y, key, out)
         return out
 
     def g(self, s, y):
-        x = y.view(self.shape)
-        g = self.sde.diffusion_coeff(self._t(s, x)).to(y.dtype)
-        # "+ 0 * y" keeps g in y's autograd graph, which Milstein's d g / d y needs (it is 0).
-        return g[:, None].expand_as(y) + 0.0 * y
+        return torch.full_like(y, self._at(s)[2])
+
+    def g_prod(self, s, y, v):
+        return v * self._at(s)[2]
+
+    def f_and_g_prod(self, s, y, v):  # what euler, heun, midpoint and euler_heun ask for: one call, not two
+        return self.f(s, y), v * self._at(s)[2]
+
+
+def _solver(rsde: _ReverseTimeSDE, bm, method: str, dt: float):
+    """torchsde's fixed-step solver of ``method`` for rsde (its private solver classes, see the module docstring)."""
+    from torchsde._core.base_sde import ForwardSDE
+    from torchsde._core.methods import select
+
+    return select(method, rsde.sde_type)(sde=ForwardSDE(rsde), bm=bm, dt=dt, adaptive=False, rtol=1e-5, atol=1e-4,
+                                         dt_min=1e-5, options={})
 
 
 def reverse_sdeint(score: ScoreEval, sde: SDE, x: torch.Tensor, grid: torch.Tensor, *, sde_method: str = "euler",
-                   generator=None) -> torch.Tensor:
-    """Integrate the reverse SDE from x at grid[0] (T, or any later start of a piece) to grid[-1] with ``torchsde.sdeint``.
+                   generator=None, hook=None) -> torch.Tensor:
+    """Integrate the reverse SDE from x at grid[0] (T) to grid[-1] with a torchsde method, one step per grid step.
 
     Arguments:
         score: the checked, counted score. x: (B, *S) start, a sample of the prior.
-        grid: the uniform time grid (steps + 1,) float64 from :func:`scoresde.grids.time_grid`;
-            torchsde takes fixed steps of length (T - eps) / steps.
+        grid: the time grid (steps + 1,) float64 from :func:`scoresde.grids.time_grid`, decreasing.
         sde_method: one of :data:`SDE_METHODS`.
-        generator: a torch.Generator, a list of B generators (one Brownian path per sample) or None.
-    Returns: (B, *S) in x's dtype, the state at eps.
+        generator: a torch.Generator, a list of B generators (sample b's noise from generator b)
+            or None (torch's global generator).
+        hook: optional step hook (:data:`scoresde.solvers.base.StepHook`), called on the start
+            and after every step (the solver's own state, e.g. reversible Heun's, carries on).
+    Returns: (B, *S) in x's dtype, the state at grid[-1].
     NFE: ``a * steps + b`` with (a, b) = ``NFE[sde_method]`` (euler: exactly ``steps``).
+    Reference: Song et al. 2021, Eq. (6); torchsde's methods (Li et al. 2020).
     """
-    import torchsde
-
-    steps = len(grid) - 1
+    grid = grid.to(torch.float64).cpu()
     T, eps = float(grid[0]), float(grid[-1])
     B = x.shape[0]
-    y0 = x.reshape(B, -1)
-    ts = torch.tensor([0.0, T - eps], dtype=torch.float64, device=x.device)
-    # a hair longer than (T - eps) / steps so that float64 sums of dt never leave a sliver of a
-    # step (and an extra NFE) before T - eps; torchsde clips the last step to end exactly there
-    dt = (T - eps) / steps * (1.0 + 1e-10)
-    if sde_method == "euler":
-        bm = IncrementBrownian(y0.shape, generator, y0.dtype, y0.device)
-    else:
-        levy = "space-time" if sde_method == "srk" else "none"
-        seeds = seed_from(generator, x.device)
-
-        def interval(size, seed):
-            return torchsde.BrownianInterval(t0=ts[0], t1=ts[-1], size=size, dtype=y0.dtype, device=y0.device,
-                                             entropy=seed, dt=dt, levy_area_approximation=levy)
-
-        if isinstance(generator, (list, tuple)):
-            bm = _StackedBrownian([interval((1, y0.shape[1]), s) for s in seeds])
-        else:
-            bm = interval(tuple(y0.shape), seeds[0])
-    rsde = _ReverseTimeSDE(sde, score, x.shape, eps, SDE_METHODS[sde_method], T=T)
-    ys = torchsde.sdeint(rsde, y0, ts, bm=bm, method=sde_method, dt=dt)
-    return ys[-1].reshape(x.shape).to(x.dtype)
-
+    x, _ = call_hook(hook, x, x, sde, T)
+    y = x.reshape(B, -1)
+    levy = "space-time" if sde_method == "srk" else "none"
+    bm = IncrementBrownian(y.shape, generator, y.dtype, y.device, levy)
+    noise = "diagonal" if sde_method == "reversible_heun" else "additive"
+    rsde = _ReverseTimeSDE(sde, score, x.shape, eps, SDE_METHODS[sde_method], T, noise)
+    s = T - grid  # increasing, 0-d CPU float64 times: torchsde's methods do tensor arithmetic on them
+    sv = s.tolist()
+    # the times the methods visit: the grid, midpoint's half and srk's 3/4 stage, t0 + (t1 - t0)
+    rsde.prepare(sv + [a + c * (b - a) for a, b in zip(sv[:-1], sv[1:]) for c in (0.5, 0.75, 1.0)])
+    solver = _solver(rsde, bm, sde_method, float(s[1] - s[0]))
+    extra = solver.init_extra_solver_state(s[0], y)
+    for k in range(len(grid) - 1):
+        y, extra = solver.step(s[k], s[k + 1], y, extra)
+        if hook is not None:
+            xk, _ = call_hook(hook, y.view(x.shape), y.view(x.shape), sde, float(grid[k + 1]))
+            y = xk.reshape(B, -1)
+    return y.reshape(x.shape).to(x.dtype)
 
 
 @register
@@ -187,13 +209,5 @@ class TorchsdeSampler(Solver):
         return Plan(nfe=self.nfe(steps), steps=steps, times=time_grid(sde, steps, eps, "uniform"), tweedie_eps=eps)
 
     def solve(self, score, sde, x, plan, *, generator=None, denoise=True, hook=None):
-        method = self.opts["sde_method"]
-        if hook is None:
-            return reverse_sdeint(score, sde, x, plan.times, sde_method=method, generator=generator)
-        # with a step hook: one sdeint call per grid step, the hook between them
-        ts = plan.times
-        x, _ = call_hook(hook, x, x, sde, float(ts[0]))
-        for k in range(len(ts) - 1):
-            x = reverse_sdeint(score, sde, x, ts[k:k + 2], sde_method=method, generator=generator)
-            x, _ = call_hook(hook, x, x, sde, float(ts[k + 1]))
-        return x
+        return reverse_sdeint(score, sde, x, plan.times, sde_method=self.opts["sde_method"], generator=generator,
+                              hook=hook)

@@ -46,12 +46,28 @@ def _coefficients(rks: list[float], h: float, variant: str, order: int, correcto
         b.append(h_phi_k * fact / B_h)
         fact *= j + 1
         h_phi_k = h_phi_k / hh - 1.0 / fact
-    R_, b_ = torch.tensor(R, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
     if corrector:
-        return [0.5] if order == 1 else torch.linalg.solve(R_, b_).tolist()
+        return [0.5] if order == 1 else _solve(R, b)
     if order == 1:
         return []
-    return [0.5] if order == 2 else torch.linalg.solve(R_[:-1, :-1], b_[:-1]).tolist()
+    return [0.5] if order == 2 else _solve([row[:-1] for row in R[:-1]], b[:-1])
+
+
+def _solve(A: list[list[float]], b: list[float]) -> list[float]:
+    """x with A x = b for a small (<= 3 x 3) system, Gaussian elimination with partial pivoting in floats
+    (a step's coefficients, computed without creating tensors)."""
+    n = len(b)
+    M = [list(map(float, row)) + [float(v)] for row, v in zip(A, b)]
+    for c in range(n):
+        p = max(range(c, n), key=lambda r: abs(M[r][c]))
+        M[c], M[p] = M[p], M[c]
+        for r in range(c + 1, n):
+            f = M[r][c] / M[c][c]
+            M[r] = [u - f * w for u, w in zip(M[r], M[c])]
+    x = [0.0] * n
+    for r in reversed(range(n)):
+        x[r] = (M[r][n] - sum(M[r][k] * x[k] for k in range(r + 1, n))) / M[r][r]
+    return x
 
 
 @register
@@ -90,12 +106,15 @@ class UniPC(NodeSolver):
         B_h = hh if variant == "bh1" else math.expm1(hh)
         x_t = (s[i + 1] / s[i]) * x - (a[i + 1] * math.expm1(hh)) * m0
         rhos = _coefficients(rks, h, variant, order, corrector=D_next is not None)
-        res = torch.zeros_like(x)
-        for rho, d in zip(rhos, D1s):
-            res = res + rho * d
+        terms = list(zip(rhos, D1s))
         if D_next is not None:
-            res = res + rhos[-1] * (D_next - m0)
-        return x_t - (a[i + 1] * B_h) * res
+            terms.append((rhos[-1], D_next - m0))
+        if not terms:
+            return x_t
+        res = terms[0][0] * terms[0][1]
+        for rho, d in terms[1:]:
+            res = torch.add(res, d, alpha=rho)
+        return torch.add(x_t, res, alpha=-(a[i + 1] * B_h))
 
     def integrate(self, pred, x, nodes, generator):
         M = len(nodes)
