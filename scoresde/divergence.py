@@ -18,7 +18,8 @@ as chunk x B x activations): the default, :func:`default_chunk_size`, keeps the 
 of a chunk near :data:`CHUNK_BYTES`. ``benchmarks/bench_trace.py`` measures both forms: the
 batched form wins most where the network's operations are small (an MLP: 1.5-4x at D = 8-256,
 batch 16); a convolutional net at batch 16 is already compute-bound in the loop, and gains
-little (about 1.0-1.3x), since the D products' arithmetic is the same.
+little or nothing (0.9-1.3x across runs on a shared machine), since the D products' arithmetic
+is the same.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch
 DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
 
 #: the default chunk of the exact trace holds chunk x B x D elements of the state within this many bytes
-CHUNK_BYTES = 1 << 17
+CHUNK_BYTES = 1 << 16
 
 __all__ = ["DIVERGENCES", "CHUNK_BYTES", "default_chunk_size", "draw_probes", "divergence"]
 
@@ -57,10 +58,11 @@ def default_chunk_size(D: int, B: int, element_size: int) -> int:
         D: data dimensions per sample. B: batch size. element_size: bytes per element of x.
     Returns:
         An int in [1, D]: the largest chunk with chunk x B x D x element_size <= :data:`CHUNK_BYTES`
-        (128 KiB), at least 1. E.g. float32 with B = 16: all of D = 8, 32 of D = 64, 8 of D = 256.
+        (64 KiB), at least 1. E.g. float32 with B = 16: all of D = 8, 16 of D = 64, 4 of D = 256.
         The best chunk depends on the network's activations per sample, which this does not see:
         measured (``benchmarks/bench_trace.py --chunks``), an MLP gains up to chunks of 16-64,
-        a convolutional net whose activations are 32 x D per sample loses beyond 8-16.
+        while a convolutional net whose activations are 32 x D per sample loses beyond 4-16
+        (its stacked activations leave the cache); the default is a compromise for both.
     """
     per = max(1, int(D) * int(B) * int(element_size))
     return int(max(1, min(int(D), CHUNK_BYTES // per)))
