@@ -78,6 +78,8 @@ PAGE_NAMES = [p.name for p in D.PAGES if D.code_blocks(p)]
 def test_page_examples_run(reduced_run, page_name):
     """Every block of the page not marked no-run runs without raising (at reduced size), and its
     shown output matches what it printed where the block ran as written."""
+    if page_name == "pretrained.md":
+        pytest.importorskip("diffusers", reason="pretrained.md needs diffusers (the dev or pretrained extra)")
     spec, result = reduced_run
     _check(spec, result, page_name, check_all_outputs=False)
 
