@@ -1,54 +1,74 @@
-"""Benchmark: scoresde.bits_per_dim against the reference code's way of computing the same number.
+"""Benchmark: the cost of scoresde.bits_per_dim against the reference code's way, at equal error vs the truth.
 
-The baseline below is the score-SDE reference ``likelihood.py`` (yang-song/score_sde_pytorch),
-transcribed: scipy ``solve_ivp`` RK45 on a flattened float64 numpy state (x, delta_logp), the
-network called twice per evaluation (once for the drift, once more inside the VJP of the
-Hutchinson divergence), the Rademacher probe drawn once per solve, and
-bpd = -(prior_logp + delta_logp) / (D ln 2) + offset.
+The question: how much CPU time does a bits/dim of a given accuracy cost, with ours and with the
+score-SDE reference code's way? Accuracy is measured against the truth, not against each other.
 
-Both run in one process on the same model, the same digits images (scikit-learn's 8x8 digits,
-17 levels, data range [-1, 1]), the same dequantization noise and the same probe (drawn from the
-same generator in the same order), at eps = 1e-5 and rtol = atol = 1e-5. The model is a small
-UNet trained for a few hundred denoising steps here (so that its field is not trivial); it is
-not a good model, and the bits/dim are only compared with each other.
+* **The reference way** (yang-song/score_sde_pytorch ``likelihood.py``, transcribed in
+  :func:`reference_bits_per_dim`): scipy ``solve_ivp`` RK45 on a flattened float64 numpy state
+  (x, delta_logp) in t from eps to T, the network called twice per evaluation (once for the
+  drift, once more inside the VJP of the Hutchinson divergence), the Rademacher probe drawn once
+  per solve, bpd = -(prior_logp + delta_logp) / (D ln 2) + offset.
+* **Ours**: ``scoresde.bits_per_dim`` (torchdiffeq, one network call per evaluation), in each
+  integration variable (``time_variable`` "t" and "lambda") and solver given by ``--ours``.
+* **The truth**: the same likelihood (the same dequantization noise, the same probe) solved in
+  float64 (a float64 copy of the network, float64 state) by dopri8 at rtol = atol = 1e-9
+  (``--truth-tol``), in t; its agreement with the same solve in lambda is printed as a check.
 
-Prints: wall time of each (median of --repeats alternating runs), their ratio, the NFE of each,
-the mean bits/dim of each and the largest per-image difference (target: ratio >= 2 at a
-difference < 0.01).
+All three see the same model, the same digits test images (scikit-learn's 8x8 digits, 17 levels,
+data range [-1, 1]) and the same dequantization noise and probe (drawn from one generator in the
+same order), eps = 1e-5. The model is a small UNet eps-model trained for ``--train-steps``
+denoising steps here (its field is not trivial; it is not a good model).
 
-Usage: python benchmarks/bench_likelihood.py [--batch 16] [--train-steps 1000] [--ch 16] [--threads 1]
-       [--device cpu] [--weights /tmp/bench_unet.pt]
+For every method and every tolerance (rtol = atol, ``--tols``, default 1e-3 ... 1e-7): NFE,
+network calls, CPU time (``time.process_time`` of this process, median of ``--repeats``
+interleaved runs), |bpd - truth| (max over the images and mean). **At equal error**: for each
+method the cheapest tolerance whose max error is below ``--target`` (0.005 bits/dim), and the
+reference way's CPU time there divided by ours there (the speed-up; target >= 5x at batch 16
+and 64).
+
+Usage: python benchmarks/bench_likelihood.py [--batches 16,64] [--tols 1e-3,1e-4,1e-5,1e-6,1e-7]
+       [--ours t:dopri5,lambda:dopri5] [--train-steps 1000] [--ch 16] [--weights PATH] [--repeats 1]
+       [--quick]
 """
 from __future__ import annotations
 
-import argparse
+import copy
 import math
 import os
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from scipy import integrate
 
-from scoresde import ScoreModel, VPSDE, bits_per_dim
-from scoresde.data import digits
-from scoresde.likelihood import uniform_dequantize
-from scoresde.models import UNet
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
+from _common import interleaved, md_table, median, parser, set_threads, write_results  # noqa: E402
 
-EPS, RTOL, ATOL = 1e-5, 1e-5, 1e-5
+from scoresde import ScoreModel, VPSDE, bits_per_dim  # noqa: E402
+from scoresde.data import digits  # noqa: E402
+from scoresde.likelihood import log_likelihood, uniform_dequantize  # noqa: E402
+from scoresde.models import UNet  # noqa: E402
+
+EPS = 1e-5
 LEVELS, RANGE = 17, (-1.0, 1.0)
+SEED = 123
 
 
 def build_model(sde, train_steps: int, device, ch: int, weights: str | None = None, seed: int = 0) -> ScoreModel:
     """A small UNet eps-model, trained briefly with the denoising loss of Ho et al. 2020, Eq. (14).
 
+    ``train_steps=0`` (``--quick``): no training, a random output layer instead (the code paths only).
     With ``weights`` naming an existing file, its state dict is loaded instead of training; a
     new file of that name is written after training.
     """
     torch.manual_seed(seed)
     net = UNet(in_channels=1, image_size=8, ch=ch, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
     model = ScoreModel(net, sde, prediction="eps").to(device)
+    if train_steps == 0:  # --quick: untrained, with a random output layer (the UNet's is zero): a non-stiff field
+        torch.nn.init.normal_(net.conv_out.weight, std=0.02)
+        return model.eval()
     if weights is not None and os.path.exists(weights):
         model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
         return model.eval()
@@ -70,7 +90,11 @@ def build_model(sde, train_steps: int, device, ch: int, weights: str | None = No
     return model.eval()
 
 
-def reference_bits_per_dim(model, sde, levels: torch.Tensor, seed: int):
+def _offset() -> float:
+    return math.log2(LEVELS / (RANGE[1] - RANGE[0]))
+
+
+def reference_bits_per_dim(model, sde, levels: torch.Tensor, seed: int, rtol: float, atol: float):
     """The reference code's likelihood.py way (see the module docstring). Returns (bpd (B,), nfe)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     data = uniform_dequantize(levels, num_levels=LEVELS, data_range=RANGE, generator=g, dtype=torch.float32)
@@ -106,62 +130,172 @@ def reference_bits_per_dim(model, sde, levels: torch.Tensor, seed: int):
             return np.concatenate([drift, logp_grad], axis=0)
 
         init = np.concatenate([to_flat(data), np.zeros((B,))], axis=0)
-        solution = integrate.solve_ivp(ode_func, (EPS, sde.T), init, rtol=RTOL, atol=ATOL, method="RK45")
+        solution = integrate.solve_ivp(ode_func, (EPS, sde.T), init, rtol=rtol, atol=atol, method="RK45")
         zp = solution.y[:, -1]
         z = from_flat(zp[:-B], shape).to(device).type(torch.float32)
         delta_logp = from_flat(zp[-B:], (B,)).to(device).type(torch.float32)
         prior_logp = sde.prior_logp(z)
         D = int(np.prod(shape[1:]))
-        bpd = -(prior_logp + delta_logp) / (D * math.log(2)) + math.log2(LEVELS / (RANGE[1] - RANGE[0]))
+        bpd = -(prior_logp + delta_logp) / (D * math.log(2)) + _offset()
     return bpd.double().cpu(), int(solution.nfev)
 
 
-def ours(model, sde, levels, seed: int):
+def ours(model, sde, levels, seed: int, rtol: float, atol: float, time_variable: str, method: str):
+    """scoresde.bits_per_dim with the given tolerances, variable and solver. Returns (bpd (B,), nfe)."""
     r = bits_per_dim(model, sde, levels.to(next(model.parameters()).device), data_range=RANGE, num_levels=LEVELS,
-                     eps=EPS, rtol=RTOL, atol=ATOL, generator=torch.Generator(device="cpu").manual_seed(seed))
-    return r.bpd.cpu(), r.nfe
+                     eps=EPS, rtol=rtol, atol=atol, method=method, time_variable=time_variable,
+                     generator=torch.Generator(device="cpu").manual_seed(seed))
+    return r.bpd.double().cpu(), r.nfe
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=16)
+def truth(model64, sde, levels, seed: int, tol: float, time_variable: str = "t"):
+    """The same bits/dim in float64 at rtol = atol = tol (dopri8): the same noise and probe. Returns (bpd, nfe)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    # float32 noise exactly as bits_per_dim draws it, then float64; the probe comes next from g, as there
+    y = uniform_dequantize(levels, num_levels=LEVELS, data_range=RANGE, generator=g, dtype=torch.float32).double()
+    r = log_likelihood(model64, sde, y, eps=EPS, rtol=tol, atol=tol, method="dopri8", generator=g,
+                       time_variable=time_variable)
+    return -r.logp / (y[0].numel() * math.log(2.0)) + _offset(), r.nfe
+
+
+def _methods(args):
+    out = {"reference (scipy RK45, 2 calls)": ("ref", None, None)}
+    for spec in args.ours.split(","):
+        tv, method = spec.split(":")
+        out[f"ours ({tv}, {method})"] = ("ours", tv, method)
+    return out
+
+
+def _run_batch(model, model64, sde, B: int, args) -> tuple[list, dict]:
+    levels = digits("test").levels[:B]
+    (tr, tr_nfe), t_truth = _timed(lambda: truth(model64, sde, levels, SEED, args.truth_tol))
+    check, _ = truth(model64, sde, levels, SEED, args.truth_tol, "lambda") if args.truth_check else (None, 0)
+    info = {"batch": B, "truth_nfe": tr_nfe, "truth_cpu_s": round(t_truth, 2),
+            "truth_t_vs_lambda": None if check is None else float((check - tr).abs().max())}
+    print(f"batch {B}: truth (float64 dopri8, tol {args.truth_tol:g}) NFE {tr_nfe}, {t_truth:.1f} s CPU"
+          + ("" if check is None else f"; |truth in t - truth in lambda| max {info['truth_t_vs_lambda']:.2e} bits/dim"),
+          flush=True)
+    rows, done = [], set()
+    for tol in args.tol_list:
+        results = {}
+
+        def call(name, kind, tv, method):
+            def fn():
+                if kind == "ref":
+                    out = reference_bits_per_dim(model, sde, levels, SEED, tol, tol)
+                else:
+                    out = ours(model, sde, levels, SEED, tol, tol, tv, method)
+                results.setdefault(name, out)
+            return fn
+
+        todo = {n: call(n, *spec) for n, spec in _methods(args).items() if n not in done}
+        if not todo:
+            break
+        times = interleaved(todo, args.repeats, warmup=0)
+        for name in todo:
+            bpd, nfe = results[name]
+            err = (bpd - tr).abs()
+            calls = 2 * nfe if name.startswith("reference") else nfe
+            row = {"batch": B, "method": name, "tol": tol, "nfe": nfe, "network_calls": calls,
+                   "cpu_s": round(median(times[name]), 3), "max_err_bpd": float(err.max()),
+                   "mean_err_bpd": float(err.mean()), "bpd_mean": float(bpd.mean())}
+            rows.append(row)
+            print(f"  {name:34s} tol {tol:7.0e}  NFE {nfe:5d}  calls {calls:5d}  CPU {row['cpu_s']:8.2f} s  "
+                  f"|err| max {row['max_err_bpd']:.5f} mean {row['mean_err_bpd']:.5f}", flush=True)
+            if args.until_target and row["max_err_bpd"] < args.target:
+                done.add(name)  # tighter tolerances only cost more
+    return rows, info
+
+
+def _timed(fn):
+    t0 = time.process_time()
+    out = fn()
+    return out, time.process_time() - t0
+
+
+def _equal_error(rows, target: float) -> dict:
+    """For each method, the cheapest row (CPU time) with max error below target, or None."""
+    best = {}
+    for r in rows:
+        if r["max_err_bpd"] < target and (r["method"] not in best or r["cpu_s"] < best[r["method"]]["cpu_s"]):
+            best[r["method"]] = r
+    return best
+
+
+def _summary(B: int, rows, target: float):
+    best = _equal_error(rows, target)
+    ref = next((r for n, r in best.items() if n.startswith("reference")), None)
+    lines, out = [], {"batch": B}
+    for name, r in best.items():
+        speed = None if ref is None else ref["cpu_s"] / r["cpu_s"]
+        lines.append([B, name, f"{r['tol']:.0e}", r["nfe"], r["network_calls"], f"{r['cpu_s']:.2f}",
+                      f"{r['max_err_bpd']:.4f}", f"{r['mean_err_bpd']:.4f}", "-" if speed is None else f"{speed:.2f}x"])
+        out[name] = {"tol": r["tol"], "cpu_s": r["cpu_s"], "nfe": r["nfe"], "max_err_bpd": r["max_err_bpd"],
+                     "speedup_vs_reference": speed}
+    return lines, out
+
+
+def main(argv=None):
+    ap = parser("likelihood", __doc__.split("\n")[0])
+    ap.set_defaults(repeats=1)
+    ap.add_argument("--batches", default="16,64", help="comma-separated batch sizes (digits test images)")
+    ap.add_argument("--tols", default="1e-3,1e-4,1e-5,1e-6,1e-7", help="rtol = atol values, loose to tight")
+    ap.add_argument("--truth-tol", type=float, default=1e-9)
+    ap.add_argument("--truth-check", action="store_true", help="also solve the truth in lambda and compare")
+    ap.add_argument("--ours", default="t:dopri5,lambda:dopri5", help="time_variable:method pairs of ours")
+    ap.add_argument("--target", type=float, default=0.005, help="max |error| in bits/dim for 'equal error'")
+    ap.add_argument("--until-target", action="store_true",
+                    help="stop a method's sweep at the first tolerance that meets the target")
     ap.add_argument("--train-steps", type=int, default=1000)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--ch", type=int, default=16, help="UNet base width")
     ap.add_argument("--weights", default=None, help="load the model from / save it to this file")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.batches, args.tols, args.truth_tol, args.train_steps, args.ch = "2", "1e-3,1e-5", 1e-8, 0, 8
+        args.truth_check = True
+    args.tol_list = [float(v) for v in args.tols.split(",")]
+    started = time.time()
+    set_threads(args.threads)
     sde = VPSDE()
-    t0 = time.perf_counter()
-    model = build_model(sde, args.train_steps, device, args.ch, args.weights)
+    model = build_model(sde, args.train_steps, torch.device("cpu"), args.ch, args.weights)
+    model64 = copy.deepcopy(model).double()
     print(f"model: UNet(ch={args.ch}, ch_mult=(1, 2)), {sum(p.numel() for p in model.parameters())} parameters, "
-          f"{args.train_steps} training steps ({time.perf_counter() - t0:.1f} s); device {device}, "
-          f"{args.threads} thread(s); batch {args.batch} digits test images, 17 levels")
-    levels = digits("test").levels[: args.batch]
-    seed = 123
+          f"{args.train_steps} training steps; {args.threads} thread(s); digits test images, 17 levels", flush=True)
+    rows, infos, summary_lines, summaries = [], [], [], []
+    for B in (int(b) for b in args.batches.split(",")):
+        r, info = _run_batch(model, model64, sde, B, args)
+        rows += r
+        infos.append(info)
+        lines, s = _summary(B, r, args.target)
+        summary_lines += lines
+        summaries.append(s)
+    header = ["batch", "method", "tol", "NFE", "network calls", "CPU s", "max |err| bpd", "mean |err| bpd"]
+    md = "### Every run\n\n" + md_table(header, [[r["batch"], r["method"], f"{r['tol']:.0e}", r["nfe"],
+                                                   r["network_calls"], f"{r['cpu_s']:.2f}",
+                                                   f"{r['max_err_bpd']:.5f}", f"{r['mean_err_bpd']:.5f}"]
+                                                  for r in rows])
+    md += (f"\n### At equal error: the cheapest tolerance with max |error| < {args.target} bits/dim\n\n"
+           + md_table(header + ["speed-up vs reference"], summary_lines))
+    md += "\nTruth: " + "; ".join(f"batch {i['batch']}: NFE {i['truth_nfe']}, {i['truth_cpu_s']} s CPU" for i in infos)
+    md += "\n"
+    print("\n" + md)
+    readme = [_readme_row(summaries, args.target)]
+    write_results("likelihood", args.out, md, {"runs": rows, "equal_error": summaries, "truth": infos},
+                  readme=readme, started=started, extra={"args": {k: v for k, v in vars(args).items()}})
 
-    # warm-up (allocator, lazy init) on a small batch
-    ours(model, sde, levels[:2], seed)
-    reference_bits_per_dim(model, sde, levels[:2], seed)
 
-    times_ours, times_ref = [], []
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        bpd_o, nfe_o = ours(model, sde, levels, seed)
-        times_ours.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        bpd_r, nfe_r = reference_bits_per_dim(model, sde, levels, seed)
-        times_ref.append(time.perf_counter() - t)
-    to, tr = statistics.median(times_ours), statistics.median(times_ref)
-    print(f"scoresde.bits_per_dim : {to:8.3f} s  NFE {nfe_o:4d}  (network calls {nfe_o})  bpd {float(bpd_o.mean()):.4f}")
-    print(f"reference (scipy RK45): {tr:8.3f} s  NFE {nfe_r:4d}  (network calls {2 * nfe_r})  bpd {float(bpd_r.mean()):.4f}")
-    print(f"speed-up {tr / to:.2f}x   max |bpd difference| per image {float((bpd_o - bpd_r).abs().max()):.5f} "
-          f"(target: >= 2x at < 0.01)")
-    print(f"  of which per evaluation {1e3 * to / nfe_o:.2f} ms vs {1e3 * tr / nfe_r:.2f} ms "
-          f"({(tr / nfe_r) / (to / nfe_o):.2f}x) and NFE {nfe_r / nfe_o:.2f}x")
+def _readme_row(summaries, target):
+    parts = []
+    for s in summaries:
+        best = [(v["speedup_vs_reference"], n, v) for n, v in s.items()
+                if n.startswith("ours") and isinstance(v, dict) and v["speedup_vs_reference"] is not None]
+        if best:
+            sp, n, v = max(best, key=lambda b: b[0])
+            parts.append(f"{sp:.1f}x at batch {s['batch']} ({n.removeprefix('ours ')}, tol {v['tol']:.0e}, "
+                         f"max err {v['max_err_bpd']:.4f})")
+    return {"what": f"bits/dim CPU time at equal error (< {target} bits/dim vs a float64 1e-9 solve), "
+                    "digits UNet, against the reference code's way",
+            "value": "; ".join(parts) or "n/a", "how": "python benchmarks/bench_likelihood.py"}
 
 
 if __name__ == "__main__":
