@@ -107,9 +107,9 @@ class LangevinCorrector(Corrector):
         zn = torch.linalg.vector_norm(z.reshape(B, -1), dim=-1)
         if self.norm == "batch":  # one step size for the batch: a 0-d tensor
             gn, zn = gn.mean(), zn.mean()
-        gn, zn = gn.to(t.dtype), zn.to(t.dtype)
-        ratio = torch.where(gn > 0, zn / gn, torch.zeros_like(gn))
-        return (2.0 * alpha) * (self.snr * ratio) ** 2
+        # a zero score norm gives e = 0 (no move): 0/0 and z/0 are mapped to 0
+        ratio = torch.nan_to_num(zn.to(t.dtype) / gn.to(t.dtype), nan=0.0, posinf=0.0)
+        return ratio.square_() * (2.0 * alpha * self.snr**2)
 
 
 class AnnealedLangevin(Corrector):
