@@ -156,3 +156,37 @@ def test_call_score_still_checks_shape_and_nan_at_once():
     call_score(lambda x, t: x / 0.0, x, t, check)
     with pytest.raises(ValueError, match="evaluation 1"):
         check.flush()
+
+
+def test_check_cadence_default_by_device():
+    """Free reads on the CPU (every call); a GPU (any non-CPU device) reads every DEVICE_CHECK_EVERY calls."""
+    from scoresde.score_fn import DEVICE_CHECK_EVERY, check_every_default
+    assert check_every_default("cpu") == 1
+    assert check_every_default(torch.device("meta")) == DEVICE_CHECK_EVERY > 1
+
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "reverse_diffusion", "ancestral"])
+def test_predictor_scalars_match_the_formulas(name):
+    """The per-step (a, b, c) of a predictor, from floats or per-sample (B,) times, give Song et al.'s updates
+    (float64, 1e-12): EM x + (f x - g^2 s) dt; reverse diffusion x - f + G^2 s (sde.discretize); ancestral
+    (x + beta s) / sqrt(1 - beta)."""
+    from scoresde.solvers.predictors import PREDICTORS
+    sde = VPSDE()
+    score = ScoreEval(lambda x, t: -x / 2.0)
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    t, tn = 0.6, 0.55
+    tb, tnb = torch.full((4,), t, dtype=torch.float64), torch.full((4,), tn, dtype=torch.float64)
+    s = -x / 2.0
+    if name == "euler_maruyama":
+        f, g = sde.drift_coeff(tb)[:, None], sde.diffusion_coeff(tb)[:, None]
+        mean = x + (f * x - g**2 * s) * (tn - t)
+    elif name == "reverse_diffusion":
+        fv, G = sde.discretize(x, tb, tnb)
+        mean = x - fv + G[:, None] ** 2 * s
+    else:
+        beta = (1.0 - sde.discrete_alpha(tb, tnb))[:, None]
+        mean = (x + beta * s) / torch.sqrt(1.0 - beta)
+    pred = PREDICTORS[name](sde, score)
+    for tt, ttn in ((t, tn), (tb, tnb)):
+        _, m = pred.step(x, tt, ttn, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(m, mean, rtol=1e-12, atol=1e-12)
