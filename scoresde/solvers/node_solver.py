@@ -27,7 +27,7 @@ class Predictions:
         """Data prediction (x + sigma_i^2 s(x, t_i)) / alpha_i at node i; 1 NFE."""
         n = self.nodes
         s = self.score(x, n.t(i))
-        return (x + (n.sigma[i] ** 2) * s) / n.alpha[i]
+        return torch.add(x, s, alpha=n.sigma[i] ** 2).div_(n.alpha[i])  # two operations, the second in place
 
     def eps(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Noise prediction -sigma_i s(x, t_i) at node i; 1 NFE."""
@@ -45,7 +45,7 @@ class Predictions:
 
     def x0_at(self, x: torch.Tensor, t: float, alpha: float, sigma: float) -> torch.Tensor:
         """Data prediction at an intermediate time t; 1 NFE."""
-        return (x + sigma**2 * self.score(x, t)) / alpha
+        return torch.add(x, self.score(x, t), alpha=sigma**2).div_(alpha)
 
 
 def step_orders(steps: int, order: int, lower_order_final: bool, ends_at_data: bool) -> list[int]:
