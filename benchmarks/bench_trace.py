@@ -121,9 +121,21 @@ def main(argv=None):
     if extra:
         md += "\n### Other chunk sizes (ms)\n\n" + md_table(["net", "D", "chunk", "ms"], extra)
     print(md)
-    readme = [{"what": f"exact trace, {r['net']} D={r['D']}: batched vs loop", "value": f"{r['speedup']:.2f}x faster",
-               "how": "python benchmarks/bench_trace.py"} for r in rows]
-    write_results("trace", args.out, md, rows, readme=readme, started=started)
+    write_results("trace", args.out, md, rows, readme=readme_rows(rows), started=started)
+
+
+def readme_rows(rows) -> list[dict]:
+    """The README row: loop time / batched time of the exact trace per net and D (> 1: batched is faster)."""
+    nets = list(dict.fromkeys(r["net"] for r in rows))
+    parts = []
+    for net in nets:
+        ratios = " / ".join(f"{r['speedup']:.2f}x" for r in rows if r["net"] == net)
+        parts.append(f"{net} {ratios}")
+    ds = " / ".join(str(r["D"]) for r in rows if r["net"] == nets[0]) if nets else "?"
+    batch = rows[0]["batch"] if rows else "?"
+    return [{"what": f"exact trace (`divergence=\"exact\"`): loop time / batched time at D = {ds} "
+                     f"(batch {batch}, float32)",
+             "value": "; ".join(parts), "how": "`python benchmarks/bench_trace.py`"}]
 
 
 if __name__ == "__main__":
