@@ -7,6 +7,7 @@ turns into a silent NaN further down.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Iterable
 
 import torch
@@ -105,6 +106,25 @@ def as_time(t, x: torch.Tensor | None, T: float, *, name: str = "t", low: float 
     Raises:
         ValueError: wrong shape, non-finite values, or values outside [low, T]
             (a relative slack of 1e-6 absorbs float rounding of grid ends).
+    Cost: one host read (``torch.aminmax``) for a tensor ``t``, none for a Python number.
+    """
+    return time_range(t, x, T, name=name, low=low)[0]
+
+
+def time_range(t, x: torch.Tensor | None, T: float, *, name: str = "t",
+               low: float = 0.0) -> tuple[torch.Tensor, float, float]:
+    """:func:`as_time` that also returns the checked (min, max) of the times as Python floats."""
+    value = None if isinstance(t, torch.Tensor) else t
+    t = prepare_time(t, x, name)
+    lo, hi = (float(value),) * 2 if value is not None else read_values(torch.aminmax(t))
+    check_time_range(lo, hi, T, name=name, low=low)
+    return t, lo, hi
+
+
+def prepare_time(t, x: torch.Tensor | None, name: str = "t") -> torch.Tensor:
+    """The checks of :func:`as_time` that read no value: ``t`` as a float (B,) tensor on x's device.
+
+    Raises: TypeError / ValueError as :func:`as_time` for a wrong type, shape, batch size or device.
     """
     device = x.device if x is not None else None
     if x is not None:
@@ -129,13 +149,89 @@ def as_time(t, x: torch.Tensor | None, T: float, *, name: str = "t", low: float 
             raise ValueError(f"{name} has batch size {t.shape[0]} but x has batch size {x.shape[0]}")
         if t.device != x.device:
             t = t.to(x.device)
+    return t
+
+
+def check_time_range(lo: float, hi: float, T: float, *, name: str = "t", low: float = 0.0) -> None:
+    """Raise the errors of :func:`as_time` for times whose (min, max) are (lo, hi) (NaN: not finite)."""
     slack = 1e-6 * max(T, 1.0)
-    lo, hi = float(t.min()), float(t.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} contains NaN or infinite values")
     if lo < low - slack or hi > T + slack:
         raise ValueError(f"{name} must lie in [{low:g}, T={T:g}]; got values in [{lo:g}, {hi:g}]")
-    return t
+
+
+def read_values(values) -> list[float]:
+    """0-d tensors (on one device) read to the host as Python floats in ONE transfer (one synchronisation).
+
+    Cast to float64 (float32 on MPS, which has no float64): exact for every float32 value and for
+    integers below 2**53 (2**24 on MPS).
+    """
+    values = list(values)
+    dtype = torch.float32 if values[0].device.type == "mps" else torch.float64
+    return torch.stack([v.to(dtype) for v in values]).tolist()
+
+
+def check_label_range(lo: float, hi: float, num_classes: int, y: torch.Tensor) -> None:
+    """Raise ValueError unless labels with (min, max) = (lo, hi) lie in [0, num_classes] (num_classes: the
+    null class); ``y`` (the labels) is read only for the message."""
+    if lo < 0 or hi > num_classes:
+        raise ValueError(f"y must lie in [0, num_classes={num_classes}] (num_classes = the null class); got values in "
+                         f"[{int(y.min())}, {int(y.max())}]")
+
+
+class _Validated(threading.local):
+    depth = 0
+
+
+_VALIDATED = _Validated()
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None) or (lambda: False)  # torch < 2.3: none
+
+
+def inputs_validated() -> bool:
+    """True while :class:`scoresde.ScoreModel` calls its network with a time and labels it has checked
+    itself (in its one host read): the network's own value checks (which would each synchronise a
+    GPU) are then skipped; their checks that read no value still run."""
+    return _VALIDATED.depth > 0
+
+
+def skip_value_checks() -> bool:
+    """True inside a ``torch.compile`` trace (a host read would break the graph) and while a
+    :class:`~scoresde.ScoreModel` calls the network with a time and labels it has checked (its one read)."""
+    return _is_compiling() or inputs_validated()
+
+
+def check_labels(y, x: torch.Tensor, num_classes: int | None, *, values: bool = True) -> torch.Tensor | None:
+    """Class labels y for a batch x: (B,) int64 on x's device, the null class for y=None.
+
+    The null class is index ``num_classes`` (the embedding has num_classes + 1 rows).
+    Arguments:
+        y: None or an integer tensor (B,) in [0, num_classes] (num_classes = null).
+        x: the batch (B, ...).
+        num_classes: K of a class-conditional network, or None.
+        values: also check the range of y (one host read; skipped under ``torch.compile`` and for a
+            :class:`~scoresde.ScoreModel` call, which checks it in its own read); False: only the
+            checks that read no value.
+    Returns: None for an unconditional network, else the (B,) labels.
+    Raises:
+        ValueError: y given to an unconditional network (num_classes=None), of the wrong shape
+            or outside [0, num_classes]. TypeError: y not an integer tensor.
+    """
+    if num_classes is None:
+        if y is not None:
+            raise ValueError("y (class labels) given to a network built with num_classes=None (unconditional); "
+                             "call it without y, or build it with num_classes=K")
+        return None
+    if y is None:
+        return torch.full((x.shape[0],), num_classes, dtype=torch.long, device=x.device)
+    if not isinstance(y, torch.Tensor) or y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError("y must be an integer tensor of class labels, shape (B,)")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"y must have shape (B,) = ({x.shape[0]},); got {tuple(y.shape)}")
+    y = y.to(x.device).long()
+    if values and y.numel() and not skip_value_checks():
+        check_label_range(*read_values(torch.aminmax(y)), num_classes, y)  # one host read
+    return y
 
 
 def bcast(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

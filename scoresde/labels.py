@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 
+from .schedules import work_dtype
+
 __all__ = ["drop_labels", "dataset_labels", "training_labels", "batch_labels"]
 
 
@@ -30,8 +32,9 @@ def drop_labels(y: torch.Tensor, p: float, null_class: int, generator: torch.Gen
         y: integer labels (B,).
         p: dropout probability in [0, 1].
         null_class: the index of the null class (K for a network with num_classes = K).
-        generator: a CPU ``torch.Generator`` for the B uniform draws (the training loop seeds
-            one from (seed, step, micro-batch), so resumed runs drop the same labels).
+        generator: a ``torch.Generator`` for the B uniform draws, on any device: they are drawn on
+            its device, then moved to y's (the training loop seeds a CPU one from (seed, step,
+            micro-batch), so resumed runs drop the same labels); None: y's device's default.
     Returns:
         int64 labels (B,) on y's device: y where u >= p, null_class where u < p, u ~ U[0, 1).
     Raises:
@@ -47,7 +50,8 @@ def drop_labels(y: torch.Tensor, p: float, null_class: int, generator: torch.Gen
     y = y.long()
     if p == 0:
         return y
-    u = torch.rand(y.shape[0], generator=generator, dtype=torch.float64)
+    dev = generator.device if generator is not None else y.device
+    u = torch.rand(y.shape[0], generator=generator, device=dev, dtype=work_dtype(dev))
     return torch.where(u.to(y.device) < p, torch.full_like(y, int(null_class)), y)
 
 

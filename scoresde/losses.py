@@ -32,10 +32,10 @@ import weakref
 
 import torch
 
-from ._checks import as_time, bcast, check_batch, check_choice, check_finite, check_positive
+from ._checks import bcast, check_batch, check_choice, check_finite, check_positive, time_range
 from .chain import DiscreteChain, discretized_gaussian_log_likelihood, normal_kl
 from .score import ScoreModel, call_score, eps_to_x0, to_eps
-from .schedules import work_dtype
+from .schedules import as_work, work_dtype
 from .sde import SDE, _VPFamily
 
 __all__ = ["dsm_loss", "ddpm_loss", "hybrid_loss", "LossSecondMomentSampler"]
@@ -44,12 +44,12 @@ WEIGHTINGS = ("sigma2", "likelihood")
 REDUCTIONS = ("mean", "sum")
 
 
-def _check_x0(x0) -> None:
+def _check_x0(x0, finite: bool = True) -> None:
     if not isinstance(x0, torch.Tensor):
         raise TypeError(f"x0 must be a torch.Tensor of shape (B, ...); got {type(x0).__name__}")
     if x0.dim() < 2 or x0.shape[0] < 1:
         raise ValueError(f"x0 must have shape (B, *S) with a batch dimension and data dimensions; got {tuple(x0.shape)}")
-    check_batch("x0", x0)
+    check_batch("x0", x0, finite=finite)
 
 
 def _randn_like(x: torch.Tensor, generator) -> torch.Tensor:
@@ -134,7 +134,7 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
     check_choice("weighting", weighting, WEIGHTINGS)
     check_choice("reduce", reduce, REDUCTIONS)
     check_positive("eps", eps)
-    _check_x0(x0)
+    _check_x0(x0, finite=dequantize is None)  # with dequantize: finite and in (-1, 1) in one read, below
     if eps >= sde.T:
         raise ValueError(f"eps must lie in (0, T={sde.T:g}); got {eps}")
     if dequantize is not None:
@@ -144,12 +144,13 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
         u = torch.rand(x0.shape[0], generator=generator, device=dev, dtype=work_dtype(dev)).to(x0.device)
         t = u * (sde.T - eps) + eps
     else:
-        t = as_time(t, x0, sde.T)
-        if bool((t <= 0).any()):
+        t, t_min, _ = time_range(t, x0, sde.T)
+        if t_min <= 0:
             raise ValueError("t must be > 0: sigma(0) = 0 and the loss divides by it")
     z = _noise(noise, x0, generator)
-    mean, std = sde.marginal_prob(x0, t)
-    sd = bcast(std, x0).to(x0.dtype)
+    tw = as_work(t)  # sde.marginal_prob(x0, t) without its second check of x0 and t (two host reads)
+    mean = (bcast(sde.mean_coeff(tw), x0) * x0).to(x0.dtype)
+    sd = bcast(sde.marginal_std(tw).to(torch.float64 if x0.dtype == torch.float64 else torch.float32), x0).to(x0.dtype)
     xt = mean + sd * z
     tin = t.to(x0.dtype) if x0.dtype == torch.float64 else t.float()
     fn = score_model if y is None else (lambda a, b: score_model(a, b, y=y))
@@ -170,7 +171,10 @@ def _dequantize(x0: torch.Tensor, num_levels, generator) -> torch.Tensor:
     if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
         raise ValueError(f"dequantize must be the number of levels of the data, an integer >= 2 (17 for the "
                          f"digits, 256 for 8-bit images), or None; got {num_levels!r}")
-    if not x0.is_floating_point() or bool((x0.abs() >= 1).any()):
+    largest = float(x0.detach().abs().amax())  # one host read: NaN / inf, and the range
+    if not math.isfinite(largest):
+        raise ValueError("x0 contains NaN or infinite values")
+    if largest >= 1:
         raise ValueError("dequantize needs x0 as bin centres (2k + 1)/L - 1 in (-1, 1) "
                          "(scoresde.data.levels_to_float of the levels)")
     # drawn on x0's device and dtype, before t and z: the stream of the CLI's runs since they began

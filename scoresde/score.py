@@ -23,7 +23,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._checks import as_time, bcast, check_batch, check_choice
+from ._checks import (_VALIDATED, bcast, check_batch, check_choice, check_label_range, check_labels, check_time_range,
+                      prepare_time, read_values)
 from .score_fn import call_score  # noqa: F401  (scoresde.score.call_score, as before)
 from .sde import SDE, VESDE, _VPFamily
 
@@ -142,6 +143,10 @@ class ScoreModel(nn.Module):
         attribute gets y only when it is given (it decides what y means).
     Shapes:
         x (B, *S); t (B,) or a scalar in [0, T]; y (B,) or None; output (B, *S), in x's dtype.
+    Host reads (GPU synchronisations): one per call, in which t's range, sigma(t)'s minimum
+        (when converting) and y's range are read together; none for a Python-number t without
+        conversion or labels. The network's own checks of the time and labels values are skipped
+        inside the call (their shape checks stay).
     Raises:
         TypeError: x not a floating-point tensor (integer x gave NaN).
         ValueError: unknown prediction / time_input, ``discrete`` with a VE SDE, t outside [0, T]
@@ -166,6 +171,8 @@ class ScoreModel(nn.Module):
         self.net, self.sde = net, sde
         self.prediction, self.time_input = prediction, time_input
         self.discrete, self.learn_variance = bool(discrete), bool(learn_variance)
+        # sigma_i = sqrt(1 - alpha-bar_i) of the table is > 0 at every step unless alpha-bar_0 = 1 (read once, host)
+        self._table_sigma_positive = not discrete or float(sde.alphas_cumprod.max()) < 1.0
 
     @property
     def num_classes(self) -> int | None:
@@ -191,40 +198,77 @@ class ScoreModel(nn.Module):
             **kwargs) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Network output split as (prediction (B, *S), variance channels or None, t (B,)); y as
         in the class docstring."""
+        pred, var, t, _ = self._evaluate(x, t, y, kwargs, False)
+        return pred, var, t
+
+    def predict(self, x: torch.Tensor, t, target: str = "eps", **kwargs) -> torch.Tensor:
+        """The model's prediction of ``target`` ("eps", "score", "x0", "v") at (x, t)."""
+        convert = target != self.prediction
+        pred, _, t, coeffs = self._evaluate(x, t, kwargs.pop("y", None), kwargs, convert)
+        if not convert:
+            return pred
+        alpha, sigma = coeffs
+        return from_eps(to_eps(pred, self.prediction, x, alpha, sigma), target, x, alpha, sigma)
+
+    def _evaluate(self, x, t, y, kwargs: dict, convert: bool):
+        """(prediction, variance or None, t (B,), (alpha, sigma) if ``convert`` else None).
+
+        Every check that reads a value (t in [0, T] and finite, y in [0, K], sigma(t) > 0 where a
+        conversion divides by it) is done in ONE host read; the network then skips its own value
+        checks (:func:`scoresde._checks.inputs_validated`). A Python-number t without y or
+        conversion needs no read at all.
+        """
         check_batch("x", x, finite=False)  # integer, empty or meta x: a named error, not NaN
         p = next(self.net.parameters(), None) if isinstance(self.net, nn.Module) else None
         if p is not None and p.device.type == "meta":
             raise ValueError("the network's parameters are on the 'meta' device (shapes without values): "
                              "materialise it first, e.g. net.to_empty(device='cpu') then load_state_dict")
-        t = as_time(t, x, self.sde.T)
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        number = None if isinstance(t, torch.Tensor) else t
+        t = prepare_time(t, x)
         net = self.net.module if isinstance(self.net, nn.parallel.DistributedDataParallel) else self.net
+        labels = None
         if hasattr(net, "num_classes"):
             if self.num_classes is None and y is not None:
                 raise ValueError(f"y (class labels) given to an unconditional model (its {type(net).__name__} has "
                                  "num_classes=None); call it without y, or build the network with num_classes=K")
             if self.num_classes is not None:
                 kwargs["y"] = y  # None: the network's null class
+                if y is not None:
+                    labels = check_labels(y, x, self.num_classes, values=False)
         elif y is not None:
             kwargs["y"] = y
-        out = self.net(x, network_time(self.sde, t, self.time_input, dtype), **kwargs)
+        # sigma on the device before the read (continuous); a discrete table is indexed only at checked t
+        coeffs = self.coefficients(t) if convert and not self.discrete else None
+        reads = [*torch.aminmax(t)] if number is None else []
+        if coeffs is not None:
+            reads.append(coeffs[1].min())
+        if labels is not None and labels.numel():
+            reads += [*torch.aminmax(labels)]
+        vals = read_values(reads) if reads else []  # the one host read of this call
+        lo, hi = (float(number),) * 2 if number is not None else (vals.pop(0), vals.pop(0))
+        check_time_range(lo, hi, self.sde.T)
+        sigma_min = vals.pop(0) if coeffs is not None else None
+        if vals:
+            check_label_range(vals[0], vals[1], self.num_classes, labels)
+        if convert and self.discrete:
+            coeffs = self.coefficients(t)
+            if not getattr(self, "_table_sigma_positive", True):  # alpha-bar_0 = 1: sigma = 0 at the first step(s)
+                sigma_min = float(self.coefficients(torch.tensor([lo], dtype=torch.float64))[1])  # host, no sync
+        if sigma_min is not None and sigma_min <= 0:
+            raise ValueError("sigma(t) = 0 at t = 0: the score is infinite there; evaluate at t >= eps > 0")
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        _VALIDATED.depth += 1
+        try:
+            out = self.net(x, network_time(self.sde, t, self.time_input, dtype), **kwargs)
+        finally:
+            _VALIDATED.depth -= 1
         want = (x.shape[0], 2 * x.shape[1], *x.shape[2:]) if self.learn_variance else tuple(x.shape)
         if tuple(out.shape) != want:
             raise ValueError(f"net returned shape {tuple(out.shape)} for x of shape {tuple(x.shape)}; expected {want}")
         if self.learn_variance:
             pred, var = out.chunk(2, dim=1)
-            return pred, var, t
-        return out, None, t
-
-    def predict(self, x: torch.Tensor, t, target: str = "eps", **kwargs) -> torch.Tensor:
-        """The model's prediction of ``target`` ("eps", "score", "x0", "v") at (x, t)."""
-        pred, _, t = self.raw(x, t, **kwargs)
-        alpha, sigma = self.coefficients(t)
-        if target == self.prediction:
-            return pred
-        if bool((sigma <= 0).any()):
-            raise ValueError("sigma(t) = 0 at t = 0: the score is infinite there; evaluate at t >= eps > 0")
-        return from_eps(to_eps(pred, self.prediction, x, alpha, sigma), target, x, alpha, sigma)
+            return pred, var, t, coeffs
+        return out, None, t, coeffs
 
     def forward(self, x: torch.Tensor, t, **kwargs) -> torch.Tensor:
         """grad_x log p_t(x), shape (B, *S)."""
