@@ -25,7 +25,9 @@ Which is cheaper, measured (dopri5, rtol = atol, batch step control; default sta
       1e-5, 1172 in "t" split over t in [1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.32, 0.63, 1] as
       37 / 75 / 92 / 196 / 300 / 270 / 202, in "lambda" 52 / 38 / 75 / 147 / 309 / 297 / 236: the
       step size is set by the field at t > 0.01, which a change of variable does not smooth.
-      ``benchmarks/bench_likelihood.py`` measures the errors against a float64 truth.
+      Against a float64 truth (benchmarks/bench_likelihood.py, 4 images, dopri5 at 1e-6) the max
+      |error| at 1e-3 / 1e-4 / 1e-5 is 0.0099 / 0.0064 / 0.0016 bits/dim in "t" and 0.0084 /
+      0.0096 / 0.0207 in "lambda": "lambda" is cheaper at loose tolerances but not more accurate.
 
 The field accepts a time that is a 0-d tensor (one time for the batch, shared step control) or a
 (B,) tensor (each sample at its own time, per-sample step control); t(s) is computed in float64
