@@ -282,12 +282,12 @@ def main(argv=None):
     md += "\nTruth: " + "; ".join(f"batch {i['batch']}: NFE {i['truth_nfe']}, {i['truth_cpu_s']} s CPU" for i in infos)
     md += "\n"
     print("\n" + md)
-    readme = [_readme_row(summaries, args.target)]
+    readme = [_readme_row(summaries, args.target, args.truth_tol)]
     write_results("likelihood", args.out, md, {"runs": rows, "equal_error": summaries, "truth": infos},
                   readme=readme, started=started, extra={"args": {k: v for k, v in vars(args).items()}})
 
 
-def _readme_row(summaries, target):
+def _readme_row(summaries, target, truth_tol):
     parts = []
     for s in summaries:
         best = [(v["speedup_vs_reference"], n, v) for n, v in s.items()
@@ -296,9 +296,10 @@ def _readme_row(summaries, target):
             sp, n, v = max(best, key=lambda b: b[0])
             parts.append(f"{sp:.1f}x at batch {s['batch']} ({n.removeprefix('ours ')}, tol {v['tol']:.0e}, "
                          f"max err {v['max_err_bpd']:.4f})")
-    return {"what": f"bits/dim CPU time at equal error (< {target} bits/dim vs a float64 1e-9 solve), "
+    return {"what": f"bits/dim CPU time at equal error (< {target} bits/dim vs a float64 {truth_tol:g} solve), "
                     "digits UNet, against the reference code's way",
-            "value": "; ".join(parts) or "n/a", "how": "python benchmarks/bench_likelihood.py"}
+            "value": "; ".join(parts) or "n/a",
+            "how": " ".join(["python benchmarks/bench_likelihood.py", *sys.argv[1:]])}
 
 
 if __name__ == "__main__":
