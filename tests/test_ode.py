@@ -178,3 +178,12 @@ def test_half_precision_state_is_solved_in_float32(dtype, tol):
                      (y0, torch.ones(2, dtype=dtype)), 1.0, 1e-3)
     assert sol2.y[0].dtype == dtype and sol2.y[1].dtype == dtype and set(seen) == {torch.float32}
     assert abs(float(sol2.y[1][0]) - math.exp(1.0 - 1e-3)) < tol  # y' = -y backwards: y(t1) = e^(t0 - t1)
+
+
+def test_min_step_longer_than_a_tenth_of_the_interval_is_refused():
+    # a floor of 10 on [1e-5, 1] took 8 evaluations and returned wrong log-densities without a word
+    y0 = torch.ones(2, dtype=torch.float64)
+    for kw in ({}, {"step_control": "per_sample"}):
+        with pytest.raises(ValueError, match="min_step must be at most a tenth"):
+            solve_ode(lambda t, y: -y, y0, 1e-5, 1.0, min_step=10.0, **kw)
+    assert solve_ode(lambda t, y: -y, y0, 0.0, 1.0, min_step=0.1).nfe > 0  # a tenth is allowed

@@ -150,13 +150,24 @@ def _check_resolution(rtol: float, atol: float, dtypes) -> None:
                          "ODE) or solve in float64")
 
 
-def _adaptive_options(method, steps, min_step, norm, t1, device) -> dict:
+def _check_min_step(min_step, t0: float, t1: float) -> None:
+    """min_step > 0 and at most a tenth of the interval: a longer floor would leave too few steps to
+    control the error (min_step = 10 on [1e-5, 1] took 8 evaluations and returned garbage)."""
+    check_positive("min_step", min_step)
+    span = abs(float(t1) - float(t0))
+    if float(min_step) > span / 10:
+        raise ValueError(f"min_step must be at most a tenth of the integration interval |t1 - t0| = {span:.6g} "
+                         f"(<= {span / 10:.6g}); got {min_step!r}. It is a floor against step-size underflow, "
+                         "e.g. 1e-6, not a step length")
+
+
+def _adaptive_options(method, steps, min_step, norm, t0, t1, device) -> dict:
     if steps is not None:
         raise ValueError(f"steps applies to the fixed-grid methods {list(FIXED_METHODS)}; the adaptive method "
                          f"{method!r} chooses its steps from rtol/atol (use max_nfe to bound the cost)")
     options: dict = {"step_t": torch.tensor([t1], dtype=torch.float64, device=device)}
     if min_step is not None:
-        check_positive("min_step", min_step)
+        _check_min_step(min_step, t0, t1)
         options["min_step"] = float(min_step)
     if norm is not None:
         if not callable(norm):
@@ -173,7 +184,7 @@ def _per_sample(func, y0, t0, t1, *, method, rtol, atol, steps, max_nfe, min_ste
     if steps is not None:
         raise ValueError("steps applies to the fixed-grid methods; step_control='per_sample' is adaptive (dopri5)")
     if min_step is not None:
-        check_positive("min_step", min_step)
+        _check_min_step(min_step, t0, t1)
     if norm is not None and norm is not rms_norm:
         raise ValueError("with step_control='per_sample' norm must be None (per sample: the max over the state's "
                          "parts of their RMS, torchdiffeq's default) or scoresde.solvers.ode.rms_norm (per sample: "
@@ -225,7 +236,8 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
         max_nfe: optional budget (>= 1) of calls of ``func``; exceeding it raises.
         min_step: optional smallest step (> 0) of an adaptive method: steps are never shorter
             and a step at the minimum is accepted whatever its error estimate (torchdiffeq's
-            ``min_step``); a way past "underflow in dt" at the price of accuracy.
+            ``min_step``); a way past "underflow in dt" at the price of accuracy; at most a tenth
+            of |t1 - t0|.
         norm: optional error norm of an adaptive method, a callable of a state shaped like
             ``y0`` returning a 0-d tensor (torchdiffeq's ``norm`` option); default torchdiffeq's
             RMS over all elements (for a tuple: the max over its parts of their RMS).
@@ -248,6 +260,7 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
             atol / min_step <= 0, rtol and atol both below the machine epsilon of the state's
             dtype (adaptive methods: 2.2e-16 for float64, 1.2e-7 for float32 and half states),
             steps missing / < 1 for a fixed-grid method or given for an adaptive one, min_step
+            above a tenth of |t1 - t0|, min_step
             with a fixed-grid method, non-finite t0 / t1 or t0 == t1; with "per_sample": a method
             other than dopri5, a norm other than None / rms_norm, parts without a common batch.
         TypeError: non-integer steps or max_nfe, y0 neither a tensor nor a tuple of tensors.
@@ -280,7 +293,7 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
         return _per_sample(func, y0, t0, t1, method=method, rtol=rtol, atol=atol, steps=steps, max_nfe=max_nfe,
                            min_step=min_step, norm=norm, with_rows=with_rows, dtypes=dtypes)
     if method in ADAPTIVE_METHODS:
-        options = _adaptive_options(method, steps, min_step, norm, t1, device)
+        options = _adaptive_options(method, steps, min_step, norm, t0, t1, device)
     else:
         if steps is None:
             raise ValueError(f"the fixed-grid method {method!r} needs steps (an integer >= 1)")
