@@ -188,7 +188,9 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         ValueError: eps outside (0, T); unknown divergence, method or time_variable (the message
             lists the valid names); rtol / atol <= 0, or both below the machine epsilon of x's dtype;
             n_probes < 1; NaN / inf in x; x without a data dimension, empty (batch size 0) or on
-            the "meta" device; a score of the wrong shape or with NaN / inf.
+            the "meta" device; a score of the wrong shape or with NaN / inf; a score without an
+            autograd graph to x (computed under ``torch.no_grad`` / ``inference_mode`` or detached:
+            its divergence would silently count as 0).
         TypeError: integer x, a non-SDE ``sde``, a ``generator`` that is not a torch.Generator.
         ODESolverError: max_nfe exceeded or step-size underflow (stiff field near t = 0).
     Reference:

@@ -130,14 +130,27 @@ def likelihood_field(score_fn: Callable, sde: SDE, tc: TimeChange, B: int,
         callable (s, (x, delta)) -> (dx/ds (B, *S), d delta/ds (B,)) with d delta/ds = div f~ dt/ds
         (nats per sample per unit of s); one call of ``score_fn`` and P (or D) vector-Jacobian
         products per call. s is a 0-d or (B,) tensor.
+    Raises (from the returned field):
+        ValueError: the score has no autograd graph to x (``torch.no_grad`` / ``inference_mode`` /
+            ``detach`` inside ``score_fn``): its divergence would silently count as 0.
     Reference: Song et al. 2021, Eq. (39); Grathwohl et al. 2019 (FFJORD), Sec. 3.1.
     """
+
+    def traced_score(x, t):
+        out = score_fn(x, t)
+        if isinstance(out, torch.Tensor) and not out.requires_grad:
+            raise ValueError(
+                "score_fn returned a score without an autograd graph to x (it ran under torch.no_grad() / "
+                "torch.inference_mode(), detached its output, or does not depend on x), so its divergence cannot be taken and the "
+                "log-density would miss the score's part; let score_fn build its graph (log_likelihood "
+                "enables gradients around the call itself and uses no more memory than one backward pass)")
+        return out
 
     def field(s, state):
         t, j = _batch_times(tc, s, B)
         with torch.enable_grad():
             xg = state[0].detach().requires_grad_(True)
-            drift = reverse_drift(sde, score_fn, xg, t, probability_flow=True)
+            drift = reverse_drift(sde, traced_score, xg, t, probability_flow=True)
             div = _divergence(drift, xg, probes)
         drift, div = drift.detach(), div.detach()
         if j is None:
