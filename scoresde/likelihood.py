@@ -356,7 +356,8 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
                              f"[{float(x.min()):g}, {float(x.max()):g}]")
     D = x[0].numel()
     offset = math.log2(num_levels / (high - low))
-    fdtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    # half-precision levels are dequantized in float32: float16 has ~8 values per bin at 256 levels
+    fdtype = x.dtype if x.is_floating_point() and x.dtype not in HALF_DTYPES else torch.get_default_dtype()
     acc = None
     nfe = 0
     for _ in range(n_dequant if dequantize else 1):

@@ -304,3 +304,14 @@ def test_bits_per_dim_warns_when_the_data_use_few_of_the_declared_levels():
     with warnings.catch_warnings():
         warnings.simplefilter("error", LevelsWarning)
         bits_per_dim(data.score_fn(sde), sde, x, num_levels=17, rtol=1e-3, atol=1e-3)
+
+
+def test_half_precision_levels_are_dequantized_in_float32():
+    # float16 has about 8 values per bin at 256 levels: the noise must not be drawn in it
+    sde = VPSDE()
+    data = GaussianData(mu=0.0, std=0.5, shape=(4,))
+    levels = torch.randint(0, 256, (3, 4), generator=torch.Generator().manual_seed(0))
+    kw = dict(num_levels=256, divergence="exact", rtol=1e-4, atol=1e-4)
+    a = bits_per_dim(data.score_fn(sde), sde, levels.half(), generator=torch.Generator().manual_seed(1), **kw)
+    b = bits_per_dim(data.score_fn(sde), sde, levels.float(), generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.equal(a.bpd, b.bpd)
