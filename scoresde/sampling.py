@@ -293,6 +293,12 @@ def _run(solver, score_fn, sde, plan, shape, x_T, device, dtype, generator, deno
             if tweedie:
                 x = _tweedie(score, sde, x, plan.tweedie_eps)
             score.finish()  # the NaN flags not read yet (check_every > 1)
+    except Exception as err:  # a solver error may stem from a NaN score not read yet: report the NaN
+        try:
+            score.finish()
+        except ValueError as nan:
+            raise nan from err
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -252,3 +252,19 @@ def test_bad_dtype_shape_device():
             sample(score, sde, (4, 3), method="euler_maruyama", steps=3, device="cuda")
     with pytest.raises(ValueError, match="device"):
         sample(score, sde, (4, 3), method="euler_maruyama", steps=3, device="nodevice")
+
+
+@pytest.mark.parametrize("method", ["ode", "dpm_adaptive"])
+def test_a_deferred_nan_is_reported_as_nan_not_as_a_solver_failure(method):
+    """check_every=16: a NaN score that makes the adaptive solve fail (step underflow, non-finite error estimate)
+    before its flag is read is raised as the NaN ValueError, chained from the solver's error."""
+    from scoresde.solvers.ode_types import ODESolverError
+    sde = VPSDE()
+    sf = GaussianData(mu=0.5, std=0.3, shape=(3,)).score_fn(sde)
+
+    def bad(x, t):
+        return sf(x, t) * (float("nan") if float(t.max()) < 0.5 else 1.0)
+
+    with pytest.raises(ValueError, match="NaN or inf at t") as info:
+        sample(bad, sde, (8, 3), method=method, check_every=16, generator=torch.Generator().manual_seed(0))
+    assert isinstance(info.value.__cause__, ODESolverError)
