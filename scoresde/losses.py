@@ -126,7 +126,8 @@ def dsm_loss(score_model, sde: SDE, x0: torch.Tensor, *, weighting: str = "sigma
     Raises:
         ValueError: unknown weighting / reduce (listing the valid values), eps outside (0, T),
             t outside (0, T] or of the wrong shape, noise of the wrong shape, NaN / inf x0 or
-            score (naming the time), dequantize not an integer >= 2, or x0 outside (-1, 1) with it.
+            score (naming the time), dequantize not an integer >= 2, or x0 outside (-1, 1) or off
+            the L bin centres (2k + 1)/L - 1 (by more than 1e-3 of a bin) with it.
     Reference: Song et al. 2021, Eq. (7); reference ``losses.get_sde_loss_fn``; Song, Durkan,
     Murray & Ermon 2021, Eq. (10) (likelihood weighting); Theis et al. 2016, Sec. 3.1, and Song
     et al. 2021, App. D.2 (training on uniformly dequantized data).
@@ -171,15 +172,30 @@ def _dequantize(x0: torch.Tensor, num_levels, generator) -> torch.Tensor:
     if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
         raise ValueError(f"dequantize must be the number of levels of the data, an integer >= 2 (17 for the "
                          f"digits, 256 for 8-bit images), or None; got {num_levels!r}")
-    largest = float(x0.detach().abs().amax())  # one host read: NaN / inf, and the range
+    # one host read: NaN / inf, the range, and how far x0 sits from the bin centres (2k + 1)/L - 1
+    largest, off = _centre_stats(x0.detach(), num_levels)
     if not math.isfinite(largest):
         raise ValueError("x0 contains NaN or infinite values")
     if largest >= 1:
         raise ValueError("dequantize needs x0 as bin centres (2k + 1)/L - 1 in (-1, 1) "
                          "(scoresde.data.levels_to_float of the levels)")
+    tol = max(1e-3, 2.0 * torch.finfo(x0.dtype).eps * num_levels)  # a half-precision x0 rounds the centres
+    if off > tol:
+        raise ValueError(f"dequantize={num_levels} implies {num_levels} levels, x0 on the bin centres "
+                         f"(2k + 1)/{num_levels} - 1, k = 0..{num_levels - 1}; x0 is up to {off:.3g} bin widths "
+                         f"away from them: pass the data's own number of levels (e.g. ds.num_levels; 17 for the "
+                         f"digits, 256 for 8-bit images) and x0 = scoresde.data.levels_to_float of the levels")
     # drawn on x0's device and dtype, before t and z: the stream of the CLI's runs since they began
     u = torch.rand(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     return x0 + (2.0 * u - 1.0) * (1.0 / num_levels)
+
+
+def _centre_stats(x0: torch.Tensor, num_levels: int) -> tuple[float, float]:
+    """(max |x0|, max distance of (x0 + 1) L / 2 - 1/2 from an integer), read in one host read."""
+    x = x0.float() if x0.dtype in (torch.float16, torch.bfloat16) else x0
+    k = (x + 1) * (num_levels / 2) - 0.5
+    largest, off = torch.stack([x.abs().amax(), (k - k.round()).abs().amax()]).tolist()
+    return largest, off
 
 
 def _discrete_setup(model, sde, x0, t_index, generator, noise, name):

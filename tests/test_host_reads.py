@@ -135,9 +135,10 @@ def test_a_dsm_training_step_reads_the_host_three_times():
     again); the commit that made it 3 said 14 by mistake."""
     model = ScoreModel(MLP(dim=2, hidden=16), VPSDE())
     x0, sde, g = torch.rand(6, 2) * 1.8 - 0.9, VPSDE(), torch.Generator().manual_seed(0)
-    for kwargs in ({}, {"dequantize": 17}):
+    centres = (2 * torch.randint(0, 17, (6, 2), generator=g) + 1) / 17 - 1  # dequantize needs bin centres
+    for x, kwargs in ((x0, {}), (centres, {"dequantize": 17})):
         with count_reads() as log:
-            loss = dsm_loss(model, sde, x0, generator=g, **kwargs)
+            loss = dsm_loss(model, sde, x, generator=g, **kwargs)
         assert len(log) == 3 and torch.isfinite(loss)
     with pytest.raises(ValueError, match="x0 contains NaN or infinite values"):
         dsm_loss(model, sde, torch.tensor([[0.1, float("nan")]]), dequantize=17)

@@ -261,6 +261,21 @@ def test_dsm_dequantize_errors_name_the_argument():
         dsm_loss(score, vp, torch.full((4, 4), 1.0), dequantize=17)
 
 
+def test_dsm_dequantize_checks_x0_sits_on_the_bin_centres():
+    """dequantize=L needs x0 on (2k + 1)/L - 1: 17-level data with L = 256, or [0, 1]-scaled data with L = 17,
+    is a ValueError naming dequantize and the levels it implies (the check shares dequantize's one host read)."""
+    vp, score = scoresde.VPSDE(), (lambda x, t: -x)
+    digits = (2 * torch.arange(17.0) + 1) / 17 - 1
+    x0 = digits.repeat(4).reshape(4, 17)
+    assert torch.isfinite(dsm_loss(score, vp, x0, dequantize=17))
+    assert torch.isfinite(dsm_loss(score, vp, x0.double(), dequantize=17))
+    assert torch.isfinite(dsm_loss(score, vp, x0.half(), dequantize=17))  # fp16 rounding of the centres passes
+    with pytest.raises(ValueError, match=r"dequantize=256 implies 256 levels"):
+        dsm_loss(score, vp, x0, dequantize=256)
+    with pytest.raises(ValueError, match=r"dequantize=17 implies 17 levels"):
+        dsm_loss(score, vp, torch.arange(17.0).repeat(4, 1) / 16 * 0.99, dequantize=17)
+
+
 def test_importance_sampler_uniform_until_warm():
     """Uniform (p = 1/N, weights 1) until every step holds `history` losses, even when some steps are full."""
     s = LossSecondMomentSampler(20, history=10)
