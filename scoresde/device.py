@@ -27,7 +27,7 @@ from torch import nn
 from ._checks import check_device
 from .score import ScoreModel
 
-__all__ = ["AMP_DTYPES", "resolve_device", "amp_dtype", "autocast", "autocast_score", "AutocastNet"]
+__all__ = ["AMP_DTYPES", "resolve_device", "amp_dtype", "amp_name", "autocast", "autocast_score", "AutocastNet"]
 
 #: the ``amp`` settings and their autocast dtypes
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,7 +46,8 @@ def resolve_device(device=None, name: str = "device") -> torch.device:
         a ``torch.device``; "cuda" without an index stays index-less (torch's current device).
     Raises:
         ValueError: not a device string, the "meta" device, "cuda" when CUDA is not available,
-            or a CUDA index >= ``torch.cuda.device_count()``.
+            a CUDA index >= ``torch.cuda.device_count()``, "mps" when MPS is not available, or a
+            CPU index other than 0 ("cpu:3").
     Reference: ``torch.device``; ``torch.cuda.is_available``.
     """
     if device is None or (isinstance(device, str) and device == "auto"):
@@ -59,6 +60,13 @@ def resolve_device(device=None, name: str = "device") -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{name} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                              f"indices 0..{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"{name} {str(device)!r}: MPS is not available on this machine (torch "
+                             f"{torch.__version__}); use 'cpu' or 'auto'")
+    elif dev.type == "cpu" and dev.index not in (None, 0):
+        raise ValueError(f"{name} {str(device)!r}: the CPU is one device, 'cpu' (or 'cpu:0'); got index {dev.index}")
     return dev
 
 
@@ -81,6 +89,21 @@ def amp_dtype(amp, name: str = "amp") -> torch.dtype | None:
     if key is None:
         raise ValueError(f"{name} must be None, 'bf16' or 'fp16' (or torch.bfloat16 / torch.float16); got {amp!r}")
     return AMP_DTYPES[key]
+
+
+def amp_name(amp, name: str = "amp") -> str | None:
+    """The canonical name of an ``amp`` setting, as a run's config stores it.
+
+    Arguments:
+        amp: any value :func:`amp_dtype` accepts.
+        name: the argument's name in error messages.
+    Returns:
+        "bf16", "fp16" or None.
+    Raises:
+        ValueError: any other value (the message lists the allowed ones).
+    """
+    dtype = amp_dtype(amp, name)
+    return None if dtype is None else _DTYPE_NAMES[dtype]
 
 
 def autocast(device, dtype: torch.dtype | None):

@@ -19,6 +19,7 @@ import torch
 from ._checks import check_positive
 from .amp import check_compile
 from .checkpoint import check_config, config_diff
+from .device import amp_name
 from .score import ScoreModel
 from .sde import SDE
 
@@ -66,8 +67,9 @@ class TrainConfig:
             classifier-free guidance. Must be 0 for an unconditional model.
         amp: mixed precision of the loss's forward pass (:mod:`scoresde.amp`): None (default,
             float32), "bf16" (bfloat16 autocast; CPU and CUDA) or "fp16" (float16 autocast with
-            ``torch.amp.GradScaler``, whose state the checkpoints store). Parameters, Adam and the
-            EMA stay float32. Part of the run: it must match on resume.
+            ``torch.amp.GradScaler``, whose state the checkpoints store); also "bfloat16" /
+            "float16" / ``torch.bfloat16`` / ``torch.float16`` (stored as "bf16" / "fp16").
+            Parameters, Adam and the EMA stay float32. Part of the run: it must match on resume.
         compile: ``torch.compile`` the network used for the loss: False (default), True
             (inductor) or a backend name ("aot_eager", "eager", ...). Free on resume (the
             checkpoints do not depend on it).
@@ -159,8 +161,7 @@ def _as_config(config) -> TrainConfig:
             or not 0.0 <= cfg.label_dropout < 1.0:
         raise ValueError(f"label_dropout must lie in [0, 1); got {cfg.label_dropout!r}")
     cfg.label_dropout = float(cfg.label_dropout)
-    if cfg.amp is not None and cfg.amp not in ("bf16", "fp16"):
-        raise ValueError(f"amp must be None, 'bf16' or 'fp16'; got {cfg.amp!r}")
+    cfg.amp = amp_name(cfg.amp)  # the spellings scoresde.device.amp_dtype takes, stored as "bf16" / "fp16"
     cfg.compile = check_compile(cfg.compile)
     if cfg.out_dir is not None:
         cfg.out_dir = os.path.abspath(os.fspath(cfg.out_dir))

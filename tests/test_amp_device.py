@@ -48,6 +48,30 @@ def test_resolve_device_follows_cuda_availability(monkeypatch):
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
+def test_resolve_device_checks_mps_and_the_cpu_index(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device 'mps': MPS is not available"):
+        resolve_device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert resolve_device("mps") == torch.device("mps")
+    assert resolve_device("cpu:0") == torch.device("cpu:0") and resolve_device("cpu") == torch.device("cpu")
+    for bad in ("cpu:3", torch.device("cpu", 1)):
+        with pytest.raises(ValueError, match=r"the CPU is one device, 'cpu' \(or 'cpu:0'\)"):
+            resolve_device(bad)
+
+
+def test_train_config_amp_takes_the_spellings_of_amp_dtype():
+    from scoresde.train_config import _as_config
+    for amp, want in (("bf16", "bf16"), ("bfloat16", "bf16"), (torch.bfloat16, "bf16"), ("fp16", "fp16"),
+                      ("float16", "fp16"), (torch.float16, "fp16"), (None, None), (False, None)):
+        cfg = _as_config(TrainConfig(amp=amp))
+        assert cfg.amp == want and amp_dtype(cfg.amp) == amp_dtype(amp)
+        assert _as_config({"amp": amp}).to_dict()["amp"] == want
+    for bad in ("fp32", torch.float32, True, 16):
+        with pytest.raises(ValueError, match="amp must be None, 'bf16' or 'fp16'"):
+            _as_config(TrainConfig(amp=bad))
+
+
 @pytest.mark.parametrize("bad", ["meta", "gpu", 3.5])
 def test_resolve_device_rejects_bad_names(bad):
     with pytest.raises(ValueError, match="device"):
@@ -181,7 +205,7 @@ def test_compile_eager_gives_the_same_parameters():
 
 def test_bad_amp_and_compile_values_are_named():
     with pytest.raises(ValueError, match="amp must be None, 'bf16' or 'fp16'"):
-        _run(None, 1, amp="float16")
+        _run(None, 1, amp="fp32")  # ("float16" is an accepted spelling of "fp16")
     with pytest.raises(ValueError, match="compile"):
         _run(None, 1, compile="nope")
 
