@@ -141,8 +141,8 @@ def shard_evaluate(fn: Callable, data: torch.Tensor, *, batch_size: int | None =
     Returns:
         The concatenated outputs for all n rows, in row order, on the CPU, on every process.
     Raises:
-        ValueError: an output whose first dimension is not its chunk's; ``aligned`` without a
-        ``batch_size``; RuntimeError: ``fn`` failed on another process (its message, with the
+        ValueError: empty data (no rows) or a 0-d tensor; an output whose first dimension is not
+        its chunk's; ``aligned`` without a ``batch_size``; RuntimeError: ``fn`` failed on another process (its message, with the
         rank; the failing process raises the original error), so that no process waits for a
         failed one. TypeError: other output types, data not a tensor.
     Reference:
@@ -151,6 +151,8 @@ def shard_evaluate(fn: Callable, data: torch.Tensor, *, batch_size: int | None =
     """
     if not isinstance(data, torch.Tensor):
         raise TypeError(f"data must be a tensor (n, ...); got {type(data).__name__}")
+    if data.dim() == 0 or data.shape[0] == 0:  # (before any collective: every process raises alike)
+        raise ValueError(f"data must hold at least one row (n, ...) to evaluate; got shape {tuple(data.shape)}")
     if batch_size is not None:
         check_positive("batch_size", batch_size, integer=True)
     elif aligned:

@@ -198,3 +198,12 @@ def test_layout_hook_copies_only_mismatched_gradients():
     ref.load_state_dict(conv.state_dict())
     ref(x).square().sum().backward()
     torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=0, atol=0)
+
+
+def test_shard_evaluate_rejects_empty_data():
+    """The docstring promises the concatenated outputs of all n rows: n = 0 (or a 0-d tensor) is a ValueError,
+    not None."""
+    for data in (torch.zeros(0, 3), torch.tensor(1.0)):
+        with pytest.raises(ValueError, match="data must hold at least one row"):
+            scoresde.shard_evaluate(lambda x: x, data, batch_size=2)
+    assert torch.equal(scoresde.shard_evaluate(lambda x: 2 * x, torch.ones(3, 2), batch_size=2), 2 * torch.ones(3, 2))
