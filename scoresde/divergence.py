@@ -79,6 +79,18 @@ def _check_chunk(chunk_size, D: int, B: int, x: torch.Tensor) -> int:
     return min(chunk_size, D)
 
 
+def _check_args(drift, x, probes, chunk_size) -> None:
+    """chunk_size (always, probes or not), drift's and the probes' shapes against x's."""
+    _check_chunk(chunk_size, 1, 1, x)
+    if not isinstance(drift, torch.Tensor) or not isinstance(x, torch.Tensor) or drift.shape != x.shape:
+        shape = (lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__)
+        raise ValueError(f"drift must have the shape of x (B, *S): drift {shape(drift)}, x {shape(x)}")
+    if probes is not None and (not isinstance(probes, torch.Tensor) or probes.dim() != x.dim() + 1
+                               or probes.shape[1:] != x.shape):
+        got = tuple(probes.shape) if isinstance(probes, torch.Tensor) else type(probes).__name__
+        raise ValueError(f"probes must be (P, *x.shape) = (P, {', '.join(map(str, x.shape))}); got {got}")
+
+
 def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None, *,
                chunk_size: int | None = None) -> torch.Tensor:
     """Divergence of ``drift`` with respect to ``x`` per sample: Hutchinson's estimate or the exact trace.
@@ -95,12 +107,14 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None
         (B,) in x's dtype: the divergence, sum_i d drift_i / d x_i, of each sample. The exact
         trace equals the loop's (``chunk_size=1``) up to rounding (1e-13 relative in float64).
     Raises:
-        TypeError: chunk_size not an int. ValueError: chunk_size < 1.
+        TypeError: chunk_size not an int (checked with probes too). ValueError: chunk_size < 1;
+            drift not of x's shape; probes not (P, *x.shape).
         RuntimeError: (from autograd) drift does not depend on x through a graph.
     Reference:
         Hutchinson 1989; Grathwohl et al. 2019 (FFJORD), Sec. 3.1 (probes) and App. (the exact
         trace of D products); Song et al. 2021, Eq. (39).
     """
+    _check_args(drift, x, probes, chunk_size)
     B = x.shape[0]
     if probes is not None:
         total = 0.0

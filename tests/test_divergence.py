@@ -121,3 +121,22 @@ def test_default_chunk_and_bad_chunk_sizes():
     with pytest.raises(TypeError, match="chunk_size"):
         divergence(y, x, None, chunk_size=2.0)
     torch.testing.assert_close(divergence(x * 2, x, None, chunk_size=2), torch.full((2,), 6.0))
+
+
+def test_divergence_checks_chunk_size_and_shapes_before_autograd():
+    """chunk_size is checked with probes too; a drift (or probes) of the wrong shape names both shapes instead of
+    failing deep in autograd's is_grads_batched."""
+    from scoresde.divergence import divergence, draw_probes
+    x = torch.randn(4, 3, requires_grad=True)
+    probes = draw_probes("hutchinson_rademacher", (2, 4, 3), x, torch.Generator().manual_seed(0))
+    for bad, err in ((-5, ValueError), (0, ValueError), (2.5, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="chunk_size"):
+            divergence(2 * x, x, probes, chunk_size=bad)
+    with pytest.raises(ValueError, match=r"drift must have the shape of x .*drift \(4, 6\), x \(4, 3\)"):
+        divergence(torch.cat([x, x], 1), x, None)
+    with pytest.raises(ValueError, match=r"drift \(4, 6\), x \(4, 3\)"):
+        divergence(torch.cat([x, x], 1), x, probes)
+    with pytest.raises(ValueError, match=r"probes must be \(P, \*x.shape\)"):
+        divergence(2 * x, x, probes[:, :2])
+    assert torch.allclose(divergence(2 * x, x, probes, chunk_size=None), torch.full((4,), 6.0))
+    assert torch.allclose(divergence(2 * x, x, None, chunk_size=2), torch.full((4,), 6.0))
