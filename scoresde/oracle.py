@@ -23,6 +23,19 @@ from ._checks import as_time, bcast, check_positive
 from .sde import SDE
 
 
+def _check_args(sde, x=None, **times) -> None:
+    """TypeError naming ``sde`` (not an SDE), ``x`` (not a floating tensor) or a time (not a number or tensor):
+    e.g. the arguments given in another order than (sde, x, t)."""
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresde SDE (VPSDE, SubVPSDE, VESDE); got {type(sde).__name__} "
+                        f"(the methods take (sde, x, t) in this order)")
+    if x is not None and (not isinstance(x, torch.Tensor) or not x.is_floating_point()):
+        raise TypeError(f"x must be a floating-point torch.Tensor (B, *S); got {type(x).__name__}")
+    for name, t in times.items():
+        if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+            raise TypeError(f"{name} must be a number or a tensor of times; got {type(t).__name__}")
+
+
 class GaussianData:
     """Data N(mu, diag(std^2)) in a trailing shape S; ``mu`` and ``std`` broadcast to S.
 
@@ -60,11 +73,13 @@ class GaussianData:
 
     def marginal(self, sde: SDE, t, x_like: torch.Tensor):
         """(mean, var) of p_t, each (B, *S), for the batch of ``x_like``."""
+        _check_args(sde, x_like, t=t)
         mean, var, _, _ = self._coef(sde, x_like, t)
         return mean.expand(x_like.shape), var.expand(x_like.shape)
 
     def score_fn(self, sde: SDE):
         """Exact score (x (B, *S), t (B,)) -> (B, *S)."""
+        _check_args(sde)
 
         def score(x, t):
             mean, var, _, _ = self._coef(sde, x, t)
@@ -78,6 +93,7 @@ class GaussianData:
         With ``discrete`` (VP / sub-VP) it is the eps-predictor of the discrete DDPM chain at
         step i = ``sde.t_to_index(t)``: x_i = sqrt(ab_i) x_0 + sqrt(1 - ab_i) eps.
         """
+        _check_args(sde)
 
         def eps(x, t):
             xd = x.to(torch.float64)
@@ -94,6 +110,7 @@ class GaussianData:
 
     def logp(self, sde: SDE, x: torch.Tensor, t) -> torch.Tensor:
         """Exact log p_t(x) in nats per sample, shape (B,)."""
+        _check_args(sde, x, t=t)
         mean, var, _, _ = self._coef(sde, x, t)
         xd = x.to(torch.float64)
         lp = -0.5 * (torch.log(2 * math.pi * var) + (xd - mean) ** 2 / var)
@@ -101,6 +118,7 @@ class GaussianData:
 
     def flow(self, sde: SDE, x: torch.Tensor, t0, t1) -> torch.Tensor:
         """Exact probability-flow map of x from time t0 to time t1 (either direction)."""
+        _check_args(sde, x, t0=t0, t1=t1)
         m0, v0, _, _ = self._coef(sde, x, t0)
         m1, v1, _, _ = self._coef(sde, x, t1)
         return (m1 + torch.sqrt(v1 / v0) * (x.to(torch.float64) - m0)).to(x.dtype)
@@ -111,6 +129,7 @@ class GaussianData:
         log prior(x_T) + 1/2 sum log(v(T) / v(eps)), x_T the exact flow of x from eps to T.
         It differs from :meth:`logp` at eps only through the prior's mismatch with p_T.
         """
+        _check_args(sde, x, eps=eps)
         xT = self.flow(sde, x.to(torch.float64), eps, sde.T)
         _, vT, _, _ = self._coef(sde, x, sde.T)
         _, ve, _, _ = self._coef(sde, x, eps)
@@ -200,8 +219,10 @@ class GaussianMixture:
         """n exact samples of p_t, shape (n, *S): alpha(t) x_0 + sigma(t) z with x_0 from :meth:`sample`.
 
         Arguments: t: a number or an (n,) tensor of times in [0, T].
-        Raises: ValueError for t outside [0, T] or of the wrong batch size.
+        Raises: ValueError for t outside [0, T] or of the wrong batch size; TypeError for an sde
+        that is not an SDE or a t that is not a number or tensor.
         """
+        _check_args(sde, t=t)
         x0 = self.sample(n, generator=generator, dtype=torch.float64)
         t = as_time(t, x0, sde.T).to(torch.float64)
         a, s = sde.mean_coeff(t).to(torch.float64), sde.marginal_std(t).to(torch.float64)
@@ -241,6 +262,7 @@ class GaussianMixture:
         At t = 0 with sigma(0) = 0 it is the data score (component variances s_k^2 > 0).
         Raises (when called): ValueError for t outside [0, T] or x of the wrong shape.
         """
+        _check_args(sde)
 
         def score(x, t):
             self._check_x(x)
@@ -252,6 +274,7 @@ class GaussianMixture:
     def x0_fn(self, sde: SDE):
         """Exact E[x_0 | x_t] = (x + sigma(t)^2 score(x, t)) / alpha(t) (Tweedie):
         (x (B, *S), t (B,) or number) -> (B, *S) in x's dtype."""
+        _check_args(sde)
 
         def x0(x, t):
             self._check_x(x)
@@ -266,6 +289,7 @@ class GaussianMixture:
         """The exact noise-conditional classifier: (x (B, *S), t (B,)) -> logits (B, K) of p_t(k | x),
         log w_k + log N(x; alpha mu_k, alpha^2 s_k^2 + sigma^2) (float64, differentiable in x); for
         testing classifier guidance, whose exact guided score is then the score of component k."""
+        _check_args(sde)
 
         def logits(x, t):
             self._check_x(x)
@@ -283,8 +307,10 @@ class GaussianMixture:
     def logp(self, sde: SDE, x: torch.Tensor, t) -> torch.Tensor:
         """Exact log p_t(x) in nats per sample, shape (B,), float64 (differentiable in x).
 
-        Raises: ValueError for t outside [0, T] or x of the wrong shape.
+        Raises: ValueError for t outside [0, T] or x of the wrong shape; TypeError naming ``sde``,
+        ``x`` or ``t`` when one is not an SDE / floating tensor / time (e.g. arguments swapped).
         """
+        _check_args(sde, x, t=t)
         self._check_x(x)
         _, a, s = self._coef(sde, x, t)
         logits, _ = self._components(x.to(torch.float64), a, s)
@@ -304,9 +330,11 @@ class GaussianMixture:
         Returns: (B, *S) at t1, in x's dtype and on x's device.
         Raises:
             ValueError: t0 / t1 outside [0, T] or not one value per batch; x of the wrong shape.
+            TypeError: sde not an SDE, x not a floating tensor, t0 / t1 not numbers or tensors.
             RuntimeError: solve_ivp fails (the message names its status).
         Reference: Song et al. 2021, Eq. (13) and App. D.1.
         """
+        _check_args(sde, x, t0=t0, t1=t1)
         from scipy.integrate import solve_ivp
 
         self._check_x(x)

@@ -189,3 +189,35 @@ def test_bad_inputs():
         mix.flow(sde, x, 0.5, -0.1)
     with pytest.raises(ValueError, match="x must have shape"):
         mix.logp(sde, torch.zeros((4, 3)), 0.5)
+
+
+def test_oracle_methods_type_check_sde_x_and_t_at_entry():
+    """Arguments swapped (logp(x, sde, t)) or of the wrong type are a TypeError naming the argument, not an
+    AttributeError deep in _checks."""
+    from scoresde import VPSDE
+    from scoresde.oracle import GaussianData, GaussianMixture
+    sde, x = VPSDE(), torch.zeros(4, 3, dtype=torch.float64)
+    gd = GaussianData(mu=0.5, std=0.3, shape=(3,))
+    gm = GaussianMixture([1.0, 2.0], torch.zeros(2, 3), 0.5)
+    for data in (gd, gm):
+        with pytest.raises(TypeError, match="sde must be a scoresde SDE .*got Tensor"):
+            data.logp(x, sde, 0.5)
+        with pytest.raises(TypeError, match="x must be a floating-point torch.Tensor .*got VPSDE"):
+            data.logp(sde, sde, 0.5)
+        with pytest.raises(TypeError, match="t must be a number or a tensor of times; got VPSDE"):
+            data.logp(sde, x, sde)
+        with pytest.raises(TypeError, match="t1 must be a number or a tensor"):
+            data.flow(sde, x, 0.1, "0.5")
+        for make in ("score_fn",):
+            with pytest.raises(TypeError, match="sde must be a scoresde SDE"):
+                getattr(data, make)(x)
+        assert data.logp(sde, x, 0.5).shape == (4,)
+    for bad in (gd.eps_fn, gm.x0_fn, gm.logits_fn):
+        with pytest.raises(TypeError, match="sde must be a scoresde SDE"):
+            bad("vp")
+    with pytest.raises(TypeError, match="sde must be"):
+        gd.marginal(x, 0.5, x)
+    with pytest.raises(TypeError, match="sde must be"):
+        gm.marginal_sample(0.5, sde, 4)
+    with pytest.raises(TypeError, match="eps must be a number"):
+        gd.pf_logp(sde, x, None)
