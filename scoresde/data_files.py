@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import zipfile
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -33,7 +35,8 @@ def from_array(source, *, key: str | None = None, num_levels: int | None = None,
     a ValueError says so rather than guessing. A 3-D array whose last axis is 3 or 4 and whose
     other two are longer, (H, W, 3), looks like one RGB image rather than n gray images of
     width 3: it is an error too, unless ``layout="nhwc"`` (one image, n = 1) or ``"nchw"`` (n
-    gray images (n, H, W)) says which.
+    gray images (n, H, W)) says which. ``layout="nhwc"`` on a 3-D array whose last axis is longer
+    than 4, e.g. (n, 8, 8), is an error (it would be one image of 8 channels).
     Integer arrays are levels: ``num_levels`` defaults to 256 for uint8 and must be given for
     other integer dtypes; floats are returned as they are, with ``data_range`` as given
     (checked) or, if omitted, the observed (min, max).
@@ -107,6 +110,11 @@ def _to_nchw(arr: np.ndarray, layout: str | None, name: str, for_vectors_ok: boo
     if arr.ndim == 3:
         looks_rgb = arr.shape[2] in (3, 4) and min(arr.shape[:2]) > arr.shape[2]
         if layout == "nhwc":
+            if arr.shape[2] > MAX_CHANNELS:  # (n, 8, 8) is n gray images, not one image of 8 channels
+                raise ValueError(f"{name}: layout='nhwc' on the 3-D shape {arr.shape} would make one image of "
+                                 f"{arr.shape[2]} channels (more than {MAX_CHANNELS}); a 3-D (n, H, W) array is n "
+                                 "gray images (omit the layout, or pass layout='nchw'), and layout applies to 4-D "
+                                 "arrays; give one (H, W, C) image as (1, H, W, C)")
             return np.ascontiguousarray(arr.transpose(2, 0, 1))[None], True
         if looks_rgb and layout is None:
             raise ValueError(f"{name}: shape {arr.shape} looks like one (H, W, C) image with {arr.shape[2]} channels, "
@@ -136,35 +144,58 @@ def _read_array_file(path: str, key, labels, auto_labels: bool, num_levels, data
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".npy", ".npz"):
         raise ValueError(f"unknown array file extension {ext!r} of {path}; valid values are ['.npy', '.npz']")
+    if ext == ".npy" and key is not None:
+        raise ValueError(f"key= applies to .npz files; {path} is a .npy (it holds one array)")
     try:
         loaded = np.load(path, allow_pickle=False)
     except ValueError as e:
-        raise ValueError(f"{path}: cannot read the array ({e}); object arrays are not accepted") from None
-    labels_key = None
+        if "pickle" in str(e):  # numpy's word for anything it cannot parse as an array without pickle
+            raise ValueError(f"{path}: not a readable {ext} array file (corrupt, or it holds pickled object "
+                             "arrays, which are not accepted)") from None
+        raise ValueError(f"{path}: truncated or unreadable {ext} file ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: corrupt or truncated {ext} file ({e})") from None
     if ext == ".npz":
-        with loaded:
-            names = list(loaded.keys())
-            if isinstance(labels, str):
-                if labels not in names:
-                    raise ValueError(f"labels key {labels!r} not in {path}; valid values are {names}")
-                labels_key = labels
-            elif auto_labels and LABELS_KEY in names and key != LABELS_KEY:
-                labels_key = LABELS_KEY
-            if key is None:
-                data_names = [k for k in names if k != labels_key]
-                if len(data_names) != 1:
-                    raise ValueError(f"{path} holds arrays {names}; choose one with key=")
-                key = data_names[0]
-            if key not in names:
-                raise ValueError(f"key {key!r} not in {path}; valid values are {names}")
-            arr = loaded[key]
-            if labels_key is not None:
-                labels = loaded[labels_key]
-    else:
-        if isinstance(labels, str):
-            raise ValueError(f"labels={labels!r} names an array of a .npz; {path} is a .npy (pass the labels "
-                             "array itself)")
-        arr = loaded
+        try:
+            with loaded:
+                return _read_npz(loaded, path, key, labels, auto_labels, num_levels, data_range, num_classes)
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            raise ValueError(f"{path}: corrupt or truncated .npz file ({e})") from None
+        except ValueError as e:
+            if str(e).startswith(path) or path in str(e):
+                raise
+            raise ValueError(f"{path}: corrupt or truncated .npz file ({e})") from None
+    if isinstance(labels, str):
+        raise ValueError(f"labels={labels!r} names an array of a .npz; {path} is a .npy (pass the labels "
+                         "array itself)")
+    return _file_result(loaded, labels, path, key, None, num_levels, data_range, num_classes)
+
+
+def _read_npz(loaded, path: str, key, labels, auto_labels: bool, num_levels, data_range, num_classes) -> tuple:
+    """:func:`_read_array_file` of an open .npz."""
+    labels_key = None
+    names = list(loaded.keys())
+    if isinstance(labels, str):
+        if labels not in names:
+            raise ValueError(f"labels key {labels!r} not in {path}; valid values are {names}")
+        labels_key = labels
+    elif auto_labels and LABELS_KEY in names and key != LABELS_KEY:
+        labels_key = LABELS_KEY
+    if key is None:
+        data_names = [k for k in names if k != labels_key]
+        if len(data_names) != 1:
+            raise ValueError(f"{path} holds arrays {names}; choose one with key=")
+        key = data_names[0]
+    if key not in names:
+        raise ValueError(f"key {key!r} not in {path}; valid values are {names}")
+    arr = loaded[key]
+    if labels_key is not None:
+        labels = loaded[labels_key]
+    return _file_result(arr, labels, path, key, labels_key, num_levels, data_range, num_classes)
+
+
+def _file_result(arr, labels, path: str, key, labels_key, num_levels, data_range, num_classes) -> tuple:
+    """(array, labels, config or None, name) of an array read from ``path``."""
     config = {"loader": "array", "path": os.path.abspath(path), "key": key, "num_levels_arg": num_levels,
               "data_range_arg": list(data_range) if data_range is not None else None,
               "channels_last": False}  # the layout found: set by _array_dataset

@@ -52,17 +52,14 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     from .guided import guidance
-    from .outputs import check_output_file
+    from .outputs import output_pair
     from .ranks import finish, start
     _threads(args)
     rank, world = start(args)  # under torchrun: the batches are dealt out to the processes (sets --device)
     opts = sampler_options(args.method, args)
-    out = Path(args.out)
-    npz = out.with_name(out.name + ".npz")
-    png = out.with_name(out.name + ".png")
     check_source(args)
-    for f in (npz, png):  # before any work: a bad --out used to fail after the sampling
-        check_output_file(f, "--out", args.out, make_folder=True)  # created if missing, as train --out
+    # before any work (a bad --out used to fail after the sampling); its folder created if missing, as train --out
+    npz, png = output_pair(args.out, "samples")
     if wants_pretrained(args):
         model, sde, cfg, ds = load_pretrained(args)
     else:
@@ -146,6 +143,7 @@ def cmd_likelihood(args) -> int:
     rank, world = start(args)  # under torchrun: the batches are dealt out to the processes (sets --device)
     if args.num_points < 0:
         raise ValueError(f"--num-points must be >= 0; got {args.num_points}")
+    _check_ode_steps(args.ode_method, args.steps, args.step_control)
     check_source(args)
     out = check_output_file(args.out, "--out", args.out)  # before any work (it used to fail after the solves)
     if wants_pretrained(args):
@@ -163,7 +161,8 @@ def cmd_likelihood(args) -> int:
         _log(args, _split_note(npts, args.batch_size, world, "points"))
     res = likelihood(model, sde, evd, n=args.num_points, divergence=args.divergence, ode_method=args.ode_method,
                      rtol=args.rtol, atol=args.atol, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
-                     vlb=args.vlb, progress=not args.quiet)
+                     vlb=args.vlb, progress=not args.quiet, steps=args.steps, time_variable=args.time_variable,
+                     step_control=args.step_control)
     if rank != 0:  # rank 0 alone writes and prints
         finish()
         return 0
@@ -174,7 +173,8 @@ def cmd_likelihood(args) -> int:
         json.dump(res, f, indent=2)
         f.write("\n")
     se = f" ± {res['bpd_se']:.3f}" if res["bpd_se"] is not None else ""
-    print(f"bits/dim (PF-ODE {args.ode_method}, rtol {args.rtol:g}, {args.divergence}) on {desc}, "
+    solve = f"{args.steps} steps" if args.steps is not None else f"rtol {args.rtol:g}"
+    print(f"bits/dim (PF-ODE {args.ode_method}, {solve}, {args.divergence}) on {desc}, "
           f"{res['n_points']} points: {res['bpd']:.3f}{se} (standard error over the data); "
           f"NFE {res['nfe_mean']:.0f} per solve; {res['wall_s']:.1f} s" + (f" on {world} processes" if world > 1 else ""))
     if res["levels_warning"]:
@@ -189,6 +189,18 @@ def cmd_likelihood(args) -> int:
     print(f"-> {out}")
     finish()
     return 0
+
+
+def _check_ode_steps(method: str, steps, step_control: str) -> None:
+    """likelihood: --steps goes with a fixed-grid --ode-method (and only with one), checked before any work."""
+    from ..solvers.ode import FIXED_METHODS
+    if method in FIXED_METHODS and steps is None:
+        raise ValueError(f"--ode-method {method} is a fixed-grid method: it needs --steps N")
+    if steps is not None and method not in FIXED_METHODS:
+        raise ValueError(f"--steps applies to the fixed-grid --ode-method values {list(FIXED_METHODS)}; "
+                         f"{method} chooses its steps from --rtol / --atol")
+    if steps is not None and step_control == "per_sample":
+        raise ValueError("--steps applies to fixed-grid methods; --step-control per_sample is adaptive (dopri5)")
 
 
 def cmd_compare(args) -> int:

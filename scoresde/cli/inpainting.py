@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -87,14 +86,11 @@ def run_inpaint(args) -> int:
     """``scoresde inpaint``: check the options and --out first, then inpaint, write <out>.npz / .png, print a line."""
     from .common import load_run
     from .measure import eval_split
-    from .outputs import check_output_file
+    from .outputs import output_pair
     from .samples import as_data, draw, sampler_options, save_samples_figure
     opts = sampler_options(args.method, args)
     opts.update(_check_resampling(args))
-    out = Path(args.out)
-    npz, png = out.with_name(out.name + ".npz"), out.with_name(out.name + ".png")
-    for f in (npz, png):  # before any work, as sample
-        check_output_file(f, "--out", args.out, make_folder=True)
+    npz, png = output_pair(args.out, "inpaint")  # before any work, as sample
     model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet, use_ema=not args.no_ema)
     shape = tuple(cfg["data"]["shape"])
     known1 = make_mask(args.mask, shape, 1)  # shape check before the data are read

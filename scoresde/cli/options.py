@@ -95,6 +95,9 @@ def _device(text: str) -> str:
         dev = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "meta":  # shapes without values: every command would fail later inside torch
+        raise argparse.ArgumentTypeError(f"{text!r} holds no values (tensors there have shapes only); use 'cpu' or "
+                                          "'cuda'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine")
     if dev.type == "mps" and not torch.backends.mps.is_available():
@@ -213,8 +216,8 @@ def _add_data_options(p: argparse.ArgumentParser) -> None:
                         "dtypes need it, e.g. 17 for the values 0..16)")
     g.add_argument("--layout", choices=LAYOUTS, default=None,
                    help="axis order of 4-D image arrays; default: the channels are the axis of 1 and 3 of size <= 4, "
-                        "and a shape where both or neither are is an error. A 3-D (H, W, 3) array is one image "
-                        "with nhwc, (n, H, W) gray images with nchw")
+                        "and a shape where both or neither are is an error. A 3-D (n, H, W) array is n gray images "
+                        "(nhwc on it is an error, except for one (H, W, C) image of C <= 4 channels)")
 
 
 def _add_weights_option(p: argparse.ArgumentParser) -> None:

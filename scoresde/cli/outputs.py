@@ -10,6 +10,10 @@ one-line error naming the option, the path and what is wrong:
   nothing behind; ``compare`` creates its output folder after the work, under an existing one),
   except with ``make_folder=True`` (``sample`` and ``inpaint``, as ``train --out``): then the
   folder is created under the nearest existing one, which must be a writable folder;
+* ``sample`` / ``inpaint --out``, a stem: ``--out run/s`` writes run/s.npz and run/s.png; a stem
+  that ends with "/" or names an existing folder is that folder (created if missing, as
+  ``train --out``), and the files are named by the command's default stem inside it
+  (``--out run/`` writes run/samples.npz and run/samples.png): :func:`output_pair`;
 * a folder that cannot be written: ValueError with the operating system's reason, found by
   creating and removing a probe file. (Root ignores permission bits, so a read-only folder
   stops only non-root users; the tests, run as root, cover the first two cases.)
@@ -20,7 +24,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["check_output_file", "check_output_folder"]
+__all__ = ["check_output_file", "check_output_folder", "output_pair"]
 
 
 def _nearest_existing(p: Path) -> Path:
@@ -81,3 +85,20 @@ def check_output_folder(path, option: str = "--out") -> Path:
         raise ValueError(f"{what}: {base} is a file, not a folder")
     _probe(base, what)
     return p
+
+
+def output_pair(value: str, name: str, option: str = "--out") -> tuple[Path, Path]:
+    """(``<stem>.npz``, ``<stem>.png``) of a ``--out`` stem, both checked (and their folder created).
+
+    ``value`` ending with "/" (or the platform's separator), or naming an existing folder, is a
+    folder: the stem is ``value/name`` (``name`` is the command's default stem, e.g. "samples").
+    Otherwise the stem is ``value`` itself. Raises as :func:`check_output_file`.
+    """
+    text = os.fspath(value)
+    stem = Path(text)
+    if text.endswith(("/", os.sep)) or stem.is_dir():
+        stem = stem / name
+    npz, png = stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".png")
+    for f in (npz, png):
+        check_output_file(f, option, value, make_folder=True)
+    return npz, png

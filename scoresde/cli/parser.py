@@ -92,7 +92,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """argparse's "(default: X)" after each option's help, except where the help itself says what
+    the default is and the default is None (it would print "(default: ...) (default: None)")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None and "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +178,8 @@ def _add_sample(sub) -> None:
     p.add_argument("-n", "--num-samples", type=_positive_int, default=64, help="number of samples")
     p.add_argument("--batch-size", type=_positive_int, default=1000, help="samples per batch")
     p.add_argument("--out", default="samples", help="output stem: writes <out>.npz and <out>.png (its folder is "
-                                                     "created if missing)")
+                                                     "created if missing); a folder (ending with '/', or an "
+                                                     "existing one): writes <out>/samples.npz and <out>/samples.png")
     _add_weights_option(p)
     g = p.add_argument_group("class-conditional sampling")
     g.add_argument("--class", dest="label", type=_class_arg, default=None, metavar="K",
@@ -215,7 +223,9 @@ def _add_inpaint(sub) -> None:
     p.add_argument("--jump-n-sample", type=_positive_int, default=1,
                    help="RePaint: times each block of --jump-length steps is done (1 = no resampling; about this "
                         "many times the NFE)")
-    p.add_argument("--out", default="inpaint", help="output stem: writes <out>.npz and <out>.png")
+    p.add_argument("--out", default="inpaint", help="output stem: writes <out>.npz and <out>.png (its folder is "
+                                                     "created if missing); a folder (ending with '/', or an "
+                                                     "existing one): writes <out>/inpaint.npz and <out>/inpaint.png")
     _add_weights_option(p)
     _add_sampler_options(p)
     _add_common(p)
@@ -271,7 +281,16 @@ def _add_likelihood(sub) -> None:
     p.add_argument("-n", "--num-points", type=int, default=0, help="evaluate the first n points (0 = all)")
     p.add_argument("--divergence", choices=DIVERGENCES, default="hutchinson_rademacher",
                    help="divergence estimator inside the ODE")
-    p.add_argument("--ode-method", default="dopri5", help="torchdiffeq method")
+    p.add_argument("--ode-method", default="dopri5",
+                   help="ODE method: an adaptive one (dopri5, ...) or a fixed-grid one (euler, rk4, ...), which "
+                        "needs --steps")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="steps of a fixed-grid --ode-method (e.g. rk4); not for adaptive methods")
+    p.add_argument("--time-variable", choices=("t", "lambda"), default="t",
+                   help="integration variable: t, or lambda = -1/2 log-SNR(t) (log sigma for VE)")
+    p.add_argument("--step-control", choices=("batch", "per_sample"), default="batch",
+                   help="batch: one adaptive step size for the whole batch; per_sample: each point its own "
+                        "(dopri5 only)")
     p.add_argument("--rtol", type=_positive_float, default=1e-5, help="relative tolerance")
     p.add_argument("--atol", type=_positive_float, default=1e-5, help="absolute tolerance")
     p.add_argument("--eps", type=_positive_float, default=1e-5, help="start time of the ODE")
