@@ -185,14 +185,15 @@ def reverse_sdeint(score: ScoreEval, sde: SDE, x: torch.Tensor, grid: torch.Tens
 
 @register
 class TorchsdeSampler(Solver):
-    """``method="sde"``: the reverse SDE through ``torchsde.sdeint`` on a uniform grid (see the module docstring).
+    """``method="sde"``: the reverse SDE by torchsde's fixed-step solver classes (stepped directly, not through
+    ``torchsde.sdeint``) on a uniform grid (see the module docstring).
 
     Options: ``sde_method`` (one of :data:`SDE_METHODS`, default "euler"). NFE = a steps + b with
     (a, b) = :data:`NFE` [sde_method]; ``denoise=True`` adds Tweedie's step at eps (+1).
     """
 
     name = "sde"
-    summary = "the reverse SDE through torchsde.sdeint (Song et al. 2021, Eq. (6))"
+    summary = "the reverse SDE by torchsde's fixed-step solvers, stepped directly (Song et al. 2021, Eq. (6))"
     options = {"sde_method": "euler"}
     order = 1
     stochastic = True
