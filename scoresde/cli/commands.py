@@ -20,7 +20,7 @@ from ..runs import resolve_checkpoint
 # the helpers below were defined here before this module was split; they stay importable from it (and the
 # commands look them up here, so that a test can replace them)
 from .common import (_check_shape, _log, _threads, _weights_note, apply_sampler_flags, data_options,  # noqa: F401
-                     load_data, load_run)
+                     load_data, load_run, small_problem_tolerances)
 from .measure import eval_split, likelihood, vlb_bits  # noqa: F401
 from .pretrained import check_source, load_model as load_pretrained, wants_pretrained
 from .samples import as_data, draw, sampler_options, save_samples_figure
@@ -67,6 +67,8 @@ def cmd_sample(args) -> int:
     guide = guidance(args, model, sde, cfg, args.num_samples)  # None without --class
     _log(args, _weights_note(cfg))
     shape = tuple(cfg["data"]["shape"])
+    if args.method == "ode" and (note := small_problem_tolerances(args, shape, opts)):
+        _log(args, note)
     n = len(guide.labels) if guide is not None else args.num_samples
     if world > 1:
         _log(args, _split_note(n, args.batch_size, world, "samples"))
@@ -155,6 +157,8 @@ def cmd_likelihood(args) -> int:
     evd, desc = eval_split(args.data, args.split, cfg, ds, args.seed, **data_options(args))
     _check_shape(evd, cfg, f"--data {args.data}" if args.data else "the data")
     _log(args, _weights_note(cfg))
+    if args.steps is None and (note := small_problem_tolerances(args, tuple(cfg["data"]["shape"]))):
+        _log(args, note)
     prior_note = check_prior(sde, evd, distance=False)  # VE: prior far from p_T (one warning line on stderr)
     if world > 1:
         npts = len(evd) if args.num_points <= 0 else min(args.num_points, len(evd))
