@@ -146,6 +146,7 @@ import torch.distributed as dist
 from test_classifier import _ddp_runs
 out = _ddp_runs(sys.argv[1])
 torch.save(out, sys.argv[2] + "." + str(dist.get_rank()))
+dist.barrier()
 dist.destroy_process_group()
 """
 

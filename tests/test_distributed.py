@@ -98,6 +98,7 @@ torch.save({{"model": model.state_dict(), "ema": r.ema_model.state_dict(), "loss
             "gathered": gathered, "calls": torch.cat(calls[:calls_before]), "world": dist.get_world_size(),
             "aligned": aligned, "aligned_calls": aligned_calls, "failure": failure,
             "hybrid": hybrid}}, res + "." + str(rank))
+dist.barrier()  # both done before the group goes: a rank leaving early can abort the other's gloo threads
 dist.destroy_process_group()
 """
 
