@@ -133,10 +133,11 @@ def _add_sampler_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sde-method", default="euler", help="sde: torchsde method")
     g.add_argument("--ode-method", default="dopri5", help="ode: torchdiffeq method")
     g.add_argument("--rtol", type=_positive_float, default=1e-5,
-                   help="ode: relative tolerance (default 1e-5; 1e-3 for data of <= 16 dimensions unless typed; "
+                   help="ode: relative tolerance (1e-3 instead for data of <= 16 dimensions unless typed; "
                         "dpm_adaptive: when typed, its default 0.05)")
     g.add_argument("--atol", type=_positive_float, default=1e-5,
-                   help="ode: absolute tolerance (dpm_adaptive: when typed; its default 0.0078)")
+                   help="ode: absolute tolerance (1e-3 for small data, as --rtol; dpm_adaptive: when typed, its "
+                        "default 0.0078)")
     g.add_argument("--eta", type=_unit_float, default=0.0, help="ddim: eta in [0, 1] (0 = deterministic)")
     g.add_argument("--variance", default=None,
                    help="ddpm: fixed_small, fixed_large or learned_range; default: learned_range for a model "

@@ -292,7 +292,7 @@ def _add_likelihood(sub) -> None:
                    help="batch: one adaptive step size for the whole batch; per_sample: each point its own "
                         "(dopri5 only)")
     p.add_argument("--rtol", type=_positive_float, default=1e-5,
-                   help="relative tolerance (default 1e-5; 1e-3 for data of <= 16 dimensions unless typed)")
+                   help="relative tolerance (1e-3 instead for data of <= 16 dimensions unless typed)")
     p.add_argument("--atol", type=_positive_float, default=1e-5, help="absolute tolerance (as --rtol)")
     p.add_argument("--eps", type=_positive_float, default=1e-5, help="start time of the ODE")
     p.add_argument("--batch-size", type=_positive_int, default=500, help="points per solve")
