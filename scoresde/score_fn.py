@@ -42,7 +42,7 @@ def _total(value: torch.Tensor) -> torch.Tensor:
     """The sum of ``value`` in float64, a 0-d tensor: finite exactly when every element is (NaN and inf
     propagate; a float32 / float16 output cannot overflow a float64 sum). One reduction, about a
     third of the cost of ``isfinite(value).all()``."""
-    return value.detach().sum(dtype=torch.float64)
+    return (value.detach() if value.requires_grad else value).sum(dtype=torch.float64)
 
 
 def _time_range(t) -> str:

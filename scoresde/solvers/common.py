@@ -47,6 +47,8 @@ class ScoreEval:
 
     def time(self, t, x: torch.Tensor) -> torch.Tensor:
         """t (a number, 0-d or (B,) tensor) as a (B,) tensor in the working dtype on x's device."""
+        if isinstance(t, torch.Tensor) and t.dim() == 1 and t.dtype == torch.float64 and t.device == x.device:
+            return t  # already (B,) in the working dtype (float64 wherever it is a tensor's dtype): the common case
         dt = work_dtype(x.device)
         if isinstance(t, (float, int)) and not isinstance(t, bool):
             return torch.full((x.shape[0],), float(t), dtype=dt, device=x.device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 from .base import register
 from .node_solver import NodeSolver, check_order, lower_order_final_default, step_orders
@@ -28,19 +29,31 @@ from .node_solver import NodeSolver, check_order, lower_order_final_default, ste
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
 
 
+def tab_coefficients_many(us: np.ndarray, u0: np.ndarray, u1: np.ndarray) -> np.ndarray:
+    """c_j of :func:`tab_coefficients` for n steps at once: us (n, p) points (newest first), u0, u1 (n,) -> (n, p).
+
+    One vectorised quadrature for all the steps of a solve (numpy calls on 24-element arrays
+    step by step cost about 0.1 ms per step, 5-10 % of a step of a cheap network)."""
+    us = np.asarray(us, dtype=np.float64)
+    u0, u1 = np.asarray(u0, dtype=np.float64), np.asarray(u1, dtype=np.float64)
+    n, p = us.shape
+    half = 0.5 * (u1 - u0)
+    u = (0.5 * (u0 + u1))[:, None] + half[:, None] * _GL_X[None, :]  # (n, 24)
+    w = half[:, None] * _GL_W[None, :] * np.exp(u)
+    diff = u[:, None, :] - us[:, :, None]  # (n, p, 24): u - u_k
+    # l_j(u) = prod_{k != j} (u - u_k) / (u_j - u_k): prefix times suffix products over k
+    ones = np.ones((n, 1, u.shape[1]))
+    before = np.cumprod(np.concatenate([ones, diff[:, :-1]], axis=1), axis=1)
+    after = np.cumprod(np.concatenate([ones, diff[:, :0:-1]], axis=1), axis=1)[:, ::-1]
+    denom = us[:, :, None] - us[:, None, :]  # (n, p, p): u_j - u_k
+    idx = np.arange(p)
+    denom[:, idx, idx] = 1.0
+    return (before * after * w[:, None, :]).sum(axis=2) / np.prod(denom, axis=2)
+
+
 def tab_coefficients(us: list[float], u0: float, u1: float) -> list[float]:
     """c_j = int_{u0}^{u1} l_j(u) e^u du for the Lagrange basis on the points ``us`` (newest first)."""
-    mid, half = 0.5 * (u0 + u1), 0.5 * (u1 - u0)
-    u = mid + half * _GL_X
-    w = half * _GL_W * np.exp(u)
-    coefs = []
-    for j, uj in enumerate(us):
-        basis = np.ones_like(u)
-        for k, uk in enumerate(us):
-            if k != j:
-                basis = basis * (u - uk) / (uj - uk)
-        coefs.append(float(np.sum(w * basis)))
-    return coefs
+    return [float(c) for c in tab_coefficients_many(np.asarray([us]), np.asarray([u0]), np.asarray([u1]))[0]]
 
 
 @register
@@ -68,6 +81,13 @@ class DEIS(NodeSolver):
         orders = step_orders(M, self.opts["order"], lof, nodes.ends_at_data())
         a, s = nodes.alpha, nodes.sigma
         u = [math.log(si / ai) if si > 0 else -math.inf for si, ai in zip(s, a)]
+        coefs_of = {}  # the tAB coefficients of every step, computed together per order
+        for p in set(orders):
+            steps_p = [i for i, o in enumerate(orders) if o == p and s[i + 1] != 0.0]
+            if steps_p:
+                table = tab_coefficients_many([[u[i - j] for j in range(p)] for i in steps_p],
+                                              [u[i] for i in steps_p], [u[i + 1] for i in steps_p])
+                coefs_of.update(zip(steps_p, table.tolist()))
         epss = []
         for i, order in enumerate(orders):
             t = nodes.t(i)
@@ -78,8 +98,7 @@ class DEIS(NodeSolver):
             if s[i + 1] == 0.0:  # onto the data: x~ + (0 - rho_i) eps = the data prediction
                 x = self.after_step(a[i + 1] * (xt - (s[i] / a[i]) * eps), nodes, i + 1)
                 continue
-            coefs = tab_coefficients([u[i - j] for j in range(order)], u[i], u[i + 1])
-            for j, c in enumerate(coefs):
-                xt = xt + c * epss[-1 - j]
+            for j, c in enumerate(coefs_of[i]):
+                xt = torch.add(xt, epss[-1 - j], alpha=c)
             x = self.after_step(a[i + 1] * xt, nodes, i + 1)
         return x

@@ -148,6 +148,9 @@ class DPMSolver(NodeSolver):
         return super().solve(score, sde, x, plan, generator=generator, denoise=denoise, hook=hook)
 
     def integrate(self, pred, x, nodes, generator):
+        rs = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}  # dpm_step's intermediate points, as fractions of h
+        pred.prefetch([nodes.lam[i] + r * (nodes.lam[i + 1] - nodes.lam[i])
+                       for i, order in enumerate(self._orders) for r in rs[order]])
         for i, order in enumerate(self._orders):
             x, _, _ = dpm_step(pred, x, _node(nodes, i), _node(nodes, i + 1), order)
             x = self.after_step(x, nodes, i + 1)

@@ -40,7 +40,7 @@ import torch
 from .._checks import check_choice
 from .base import register
 from .common import randn
-from .node_solver import NodeSolver, lower_order_final_default, step_orders
+from .node_solver import NodeSolver, lincomb, lower_order_final_default, step_orders
 
 
 class _Multistep(NodeSolver):
@@ -65,23 +65,24 @@ class _Multistep(NodeSolver):
         h = lam[i + 1] - lam[i]
         phi1 = math.expm1(-h)
         ratio = s[i + 1] / s[i]
+        a1 = a[i + 1]
         if order == 1:
-            return ratio * x - (a[i + 1] * phi1) * Ds[-1]
+            return lincomb(x, ratio, [(-(a1 * phi1), Ds[-1])])
         h0 = lam[i] - lam[i - 1]
         r0 = h0 / h
-        if order == 2:
-            D = (1.0 + 0.5 / r0) * Ds[-1] - (0.5 / r0) * Ds[-2]
-            return ratio * x - (a[i + 1] * phi1) * D
+        if order == 2:  # ratio x - a' phi1 D with D = (1 + 1/(2 r0)) D_i - 1/(2 r0) D_{i-1}
+            return lincomb(x, ratio, [(-(a1 * phi1) * (1.0 + 0.5 / r0), Ds[-1]), ((a1 * phi1) * (0.5 / r0), Ds[-2])])
         h1 = lam[i - 1] - lam[i - 2]
         r1 = h1 / h
-        d1_0 = (Ds[-1] - Ds[-2]) / r0
-        d1_1 = (Ds[-2] - Ds[-3]) / r1
-        D1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-        D2 = (d1_0 - d1_1) / (r0 + r1)
+        # D1 = d1_0 + r0 / (r0 + r1) (d1_0 - d1_1), D2 = (d1_0 - d1_1) / (r0 + r1), d1_0 = (D_i - D_{i-1}) / r0,
+        # d1_1 = (D_{i-1} - D_{i-2}) / r1: x' = ratio x - a' phi1 D_i + a' phi2 D1 - c a' phi3 D2, gathered per D
         phi2 = phi1 / h + 1.0
         phi3 = phi2 / h - 0.5
         c = 2.0 if self.opts.get("variant") == "taylor" else 1.0
-        return ratio * x - (a[i + 1] * phi1) * Ds[-1] + (a[i + 1] * phi2) * D1 - (c * a[i + 1] * phi3) * D2
+        q = r0 / (r0 + r1)
+        k0 = a1 * phi2 * (1.0 + q) - c * a1 * phi3 / (r0 + r1)  # coefficient of d1_0
+        k1 = -a1 * phi2 * q + c * a1 * phi3 / (r0 + r1)  # coefficient of d1_1
+        return lincomb(x, ratio, [(-(a1 * phi1) + k0 / r0, Ds[-1]), (-k0 / r0 + k1 / r1, Ds[-2]), (-k1 / r1, Ds[-3])])
 
     def integrate(self, pred, x, nodes, generator):
         Ds: list[torch.Tensor] = []
@@ -138,9 +139,10 @@ class DPMSolverPP2MSDE(_Multistep):
             return a[i + 1] * Ds[-1]
         h = lam[i + 1] - lam[i]
         one_m = -math.expm1(-2.0 * h)  # 1 - e^{-2h}
-        D = Ds[-1]
-        if order >= 2:
+        ca = a[i + 1] * one_m
+        terms = [(ca, Ds[-1])]
+        if order >= 2:  # D = D_i + (D_i - D_{i-1}) / (2 r0)
             r0 = (lam[i] - lam[i - 1]) / h
-            D = D + 0.5 * (Ds[-1] - Ds[-2]) / r0
+            terms = [(ca * (1.0 + 0.5 / r0), Ds[-1]), (-ca * 0.5 / r0, Ds[-2])]
         noise = randn(x.shape, generator, x.device, x.dtype)
-        return (s[i + 1] / s[i] * math.exp(-h)) * x + (a[i + 1] * one_m) * D + (s[i + 1] * math.sqrt(one_m)) * noise
+        return lincomb(x, s[i + 1] / s[i] * math.exp(-h), terms + [(s[i + 1] * math.sqrt(one_m), noise)])

@@ -44,6 +44,7 @@ from torchdiffeq._impl.odeint import SOLVERS
 from torchdiffeq._impl.rk_common import RKAdaptiveStepsizeODESolver
 
 from .._checks import check_choice, check_positive
+from .ode_fixed import TABLEAUX, fixed_grid_solve
 from .ode_per_sample import dopri5_per_sample
 from .ode_types import ODESolution, ODESolverError, State
 
@@ -83,13 +84,22 @@ class _CountedField:
             self._cache[key] = (lo, hi)
         return self._cache[key]
 
-    def __call__(self, t: torch.Tensor, y):
+    def counted(self, t: torch.Tensor, y):
+        """func(t, y) counted and within the budget, t as given (a fixed grid inside [t0, t1])."""
+        self._budget()
+        self.nfe += 1
+        return self.func(t, y)
+
+    def _budget(self):
         if self.max_nfe is not None and self.nfe >= self.max_nfe:
             raise ODESolverError(
                 f"max_nfe={self.max_nfe} function evaluations used up before reaching t1={self.t1:g} "
                 f"(integrating from t0={self.t0:g}, the solve reached t={self.t_reached:.6g}); the ODE is "
                 "probably stiff there or the tolerances too tight: loosen rtol/atol, start the integration "
                 "further from t = 0 (a larger eps), use a fixed-grid method, or raise max_nfe")
+
+    def __call__(self, t: torch.Tensor, y):
+        self._budget()
         lo, hi = self._bounds(t)
         t = torch.maximum(torch.minimum(t, hi), lo)
         self.nfe += 1
@@ -300,6 +310,12 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
         check_positive("steps", steps, integer=True)
         if min_step is not None or norm is not None:
             raise ValueError(f"min_step and norm apply to the adaptive methods {list(ADAPTIVE_METHODS)}, not {method!r}")
+        if method in TABLEAUX:  # our own loop: torchdiffeq's tableaux and grid, without its per-step driver cost
+            field = _CountedField(func, t0, t1, max_nfe)
+            y = fixed_grid_solve(field.counted, y0, t0, t1, method, int(steps))
+            parts = y if isinstance(y, tuple) else (y,)
+            parts = tuple(v.to(d) for v, d in zip(parts, dtypes))
+            return ODESolution(y=parts if isinstance(y0, tuple) else parts[0], nfe=field.nfe, method=method)
         options = {"grid_constructor": _fixed_grid(int(steps))}
     return _torchdiffeq(func, y0, t0, t1, method, rtol, atol, options, max_nfe, dtypes, device)
 
