@@ -76,6 +76,11 @@ class SDE(abc.ABC):
     def diffusion_coeff(self, t: torch.Tensor) -> torch.Tensor:
         """g(t), the diffusion coefficient. Shape (B,)."""
 
+    def drift_and_diffusion_sq(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f(t), g(t)^2) together, shaped like t: what the reverse drift needs (one schedule evaluation
+        where the SDE shares it, e.g. the VP SDE's -beta / 2 and beta)."""
+        return self.drift_coeff(t), self.diffusion_coeff(t) ** 2
+
     @abc.abstractmethod
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """log(alpha(t)^2 / sigma(t)^2), the log signal-to-noise ratio. Shape (B,)."""
@@ -266,9 +271,9 @@ def reverse_drift(sde: "SDE", score_fn: ScoreFn, x: torch.Tensor, t: torch.Tenso
         # one time for the whole batch (an expanded 0-d time, as the ODE fields pass it): the
         # coefficients once, as 0-d tensors, which broadcast without promoting x's dtype; two
         # state-sized operations instead of four (the solvers' per-step cost on a cheap network)
-        t0 = tw[0]
+        f, g2 = sde.drift_and_diffusion_sq(tw[0])
         score = call_score(score_fn, x, tw)
-        return torch.addcmul(x * sde.drift_coeff(t0), score.to(x.dtype), sde.diffusion_coeff(t0) ** 2, value=-w)
+        return torch.addcmul(x * f, score.to(x.dtype), g2, value=-w)
     f = bcast(sde.drift_coeff(tw), x).to(x.dtype)
     g2 = bcast(sde.diffusion_coeff(tw) ** 2, x).to(x.dtype)
     return f * x - w * g2 * call_score(score_fn, x, tw).to(x.dtype)

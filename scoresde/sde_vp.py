@@ -139,6 +139,10 @@ class VPSDE(_VPFamily):
     def diffusion_coeff(self, t):
         return torch.sqrt(self.beta(t))
 
+    def drift_and_diffusion_sq(self, t):
+        b = self.beta(t)
+        return -0.5 * b, b
+
     def log_snr(self, t):
         la = self.log_alpha_bar(t)
         return la - torch.log(-torch.expm1(la))

@@ -27,7 +27,9 @@ takes exactly torchdiffeq's steps), finished samples frozen and no longer evalua
 Adaptive methods (step size from ``rtol`` / ``atol``): ``dopri5`` (default), ``dopri8``,
 ``bosh3``, ``fehlberg2``, ``adaptive_heun``. Fixed-grid methods (``steps`` equal steps from
 t0 to t1): ``euler``, ``midpoint``, ``heun2``, ``heun3``, ``rk4``, ``explicit_adams``,
-``implicit_adams`` (alias ``fixed_adams``).
+``implicit_adams`` (alias ``fixed_adams``). The explicit Runge-Kutta ones among them are stepped
+by :mod:`scoresde.solvers.ode_fixed` (torchdiffeq's tableaux and grid in a plain loop, the same
+numbers to rounding, a tenth of the per-step cost); the Adams methods by torchdiffeq.
 
 Reference: Chen et al. 2018 (torchdiffeq, "Neural Ordinary Differential Equations");
 Dormand & Prince 1980 (dopri5); Song et al. 2021, Sec. 4.3 (probability-flow ODE solved with an
