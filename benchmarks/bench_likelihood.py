@@ -9,7 +9,9 @@ score-SDE reference code's way? Accuracy is measured against the truth, not agai
   drift, once more inside the VJP of the Hutchinson divergence), the Rademacher probe drawn once
   per solve, bpd = -(prior_logp + delta_logp) / (D ln 2) + offset.
 * **Ours**: ``scoresde.bits_per_dim`` (torchdiffeq, one network call per evaluation), in each
-  integration variable (``time_variable`` "t" and "lambda") and solver given by ``--ours``.
+  integration variable (``time_variable`` "t" and "lambda") and solver given by ``--ours``; a
+  fixed-grid solver (``lambda:rk4``: classical RK4 on a uniform grid in lambda, 4 evaluations a
+  step) is swept over ``--steps`` instead of the tolerances.
 * **The truth**: the same likelihood (the same dequantization noise, the same probe) solved in
   float64 (a float64 copy of the network, float64 state) by dopri5 (``--truth-method``) at
   rtol = atol = 1e-9 (``--truth-tol``), in t; its agreement with the same solve in lambda is printed as a check.
@@ -17,7 +19,16 @@ score-SDE reference code's way? Accuracy is measured against the truth, not agai
 All three see the same model, the same digits test images (scikit-learn's 8x8 digits, 17 levels,
 data range [-1, 1]) and the same dequantization noise and probe (drawn from one generator in the
 same order), eps = 1e-5. The model is a small UNet eps-model trained for ``--train-steps``
-denoising steps here (its field is not trivial; it is not a good model).
+denoising steps here (its field is not trivial; it is not a good model), with the reference
+code's time input for VP models: the label 999 t into DDPM's sinusoidal band [1e-4, 1]
+(``--max-freq 1``). The UNet's own default band reaches 1e4 (it also serves raw t and sigma,
+case C09), i.e. phases up to 1e7 t on labels: features with a period of 6e-7 in t, which a
+briefly trained net has not learned to ignore. Its probability-flow field then varies in t like
+noise (the total variation of eps(x, t) over [0.3, 0.32] is 40x its net change, against 6x with
+DDPM's band), every solver needs about 1200 evaluations at 1e-5 and the result moves by 0.5 nats
+under a 1e-12 perturbation of x (the adaptive step sequence changes): no tolerance below about
+0.01 bits/dim is reachable there, and the float64 truth itself is off by that much
+(``--max-freq 0`` measures that model).
 
 For every method and every tolerance (rtol = atol, ``--tols``, default 1e-3 ... 1e-7): NFE,
 network calls, CPU time (``time.process_time`` of this process, median of ``--repeats``
@@ -50,14 +61,21 @@ from scoresde import ScoreModel, VPSDE, bits_per_dim  # noqa: E402
 from scoresde.data import digits  # noqa: E402
 from scoresde.likelihood import log_likelihood, uniform_dequantize  # noqa: E402
 from scoresde.models import UNet  # noqa: E402
+from scoresde.models.embeddings import SinusoidalEmbedding  # noqa: E402
+from scoresde.solvers.ode import FIXED_METHODS  # noqa: E402
 
 EPS = 1e-5
 LEVELS, RANGE = 17, (-1.0, 1.0)
 SEED = 123
 
 
-def build_model(sde, train_steps: int, device, ch: int, weights: str | None = None, seed: int = 0) -> ScoreModel:
+def build_model(sde, train_steps: int, device, ch: int, weights: str | None = None, seed: int = 0,
+                time_input: str = "label", max_freq: float | None = None) -> ScoreModel:
     """A small UNet eps-model, trained briefly with the denoising loss of Ho et al. 2020, Eq. (14).
+
+    ``time_input`` is the ScoreModel's ("label": 999 t, the reference code's for VP; "t": t itself);
+    with ``max_freq`` the UNet's sinusoidal time embedding spans [1e-4, max_freq] (1: DDPM's band,
+    the reference code's) instead of the UNet's default [1e-4, 1e4] (see the module docstring).
 
     ``train_steps=0`` (``--quick``): no training, a random output layer instead (the code paths only).
     With ``weights`` naming an existing file, its state dict is loaded instead of training; a
@@ -65,7 +83,9 @@ def build_model(sde, train_steps: int, device, ch: int, weights: str | None = No
     """
     torch.manual_seed(seed)
     net = UNet(in_channels=1, image_size=8, ch=ch, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
-    model = ScoreModel(net, sde, prediction="eps").to(device)
+    if max_freq is not None:  # max_freq = 1: the reference code's band for 999 t, [1e-4, 1]
+        net.embed = SinusoidalEmbedding(ch, max_freq=max_freq)
+    model = ScoreModel(net, sde, prediction="eps", time_input=time_input).to(device)
     if train_steps == 0:  # --quick: untrained, with a random output layer (the UNet's is zero): a non-stiff field
         torch.nn.init.normal_(net.conv_out.weight, std=0.02)
         return model.eval()
@@ -140,11 +160,14 @@ def reference_bits_per_dim(model, sde, levels: torch.Tensor, seed: int, rtol: fl
     return bpd.double().cpu(), int(solution.nfev)
 
 
-def ours(model, sde, levels, seed: int, rtol: float, atol: float, time_variable: str, method: str):
-    """scoresde.bits_per_dim with the given tolerances, variable and solver. Returns (bpd (B,), nfe)."""
+def ours(model, sde, levels, seed: int, rtol: float, atol: float, time_variable: str, method: str,
+         steps: int | None = None):
+    """scoresde.bits_per_dim with the given tolerances (or ``steps`` of a fixed-grid method), variable and
+    solver. Returns (bpd (B,), nfe)."""
+    kw = dict(steps=steps) if steps is not None else dict(rtol=rtol, atol=atol)
     r = bits_per_dim(model, sde, levels.to(next(model.parameters()).device), data_range=RANGE, num_levels=LEVELS,
-                     eps=EPS, rtol=rtol, atol=atol, method=method, time_variable=time_variable,
-                     generator=torch.Generator(device="cpu").manual_seed(seed))
+                     eps=EPS, method=method, time_variable=time_variable,
+                     generator=torch.Generator(device="cpu").manual_seed(seed), **kw)
     return r.bpd.double().cpu(), r.nfe
 
 
@@ -159,10 +182,11 @@ def truth(model64, sde, levels, seed: int, tol: float, time_variable: str = "t",
 
 
 def _methods(args):
+    """name -> (kind, time_variable, method): "ref", "ours" (adaptive, swept over --tols) or "fixed" (--steps)."""
     out = {"reference (scipy RK45, 2 calls)": ("ref", None, None)}
     for spec in args.ours.split(","):
         tv, method = spec.split(":")
-        out[f"ours ({tv}, {method})"] = ("ours", tv, method)
+        out[f"ours ({tv}, {method})"] = ("fixed" if method in FIXED_METHODS else "ours", tv, method)
     return out
 
 
@@ -177,35 +201,47 @@ def _run_batch(model, model64, sde, B: int, args) -> tuple[list, dict]:
           + ("" if check is None else f"; |truth in t - truth in lambda| max {info['truth_t_vs_lambda']:.2e} bits/dim"),
           flush=True)
     rows, done = [], set()
-    for tol in args.tol_list:
+    methods = _methods(args)
+    # the adaptive ways swept over the tolerances, then the fixed-grid ones over the step counts
+    settings = [("tol", v) for v in args.tol_list] + [("steps", v) for v in args.steps_list]
+    for axis, value in settings:
         results = {}
 
         def call(name, kind, tv, method):
             def fn():
                 if kind == "ref":
-                    out = reference_bits_per_dim(model, sde, levels, SEED, tol, tol)
+                    out = reference_bits_per_dim(model, sde, levels, SEED, value, value)
+                elif kind == "fixed":
+                    out = ours(model, sde, levels, SEED, 0.0, 0.0, tv, method, steps=value)
                 else:
-                    out = ours(model, sde, levels, SEED, tol, tol, tv, method)
+                    out = ours(model, sde, levels, SEED, value, value, tv, method)
                 results.setdefault(name, out)
             return fn
 
-        todo = {n: call(n, *spec) for n, spec in _methods(args).items() if n not in done}
+        todo = {n: call(n, *spec) for n, spec in methods.items()
+                if n not in done and (spec[0] == "fixed") == (axis == "steps")}
         if not todo:
-            break
+            continue
         times = interleaved(todo, args.repeats, warmup=0)
         for name in todo:
             bpd, nfe = results[name]
             err = (bpd - tr).abs()
             calls = 2 * nfe if name.startswith("reference") else nfe
-            row = {"batch": B, "method": name, "tol": tol, "nfe": nfe, "network_calls": calls,
+            row = {"batch": B, "method": name, "tol": value if axis == "tol" else None,
+                   "steps": value if axis == "steps" else None, "nfe": nfe, "network_calls": calls,
                    "cpu_s": round(median(times[name]), 3), "max_err_bpd": float(err.max()),
                    "mean_err_bpd": float(err.mean()), "bpd_mean": float(bpd.mean())}
             rows.append(row)
-            print(f"  {name:34s} tol {tol:7.0e}  NFE {nfe:5d}  calls {calls:5d}  CPU {row['cpu_s']:8.2f} s  "
+            print(f"  {name:34s} {_setting(row):>10s}  NFE {nfe:5d}  calls {calls:5d}  CPU {row['cpu_s']:8.2f} s  "
                   f"|err| max {row['max_err_bpd']:.5f} mean {row['mean_err_bpd']:.5f}", flush=True)
             if args.until_target and row["max_err_bpd"] < args.target:
-                done.add(name)  # tighter tolerances only cost more
+                done.add(name)  # tighter tolerances / more steps only cost more
     return rows, info
+
+
+def _setting(row) -> str:
+    """The tolerance (adaptive ways) or the step count (fixed-grid ways) of a row, as text."""
+    return f"{row['tol']:.0e}" if row.get("tol") is not None else f"{row['steps']} steps"
 
 
 def _timed(fn):
@@ -229,9 +265,9 @@ def _summary(B: int, rows, target: float):
     lines, out = [], {"batch": B}
     for name, r in best.items():
         speed = None if ref is None else ref["cpu_s"] / r["cpu_s"]
-        lines.append([B, name, f"{r['tol']:.0e}", r["nfe"], r["network_calls"], f"{r['cpu_s']:.2f}",
+        lines.append([B, name, _setting(r), r["nfe"], r["network_calls"], f"{r['cpu_s']:.2f}",
                       f"{r['max_err_bpd']:.4f}", f"{r['mean_err_bpd']:.4f}", "-" if speed is None else f"{speed:.2f}x"])
-        out[name] = {"tol": r["tol"], "cpu_s": r["cpu_s"], "nfe": r["nfe"], "max_err_bpd": r["max_err_bpd"],
+        out[name] = {"tol": r["tol"], "steps": r.get("steps"), "cpu_s": r["cpu_s"], "nfe": r["nfe"], "max_err_bpd": r["max_err_bpd"],
                      "speedup_vs_reference": speed}
     return lines, out
 
@@ -241,11 +277,19 @@ def main(argv=None):
     ap.set_defaults(repeats=1)
     ap.add_argument("--batches", default="16,64", help="comma-separated batch sizes (digits test images)")
     ap.add_argument("--tols", default="1e-3,1e-4,1e-5,1e-6,1e-7", help="rtol = atol values, loose to tight")
+    ap.add_argument("--steps", dest="steps_arg", default="25,50,100,200",
+                    help="step counts of the fixed-grid ways of --ours (e.g. lambda:rk4), few to many")
     ap.add_argument("--truth-tol", type=float, default=1e-9)
     ap.add_argument("--truth-method", default="dopri5",
                     help="solver of the truth (dopri8 took > 20 min at 1e-7 on the trained UNet: stiff for it)")
     ap.add_argument("--truth-check", action="store_true", help="also solve the truth in lambda and compare")
-    ap.add_argument("--ours", default="t:dopri5,lambda:dopri5", help="time_variable:method pairs of ours")
+    ap.add_argument("--ours", default="t:dopri5,lambda:dopri5,lambda:rk4",
+                    help="time_variable:method pairs of ours (a fixed-grid method is swept over --steps)")
+    ap.add_argument("--time-input", default="label", choices=("t", "label"),
+                    help="the model's time input ('label' = 999 t, the reference code's for VP)")
+    ap.add_argument("--max-freq", type=float, default=1.0,
+                    help="highest frequency of the UNet's sinusoidal time embedding (1: DDPM's band [1e-4, 1], "
+                         "the reference code's for 999 t; 0: the UNet's default band [1e-4, 1e4]; see the docstring)")
     ap.add_argument("--target", type=float, default=0.005, help="max |error| in bits/dim for 'equal error'")
     ap.add_argument("--until-target", action="store_true",
                     help="stop a method's sweep at the first tolerance that meets the target")
@@ -255,12 +299,15 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.quick:
         args.batches, args.tols, args.truth_tol, args.train_steps, args.ch = "2", "1e-3,1e-5", 1e-8, 0, 8
+        args.steps_arg = "4,16"
         args.truth_check = True
     args.tol_list = [float(v) for v in args.tols.split(",")]
+    args.steps_list = [int(v) for v in args.steps_arg.split(",")] if args.steps_arg else []
     started = time.time()
     set_threads(args.threads)
     sde = VPSDE()
-    model = build_model(sde, args.train_steps, torch.device("cpu"), args.ch, args.weights)
+    model = build_model(sde, args.train_steps, torch.device("cpu"), args.ch, args.weights, time_input=args.time_input,
+                        max_freq=args.max_freq or None)
     model64 = copy.deepcopy(model).double()
     print(f"model: UNet(ch={args.ch}, ch_mult=(1, 2)), {sum(p.numel() for p in model.parameters())} parameters, "
           f"{args.train_steps} training steps; {args.threads} thread(s); digits test images, 17 levels", flush=True)
@@ -272,8 +319,8 @@ def main(argv=None):
         lines, s = _summary(B, r, args.target)
         summary_lines += lines
         summaries.append(s)
-    header = ["batch", "method", "tol", "NFE", "network calls", "CPU s", "max |err| bpd", "mean |err| bpd"]
-    md = "### Every run\n\n" + md_table(header, [[r["batch"], r["method"], f"{r['tol']:.0e}", r["nfe"],
+    header = ["batch", "method", "tol / steps", "NFE", "network calls", "CPU s", "max |err| bpd", "mean |err| bpd"]
+    md = "### Every run\n\n" + md_table(header, [[r["batch"], r["method"], _setting(r), r["nfe"],
                                                    r["network_calls"], f"{r['cpu_s']:.2f}",
                                                    f"{r['max_err_bpd']:.5f}", f"{r['mean_err_bpd']:.5f}"]
                                                   for r in rows])
@@ -294,7 +341,8 @@ def _readme_row(summaries, target, truth_tol):
                 if n.startswith("ours") and isinstance(v, dict) and v["speedup_vs_reference"] is not None]
         if best:
             sp, n, v = max(best, key=lambda b: b[0])
-            parts.append(f"{sp:.1f}x at batch {s['batch']} ({n.removeprefix('ours ')}, tol {v['tol']:.0e}, "
+            where = f"tol {v['tol']:.0e}" if v.get("tol") is not None else f"{v['steps']} steps"
+            parts.append(f"{sp:.1f}x at batch {s['batch']} ({n.removeprefix('ours ')}, {where}, "
                          f"max err {v['max_err_bpd']:.4f})")
     return {"what": f"bits/dim CPU time at equal error (< {target} bits/dim vs a float64 {truth_tol:g} solve), "
                     "digits UNet, against the reference code's way",

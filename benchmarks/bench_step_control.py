@@ -4,8 +4,9 @@ Question: what does a step size per sample cost (NFE, CPU time) against the shar
 torchdiffeq (one error norm over the whole batch), and how much does a sample's log-density move
 when its batch-mates change, in each mode?
 
-Setup (as ``bench_likelihood.py``): a small UNet eps-model trained briefly on scikit-learn's 8x8
-digits (17 levels, data range [-1, 1]), VP SDE, eps = 1e-5, rtol = atol = 1e-5, dopri5, one
+Setup (as ``bench_likelihood.py``, whose ``build_model`` it uses: DDPM's time-embedding band, see
+there): a small UNet eps-model trained briefly on scikit-learn's 8x8 digits (17 levels, data range
+[-1, 1]), VP SDE, eps = 1e-5, rtol = atol = 1e-5, dopri5, one
 Rademacher probe; the test digits are dequantized once (fixed noise) and ``bits_per_dim`` is run
 on that continuous data (``dequantize=False``), so that both modes see the same inputs and probes.
 
@@ -25,6 +26,7 @@ Usage: python benchmarks/bench_step_control.py [--quick] [--batches 16 64] [--re
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import sys
@@ -32,41 +34,16 @@ import time
 
 import torch
 
-from scoresde import ScoreModel, VPSDE, bits_per_dim
+from scoresde import VPSDE, bits_per_dim
 from scoresde.data import digits
 from scoresde.likelihood import uniform_dequantize
-from scoresde.models import UNet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import interleaved, md_table, median, parser, set_threads, write_results  # noqa: E402
+from bench_likelihood import build_model  # noqa: E402  (the same small digits UNet)
 
 EPS, TOL, LEVELS, RANGE = 1e-5, 1e-5, 17, (-1.0, 1.0)
 MODES = ("batch", "per_sample")
-
-
-def build_model(sde, train_steps: int, ch: int, weights: str | None, seed: int = 0) -> ScoreModel:
-    """The small digits UNet of bench_likelihood.py: eps-prediction, Ho et al. 2020 loss, brief training."""
-    torch.manual_seed(seed)
-    net = UNet(in_channels=1, image_size=8, ch=ch, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=())
-    model = ScoreModel(net, sde, prediction="eps")
-    if weights and os.path.exists(weights):
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        return model.eval()
-    data = digits("train").data
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    g = torch.Generator().manual_seed(seed)
-    for _ in range(train_steps):
-        x0 = data[torch.randint(0, len(data), (64,), generator=g)]
-        t = torch.rand(64, generator=g) * (sde.T - 1e-3) + 1e-3
-        noise = torch.randn(x0.shape, generator=g)
-        mean, std = sde.marginal_prob(x0, t)
-        loss = (model.predict(mean + std[:, None, None, None] * noise, t, "eps") - noise).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    if weights:
-        torch.save(model.state_dict(), weights)
-    return model.eval()
 
 
 class Counted(torch.nn.Module):
@@ -97,8 +74,9 @@ def run(model, sde, y, mode: str, seed: int, skip: int = 0, rtol: float = TOL):
                         atol=rtol, generator=probe_generator(seed, skip), step_control=mode)
 
 
-def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = TOL) -> dict:
-    """NFE, CPU time and batch independence of both modes on the batch y."""
+def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = TOL, model64=None) -> dict:
+    """NFE, CPU time and batch independence of both modes on the batch y (and, with ``model64``, the
+    per-sample mode's independence in float64, where the network's batch-size rounding is 1e-16)."""
     B, D = y.shape[0], y[0].numel()
     results = {}
 
@@ -125,6 +103,13 @@ def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = 
         row[m]["sample_evals"] = sum(counted.rows)
         row[m]["nfe_mean_per_sample"] = sum(counted.rows) / B
         row[m]["smallest_call"] = min(counted.rows)
+    if model64 is not None:
+        y64 = y.double()
+        full = run(model64, sde, y64, "per_sample", seed, rtol=rtol).logp
+        alone = torch.cat([run(model64, sde, y64[j:j + 1], "per_sample", seed, skip=j * D, rtol=rtol).logp
+                           for j in range(min(targets, B))])
+        row["per_sample"]["float64_max_rel_change_logp"] = float(((alone - full[: len(alone)]).abs()
+                                                                  / full[: len(alone)].abs()).max())
     row["time_ratio"] = row["per_sample"]["cpu_s"] / row["batch"]["cpu_s"]
     row["bpd_mean_diff"] = row["per_sample"]["bpd_mean"] - row["batch"]["bpd_mean"]
     return row
@@ -138,11 +123,14 @@ def _table(rows) -> str:
         out.append([r["B"], b["nfe"], f"{b['sample_evals']} ({b['nfe']} each)", p["nfe"], evals,
                     f"{b['cpu_s']:.1f}", f"{p['cpu_s']:.1f}", f"{r['time_ratio']:.2f}",
                     f"{b['max_rel_change_logp']:.1e} / {b['max_change_bpd']:.1e}",
-                    f"{p['max_rel_change_logp']:.1e} / {p['max_change_bpd']:.1e}", f"{r['bpd_mean_diff']:+.4f}"])
+                    f"{p['max_rel_change_logp']:.1e} / {p['max_change_bpd']:.1e}",
+                    "-" if "float64_max_rel_change_logp" not in p else f"{p['float64_max_rel_change_logp']:.1e}",
+                    f"{r['bpd_mean_diff']:+.4f}"])
     return md_table(["batch", "shared: NFE", "shared: sample evals", "per-sample: calls",
                      "per-sample: sample evals", "shared CPU s", "per-sample CPU s",
                      "time per-sample / shared", "shared: alone vs batch (rel. logp / bpd)",
-                     "per-sample: alone vs batch (rel. logp / bpd)", "mean bpd per-sample - shared"], out)
+                     "per-sample: alone vs batch (rel. logp / bpd)", "per-sample, float64: alone vs batch (rel. logp)",
+                     "mean bpd per-sample - shared"], out)
 
 
 def readme_rows(rows, rtol: float) -> list:
@@ -168,20 +156,25 @@ def main(argv=None):
     p.add_argument("--ch", type=int, default=16)
     p.add_argument("--weights", default=None, help="load the UNet from / save it to this file")
     p.add_argument("--rtol", type=float, default=TOL, help="rtol = atol of both solves (default 1e-5)")
+    p.add_argument("--max-freq", type=float, default=1.0,
+                   help="the UNet's time-embedding band, as bench_likelihood.py --max-freq (1: DDPM's)")
+    p.add_argument("--float64-check", action="store_true",
+                   help="also solve the per-sample mode in float64 (alone vs batch, without float32 rounding)")
     args = p.parse_args(argv)
     set_threads(args.threads)
     started = time.time()
     if args.quick:
         args.batches, args.repeats, args.targets, args.train_steps, args.ch = [2, 3], 1, 1, 5, 4
-        args.rtol = 1e-2
+        args.rtol, args.float64_check = 1e-2, True
     sde = VPSDE()
-    model = build_model(sde, args.train_steps, args.ch, args.weights)
+    model = build_model(sde, args.train_steps, "cpu", args.ch, args.weights, max_freq=args.max_freq or None)
+    model64 = copy.deepcopy(model).double() if args.float64_check else None
     test = digits("test").levels
     y_all = uniform_dequantize(test[: max(args.batches)], num_levels=LEVELS, data_range=RANGE,
                                generator=torch.Generator().manual_seed(7))
     run(model, sde, y_all[:2], "per_sample", 1, rtol=max(args.rtol, 1e-3))  # warm-up
     run(model, sde, y_all[:2], "batch", 1, rtol=max(args.rtol, 1e-3))
-    rows = [measure(model, sde, y_all[:B], args.repeats, args.targets, seed=123, rtol=args.rtol)
+    rows = [measure(model, sde, y_all[:B], args.repeats, args.targets, seed=123, rtol=args.rtol, model64=model64)
             for B in args.batches]
     params = sum(q.numel() for q in model.parameters())
     md = (f"`bits_per_dim` on the first B digits test images (fixed dequantization), small UNet (ch={args.ch}, "

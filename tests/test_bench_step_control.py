@@ -23,5 +23,8 @@ def test_bench_step_control_quick(tmp_path):
         assert per["nfe"] > 0 and per["sample_evals"] <= per["nfe"] * row["B"]
         assert shared["cpu_s"] > 0 and per["cpu_s"] > 0
         assert all(v >= 0 for v in (shared["max_rel_change_logp"], per["max_rel_change_logp"]))
+        # issue 13, item 3: in float64 (no batch-size rounding of the UNet to speak of) a sample's log-density
+        # with per-sample steps is the same alone and in the batch
+        assert per["float64_max_rel_change_logp"] < 1e-6, per
     assert d["readme"] == []  # the quick run owns no README row
     assert "| batch | shared: NFE |" in (tmp_path / "step_control.md").read_text()
