@@ -277,7 +277,7 @@ def main(argv=None):
     ap.set_defaults(repeats=1)
     ap.add_argument("--batches", default="16,64", help="comma-separated batch sizes (digits test images)")
     ap.add_argument("--tols", default="1e-3,1e-4,1e-5,1e-6,1e-7", help="rtol = atol values, loose to tight")
-    ap.add_argument("--steps", dest="steps_arg", default="25,50,100,200",
+    ap.add_argument("--steps", dest="steps_arg", default="25,50,100,200", metavar="N,N,...",
                     help="step counts of the fixed-grid ways of --ours (e.g. lambda:rk4), few to many")
     ap.add_argument("--truth-tol", type=float, default=1e-9)
     ap.add_argument("--truth-method", default="dopri5",

@@ -30,7 +30,8 @@ _GL_X, _GL_W = np.polynomial.legendre.leggauss(24)
 
 
 def tab_coefficients_many(us: np.ndarray, u0: np.ndarray, u1: np.ndarray) -> np.ndarray:
-    """c_j of :func:`tab_coefficients` for n steps at once: us (n, p) points (newest first), u0, u1 (n,) -> (n, p).
+    """c_j = int_{u0}^{u1} l_j(u) e^u du, l_j the Lagrange basis on the points us (newest first), for n steps
+    at once: us (n, p), u0, u1 (n,) -> (n, p).
 
     One vectorised quadrature for all the steps of a solve (numpy calls on 24-element arrays
     step by step cost about 0.1 ms per step, 5-10 % of a step of a cheap network)."""
@@ -49,11 +50,6 @@ def tab_coefficients_many(us: np.ndarray, u0: np.ndarray, u1: np.ndarray) -> np.
     idx = np.arange(p)
     denom[:, idx, idx] = 1.0
     return (before * after * w[:, None, :]).sum(axis=2) / np.prod(denom, axis=2)
-
-
-def tab_coefficients(us: list[float], u0: float, u1: float) -> list[float]:
-    """c_j = int_{u0}^{u1} l_j(u) e^u du for the Lagrange basis on the points ``us`` (newest first)."""
-    return [float(c) for c in tab_coefficients_many(np.asarray([us]), np.asarray([u0]), np.asarray([u1]))[0]]
 
 
 @register

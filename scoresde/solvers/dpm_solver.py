@@ -58,6 +58,10 @@ def fast_orders(steps: int, order: int) -> list[int]:
     return [1] * steps
 
 
+#: the intermediate points of a DPM-Solver-k step, as fractions r of h (Lu et al. 2022a, Alg. 1-2)
+STAGE_FRACTIONS = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
+
+
 def dpm_step(pred, x, s_node, t_node, order: int, eps_s: torch.Tensor | None = None, r1: float | None = None):
     """One DPM-Solver-``order`` step between (t, alpha, sigma, lambda) tuples; returns (x_t, eps_s, x_low).
 
@@ -74,12 +78,12 @@ def dpm_step(pred, x, s_node, t_node, order: int, eps_s: torch.Tensor | None = N
     if order == 1:
         return x1, eps_s, x1
     if order == 2:
-        r1 = 0.5 if r1 is None else r1
+        r1 = STAGE_FRACTIONS[2][0] if r1 is None else r1
         t1, a1, s1 = pred.at_lambda(l_s + r1 * h)
         u = (a1 / a_s) * x - (s1 * math.expm1(r1 * h)) * eps_s
         e1 = pred.eps_at(u, t1, s1)
         return x1 - (s_t / (2.0 * r1) * phi1) * (e1 - eps_s), eps_s, x1
-    r1, r2 = 1.0 / 3.0, 2.0 / 3.0
+    r1, r2 = STAGE_FRACTIONS[3]
     t1, a1, s1 = pred.at_lambda(l_s + r1 * h)
     t2, a2, s2 = pred.at_lambda(l_s + r2 * h)
     u1 = (a1 / a_s) * x - (s1 * math.expm1(r1 * h)) * eps_s
@@ -148,9 +152,8 @@ class DPMSolver(NodeSolver):
         return super().solve(score, sde, x, plan, generator=generator, denoise=denoise, hook=hook)
 
     def integrate(self, pred, x, nodes, generator):
-        rs = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}  # dpm_step's intermediate points, as fractions of h
         pred.prefetch([nodes.lam[i] + r * (nodes.lam[i + 1] - nodes.lam[i])
-                       for i, order in enumerate(self._orders) for r in rs[order]])
+                       for i, order in enumerate(self._orders) for r in STAGE_FRACTIONS[order]])
         for i, order in enumerate(self._orders):
             x, _, _ = dpm_step(pred, x, _node(nodes, i), _node(nodes, i + 1), order)
             x = self.after_step(x, nodes, i + 1)

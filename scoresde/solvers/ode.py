@@ -314,10 +314,10 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
             raise ValueError(f"min_step and norm apply to the adaptive methods {list(ADAPTIVE_METHODS)}, not {method!r}")
         if method in TABLEAUX:  # our own loop: torchdiffeq's tableaux and grid, without its per-step driver cost
             field = _CountedField(func, t0, t1, max_nfe)
-            y = fixed_grid_solve(field.counted, y0, t0, t1, method, int(steps))
-            parts = y if isinstance(y, tuple) else (y,)
-            parts = tuple(v.to(d) for v, d in zip(parts, dtypes))
-            return ODESolution(y=parts if isinstance(y0, tuple) else parts[0], nfe=field.nfe, method=method)
+            state = (y0,) if isinstance(y0, torch.Tensor) else y0
+            y = fixed_grid_solve(field.counted, y0, t0, t1, method, int(steps), bounds=field._bounds(state[0]))
+            return ODESolution(y=_cast_back(y if isinstance(y, tuple) else (y,), y0, dtypes), nfe=field.nfe,
+                               method=method)
         options = {"grid_constructor": _fixed_grid(int(steps))}
     return _torchdiffeq(func, y0, t0, t1, method, rtol, atol, options, max_nfe, dtypes, device)
 
@@ -339,6 +339,10 @@ def _torchdiffeq(func, y0, t0, t1, method, rtol, atol, options, max_nfe, dtypes,
                                  f"{field.nfe} evaluations (integrating {t0:g} -> {t1:g})") from err
         raise ODESolverError(f"{method}: {msg}") from err
     ys = ys if isinstance(y0, tuple) else (ys,)
-    y = tuple(v[-1].to(d) for v, d in zip(ys, dtypes))
-    y = y if isinstance(y0, tuple) else y[0]
-    return ODESolution(y=y, nfe=field.nfe, method=method)
+    return ODESolution(y=_cast_back(tuple(v[-1] for v in ys), y0, dtypes), nfe=field.nfe, method=method)
+
+
+def _cast_back(parts: tuple, y0: State, dtypes) -> State:
+    """The solved parts in their input dtypes (a half-precision part was solved in float32), shaped like y0."""
+    parts = tuple(v.to(d) for v, d in zip(parts, dtypes))
+    return parts if isinstance(y0, tuple) else parts[0]

@@ -44,15 +44,17 @@ def _combine(y: tuple, ks: list, coeffs, dt: float) -> tuple:
     return tuple(out)
 
 
-def fixed_grid_solve(field: Callable, y0: State, t0: float, t1: float, method: str, steps: int) -> State:
+def fixed_grid_solve(field: Callable, y0: State, t0: float, t1: float, method: str, steps: int,
+                     bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> State:
     """Integrate dy/dt = field(t, y) from t0 to t1 in ``steps`` equal steps of ``method``.
 
     Arguments:
-        field: callable (t: 0-d tensor in the dtype of the first state part, inside [t0, t1] after
-            rounding to that dtype, y) -> dy/dt shaped like y.
+        field: callable (t: 0-d tensor in the dtype of the first state part, y) -> dy/dt shaped like y.
         y0: the state at t0, a tensor or a tuple of tensors.
         t0, t1: start and end time (floats, t0 != t1; t0 > t1 integrates backwards).
         method: a key of :data:`TABLEAUX`. steps: number of steps (int >= 1).
+        bounds: optional (lo, hi) 0-d tensors in the state's dtype, [t0, t1] rounded inwards (solve_ode
+            passes its field's): the stage times are clamped into them.
     Returns:
         The state at t1, shaped like y0.
     Raises:
@@ -67,12 +69,9 @@ def fixed_grid_solve(field: Callable, y0: State, t0: float, t1: float, method: s
     # every stage time of every step, as 0-d tensors made at once (one host-to-device copy)
     times = [g0 + ci * (g1 - g0) if ci != 1.0 else g1 for g0, g1 in zip(grid[:-1], grid[1:]) for ci in c]
     tt = torch.tensor(times, dtype=tdtype, device=device)
-    lo, hi = torch.tensor(min(t0, t1), dtype=tdtype), torch.tensor(max(t0, t1), dtype=tdtype)
-    if float(lo) < min(t0, t1):  # rounded outwards (float32(1e-5) < 1e-5): one step inwards
-        lo = torch.nextafter(lo, hi)
-    if float(hi) > max(t0, t1):
-        hi = torch.nextafter(hi, lo)
-    tt = tt.clamp(float(lo), float(hi)).unbind(0)  # never a time outside [t0, t1] in the state's dtype
+    if bounds is not None:
+        tt = torch.maximum(torch.minimum(tt, bounds[1]), bounds[0])  # never outside [t0, t1] in the state's dtype
+    tt = tt.unbind(0)
     call = field if isinstance(y0, tuple) else (lambda t, s: (field(t, s[0]),))
     n = len(c)
     for i in range(steps):
