@@ -68,13 +68,20 @@ def probe_generator(seed: int, skip: int) -> torch.Generator:
     return g
 
 
-def run(model, sde, y, mode: str, seed: int, skip: int = 0, rtol: float = TOL):
-    """bits_per_dim of the continuous data y (B, 1, 8, 8) in one mode; the probes from probe_generator."""
-    return bits_per_dim(model, sde, y, data_range=RANGE, num_levels=LEVELS, dequantize=False, eps=EPS, rtol=rtol,
-                        atol=rtol, generator=probe_generator(seed, skip), step_control=mode)
+#: the fixed-grid way measured beside the two step controls: no step decisions, so nothing for rounding to flip
+GRID = dict(method="dpmpp_2m", time_variable="lambda")
 
 
-def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = TOL, model64=None) -> dict:
+def run(model, sde, y, mode: str, seed: int, skip: int = 0, rtol: float = TOL, grid_steps: int = 40):
+    """bits_per_dim of the continuous data y (B, 1, 8, 8) in one mode ("batch", "per_sample" or "grid":
+    :data:`GRID` with ``grid_steps``); the probes from probe_generator."""
+    kw = dict(GRID, steps=grid_steps) if mode == "grid" else dict(rtol=rtol, atol=rtol, step_control=mode)
+    return bits_per_dim(model, sde, y, data_range=RANGE, num_levels=LEVELS, dequantize=False, eps=EPS,
+                        generator=probe_generator(seed, skip), **kw)
+
+
+def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = TOL, model64=None,
+            grid_steps: int = 40) -> dict:
     """NFE, CPU time and batch independence of both modes on the batch y (and, with ``model64``, the
     per-sample mode's independence in float64, where the network's batch-size rounding is 1e-16)."""
     B, D = y.shape[0], y[0].numel()
@@ -83,15 +90,16 @@ def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = 
     def call(mode):
         def f():
             counted = Counted(model).eval()
-            results[mode] = (run(counted, sde, y, mode, seed, rtol=rtol), counted)
+            results[mode] = (run(counted, sde, y, mode, seed, rtol=rtol, grid_steps=grid_steps), counted)
         return f
 
-    times = interleaved({m: call(m) for m in MODES}, repeats, warmup=0)
+    times = interleaved({m: call(m) for m in MODES + ("grid",)}, repeats, warmup=0)
     row = {"B": B}
-    for m in MODES:
+    for m in MODES + ("grid",):
         r, counted = results[m]
         assert counted.calls == r.nfe
-        alone = [run(model, sde, y[j:j + 1], m, seed, skip=j * D, rtol=rtol) for j in range(min(targets, B))]
+        alone = [run(model, sde, y[j:j + 1], m, seed, skip=j * D, rtol=rtol, grid_steps=grid_steps)
+                 for j in range(min(targets, B))]
         lp_alone = torch.cat([a.logp for a in alone])
         lp_batch = r.logp[: len(alone)]
         row[m] = {"nfe": r.nfe, "cpu_s": median(times[m]), "cpu_s_all": times[m],
@@ -103,13 +111,13 @@ def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = 
         row[m]["sample_evals"] = sum(counted.rows)
         row[m]["nfe_mean_per_sample"] = sum(counted.rows) / B
         row[m]["smallest_call"] = min(counted.rows)
-    if model64 is not None:
+    for m in ("per_sample", "grid") if model64 is not None else ():
         y64 = y.double()
-        full = run(model64, sde, y64, "per_sample", seed, rtol=rtol).logp
-        alone = torch.cat([run(model64, sde, y64[j:j + 1], "per_sample", seed, skip=j * D, rtol=rtol).logp
+        full = run(model64, sde, y64, m, seed, rtol=rtol, grid_steps=grid_steps).logp
+        alone = torch.cat([run(model64, sde, y64[j:j + 1], m, seed, skip=j * D, rtol=rtol, grid_steps=grid_steps).logp
                            for j in range(min(targets, B))])
-        row["per_sample"]["float64_max_rel_change_logp"] = float(((alone - full[: len(alone)]).abs()
-                                                                  / full[: len(alone)].abs()).max())
+        row[m]["float64_max_rel_change_logp"] = float(((alone - full[: len(alone)]).abs()
+                                                       / full[: len(alone)].abs()).max())
     row["time_ratio"] = row["per_sample"]["cpu_s"] / row["batch"]["cpu_s"]
     row["bpd_mean_diff"] = row["per_sample"]["bpd_mean"] - row["batch"]["bpd_mean"]
     return row
@@ -118,31 +126,37 @@ def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = 
 def _table(rows) -> str:
     out = []
     for r in rows:
-        b, p = r["batch"], r["per_sample"]
+        b, p, g = r["batch"], r["per_sample"], r["grid"]
         evals = f"{p['sample_evals']} (mean {p['nfe_mean_per_sample']:.0f} per sample)"
         out.append([r["B"], b["nfe"], f"{b['sample_evals']} ({b['nfe']} each)", p["nfe"], evals,
                     f"{b['cpu_s']:.1f}", f"{p['cpu_s']:.1f}", f"{r['time_ratio']:.2f}",
                     f"{b['max_rel_change_logp']:.1e} / {b['max_change_bpd']:.1e}",
                     f"{p['max_rel_change_logp']:.1e} / {p['max_change_bpd']:.1e}",
                     "-" if "float64_max_rel_change_logp" not in p else f"{p['float64_max_rel_change_logp']:.1e}",
-                    f"{r['bpd_mean_diff']:+.4f}"])
+                    f"{r['bpd_mean_diff']:+.4f}", f"{g['nfe']}, {g['cpu_s']:.1f} s",
+                    f"{g['max_rel_change_logp']:.1e}"
+                    + ("" if "float64_max_rel_change_logp" not in g else f" / {g['float64_max_rel_change_logp']:.1e}")])
     return md_table(["batch", "shared: NFE", "shared: sample evals", "per-sample: calls",
                      "per-sample: sample evals", "shared CPU s", "per-sample CPU s",
                      "time per-sample / shared", "shared: alone vs batch (rel. logp / bpd)",
                      "per-sample: alone vs batch (rel. logp / bpd)", "per-sample, float64: alone vs batch (rel. logp)",
-                     "mean bpd per-sample - shared"], out)
+                     "mean bpd per-sample - shared", "fixed grid: NFE, CPU s",
+                     "fixed grid: alone vs batch (rel. logp, float32 / float64)"], out)
 
 
 def readme_rows(rows, rtol: float) -> list:
     """The README "Measured" rows of a run: time ratio, NFE, and the alone-vs-batch change in bits/dim."""
     out = []
     for r in rows:
-        b, p = r["batch"], r["per_sample"]
+        b, p, g = r["batch"], r["per_sample"], r["grid"]
+        f64 = lambda d: "" if "float64_max_rel_change_logp" not in d else f", {d['float64_max_rel_change_logp']:.1e} in float64"  # noqa: E731
         out.append({"what": f"bits/dim with a step size per sample vs the shared step, batch {r['B']} "
                             f"(digits UNet, rtol = atol = {rtol:g})",
                     "value": f"CPU time {r['time_ratio']:.2f}x; {p['nfe_mean_per_sample']:.0f} evaluations per sample "
                              f"vs {b['nfe']}; a sample alone vs in the batch: {p['max_change_bpd']:.1e} bits/dim "
-                             f"(shared step: {b['max_change_bpd']:.1e})",
+                             f"(shared step: {b['max_change_bpd']:.1e}), relative logp {p['max_rel_change_logp']:.1e}"
+                             f"{f64(p)}; the fixed grid ({GRID['method']}, {g['nfe'] - 1} steps in lambda): "
+                             f"{g['max_rel_change_logp']:.1e}{f64(g)}",
                     "how": "python benchmarks/bench_step_control.py"})
     return out
 
@@ -158,6 +172,8 @@ def main(argv=None):
     p.add_argument("--rtol", type=float, default=TOL, help="rtol = atol of both solves (default 1e-5)")
     p.add_argument("--max-freq", type=float, default=1.0,
                    help="the UNet's time-embedding band, as bench_likelihood.py --max-freq (1: DDPM's)")
+    p.add_argument("--grid-steps", type=int, default=40,
+                   help="steps of the fixed-grid way (dpmpp_2m in lambda) measured beside the two step controls")
     p.add_argument("--float64-check", action="store_true",
                    help="also solve the per-sample mode in float64 (alone vs batch, without float32 rounding)")
     args = p.parse_args(argv)
@@ -165,7 +181,7 @@ def main(argv=None):
     started = time.time()
     if args.quick:
         args.batches, args.repeats, args.targets, args.train_steps, args.ch = [2, 3], 1, 1, 5, 4
-        args.rtol, args.float64_check = 1e-2, True
+        args.rtol, args.float64_check, args.grid_steps = 1e-2, True, 8
     sde = VPSDE()
     model = build_model(sde, args.train_steps, "cpu", args.ch, args.weights, max_freq=args.max_freq or None)
     model64 = copy.deepcopy(model).double() if args.float64_check else None
@@ -174,14 +190,15 @@ def main(argv=None):
                                generator=torch.Generator().manual_seed(7))
     run(model, sde, y_all[:2], "per_sample", 1, rtol=max(args.rtol, 1e-3))  # warm-up
     run(model, sde, y_all[:2], "batch", 1, rtol=max(args.rtol, 1e-3))
-    rows = [measure(model, sde, y_all[:B], args.repeats, args.targets, seed=123, rtol=args.rtol, model64=model64)
-            for B in args.batches]
+    rows = [measure(model, sde, y_all[:B], args.repeats, args.targets, seed=123, rtol=args.rtol, model64=model64,
+                    grid_steps=args.grid_steps) for B in args.batches]
     params = sum(q.numel() for q in model.parameters())
     md = (f"`bits_per_dim` on the first B digits test images (fixed dequantization), small UNet (ch={args.ch}, "
           f"{params:,} parameters, {args.train_steps} training steps), VP, eps = {EPS:g}, rtol = atol = {args.rtol:g}, "
           f"dopri5, one Rademacher probe; CPU time median of {args.repeats} interleaved runs, "
           f"{args.threads} thread(s). Sample evals: network evaluations summed over the samples. "
-          f"Alone vs batch: the first {args.targets} samples solved alone with their own probe rows.\n\n")
+          f"Alone vs batch: the first {args.targets} samples solved alone with their own probe rows. Fixed grid: "
+          f"``method='{GRID['method']}', steps={args.grid_steps}, time_variable='lambda'`` (no step control).\n\n")
     md += _table(rows)
     readme = readme_rows(rows, args.rtol)
     write_results("step_control", args.out, md, rows, readme=readme if not args.quick else (), started=started,

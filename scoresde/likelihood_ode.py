@@ -20,14 +20,15 @@ Which is cheaper, measured (dopri5, rtol = atol, batch step control; default sta
       closed form): "t" NFE 32 / 44 / 56 at 1e-3 / 1e-4 / 1e-5 with errors 4.3e-3 / 4.1e-4 /
       6.0e-5 (mean 4.5e-4 / 7.9e-5 / 1.4e-5); "lambda" NFE 50 / 62 / 98 with errors 0.128 / 0.015
       / 3.9e-4. At 1e-3, "t" is the right setting for 2-D toys: 0.004 bits/dim at most.
-    * digits UNet of benchmarks/bench_likelihood.py (4 images, float32): NFE 98 ("t") vs 56
-      ("lambda") at 1e-3, 1172 vs 1154 at 1e-5. The evaluations are *not* spent near eps: at
-      1e-5, 1172 in "t" split over t in [1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.32, 0.63, 1] as
-      37 / 75 / 92 / 196 / 300 / 270 / 202, in "lambda" 52 / 38 / 75 / 147 / 309 / 297 / 236: the
-      step size is set by the field at t > 0.01, which a change of variable does not smooth.
-      Against a float64 truth (benchmarks/bench_likelihood.py, 4 images, dopri5 at 1e-6) the max
-      |error| at 1e-3 / 1e-4 / 1e-5 is 0.0099 / 0.0064 / 0.0016 bits/dim in "t" and 0.0084 /
-      0.0096 / 0.0207 in "lambda": "lambda" is cheaper at loose tolerances but not more accurate.
+    * digits UNet of benchmarks/bench_likelihood.py (batch 16, float32, DDPM's time-embedding band;
+      max |error| against a float64 dopri5 solve at 1e-9): "t" NFE 80 / 92 / 104 at 1e-3 / 5e-4 /
+      3e-4 with errors 0.0083 / 0.0080 / 0.0043 bits/dim; "lambda" NFE 44 / 56 / 68 with errors
+      0.068 / 0.066 / 0.097, and 0.0031 only at 3e-5 (NFE 326). The briefly trained net's
+      divergence oscillates in t at t in [0.04, 0.5] (periods near 0.006 in t: the top of DDPM's
+      band on 999 t labels), where steps even in lambda are long in t, and the local error
+      estimate misses what the long steps skip; at equal error "t" is the cheaper adaptive
+      variable and stays the default. What the lambda variable does pay for is a fixed grid: the multistep
+      exponential integrator of :mod:`scoresde.likelihood_multistep` reached 0.0022 at 41 NFE there.
 
 The field accepts a time that is a 0-d tensor (one time for the batch, shared step control) or a
 (B,) tensor (each sample at its own time, per-sample step control); t(s) is computed in float64
@@ -50,7 +51,7 @@ from .sde import SDE, reverse_drift
 #: integration variables of the probability-flow ODE (see the module docstring)
 TIME_VARIABLES = ("t", "lambda")
 
-__all__ = ["TIME_VARIABLES", "TimeChange", "flow_field", "likelihood_field"]
+__all__ = ["TIME_VARIABLES", "TimeChange", "flow_field", "likelihood_field", "traced"]
 
 
 class TimeChange:
@@ -118,6 +119,31 @@ def flow_field(score_fn: Callable, sde: SDE, tc: TimeChange, B: int) -> Callable
     return field
 
 
+def traced(score_fn: Callable) -> Callable:
+    """``score_fn`` that raises when its output has no autograd graph to x (the divergence needs one).
+
+    Arguments:
+        score_fn: callable (x (B, *S), t (B,)) -> (B, *S).
+    Returns:
+        callable (x, t) -> score_fn(x, t), the same output.
+    Raises (from the returned callable):
+        ValueError: the output does not require grad (``torch.no_grad`` / ``inference_mode`` /
+            ``detach`` inside ``score_fn``): its divergence would silently count as 0.
+    """
+
+    def traced_score(x, t):
+        out = score_fn(x, t)
+        if isinstance(out, torch.Tensor) and not out.requires_grad:
+            raise ValueError(
+                "score_fn returned a score without an autograd graph to x (it ran under torch.no_grad() / "
+                "torch.inference_mode(), detached its output, or does not depend on x), so its divergence cannot be taken and the "
+                "log-density would miss the score's part; let score_fn build its graph (log_likelihood "
+                "enables gradients around the call itself and uses no more memory than one backward pass)")
+        return out
+
+    return traced_score
+
+
 def likelihood_field(score_fn: Callable, sde: SDE, tc: TimeChange, B: int,
                      probes: torch.Tensor | None) -> Callable:
     """The augmented probability-flow ODE of (x, delta_logp) in the variable of ``tc``.
@@ -136,15 +162,7 @@ def likelihood_field(score_fn: Callable, sde: SDE, tc: TimeChange, B: int,
     Reference: Song et al. 2021, Eq. (39); Grathwohl et al. 2019 (FFJORD), Sec. 3.1.
     """
 
-    def traced_score(x, t):
-        out = score_fn(x, t)
-        if isinstance(out, torch.Tensor) and not out.requires_grad:
-            raise ValueError(
-                "score_fn returned a score without an autograd graph to x (it ran under torch.no_grad() / "
-                "torch.inference_mode(), detached its output, or does not depend on x), so its divergence cannot be taken and the "
-                "log-density would miss the score's part; let score_fn build its graph (log_likelihood "
-                "enables gradients around the call itself and uses no more memory than one backward pass)")
-        return out
+    traced_score = traced(score_fn)
 
     def field(s, state):
         t, j = _batch_times(tc, s, B)

@@ -24,13 +24,16 @@ def test_quick_run(tmp_path):
     assert (tmp_path / "likelihood.md").exists()
     payload = json.loads((tmp_path / "likelihood.json").read_text())
     runs = payload["rows"]["runs"]
-    assert {r["method"] for r in runs} == {"reference (scipy RK45, 2 calls)", "ours (t, dopri5)", "ours (lambda, dopri5)",
-                                           "ours (lambda, rk4)"}
-    for method in {r["method"] for r in runs} - {"ours (lambda, rk4)"}:
+    fixed = {"ours (lambda, rk4)", "ours (lambda, dpmpp_2m)", "ours (lambda, dpmpp_3m)"}
+    assert {r["method"] for r in runs} == {"reference (scipy RK45, 2 calls)", "ours (t, dopri5)",
+                                           "ours (lambda, dopri5)"} | fixed
+    for method in {r["method"] for r in runs} - fixed:
         errs = {r["tol"]: r["max_err_bpd"] for r in runs if r["method"] == method}
         assert errs[1e-5] < 1e-3 and errs[1e-5] < errs[1e-3], (method, errs)  # the same number, to tolerance
-    errs = {r["steps"]: r["max_err_bpd"] for r in runs if r["method"] == "ours (lambda, rk4)"}
-    assert errs[16] < errs[4] / 8, errs  # the fixed grid converges (4th order: 16 steps -> 1/256 of 4 steps' error)
+    for method in fixed:  # the fixed grids converge to the same number (8 -> 32 steps: measured 1/5 or less)
+        errs = {r["steps"]: r["max_err_bpd"] for r in runs if r["method"] == method}
+        assert errs[32] < errs[8] / 4, (method, errs)
+    assert {r["nfe"] for r in runs if r["method"] == "ours (lambda, dpmpp_2m)"} == {9, 33}  # steps + 1
     for r in runs:
         calls = 2 * r["nfe"] if r["method"].startswith("reference") else r["nfe"]
         assert r["network_calls"] == calls and r["cpu_s"] > 0

@@ -26,5 +26,9 @@ def test_bench_step_control_quick(tmp_path):
         # issue 13, item 3: in float64 (no batch-size rounding of the UNet to speak of) a sample's log-density
         # with per-sample steps is the same alone and in the batch
         assert per["float64_max_rel_change_logp"] < 1e-6, per
+        # the fixed grid (dpmpp_2m in lambda) takes steps + 1 calls on the whole batch and is batch-independent too
+        grid = row["grid"]
+        assert grid["nfe"] == 9 and grid["sample_evals"] == 9 * row["B"], grid
+        assert grid["float64_max_rel_change_logp"] < 1e-10 and grid["max_rel_change_logp"] < 1e-4, grid
     assert d["readme"] == []  # the quick run owns no README row
     assert "| batch | shared: NFE |" in (tmp_path / "step_control.md").read_text()

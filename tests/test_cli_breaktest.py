@@ -66,6 +66,16 @@ def test_likelihood_passes_steps_time_variable_and_step_control(run, tmp_path, m
     assert json.loads(out.read_text())["step_control"] == "per_sample"
 
 
+def test_likelihood_takes_the_multistep_methods(run, tmp_path, capsys):
+    out = tmp_path / "ms.json"
+    assert main(["likelihood", str(run), "-n", "8", "--ode-method", "dpmpp_2m", "--steps", "6", "--time-variable",
+                 "lambda", "--out", str(out), "--quiet"]) == 0
+    res = json.loads(out.read_text())
+    assert res["ode_method"] == "dpmpp_2m" and res["nfe_per_solve"][0] == 7  # steps + 1 evaluations
+    assert main(["likelihood", str(run), "-n", "8", "--ode-method", "dpmpp_3m", "--out", str(out), "--quiet"]) == 1
+    assert "needs --steps" in _last_error(capsys)
+
+
 def test_likelihood_steps_errors_before_any_work(run, tmp_path, capsys):
     out = tmp_path / "l.json"
     base = ["likelihood", str(run), "-n", "8", "--out", str(out), "--quiet"]

@@ -197,7 +197,9 @@ def cmd_likelihood(args) -> int:
 
 def _check_ode_steps(method: str, steps, step_control: str) -> None:
     """likelihood: --steps goes with a fixed-grid --ode-method (and only with one), checked before any work."""
+    from ..likelihood_multistep import MULTISTEP_METHODS
     from ..solvers.ode import FIXED_METHODS
+    FIXED_METHODS = FIXED_METHODS + MULTISTEP_METHODS  # noqa: N806 (the likelihood's fixed-grid methods)
     if method in FIXED_METHODS and steps is None:
         raise ValueError(f"--ode-method {method} is a fixed-grid method: it needs --steps N")
     if steps is not None and method not in FIXED_METHODS:

@@ -282,8 +282,8 @@ def _add_likelihood(sub) -> None:
     p.add_argument("--divergence", choices=DIVERGENCES, default="hutchinson_rademacher",
                    help="divergence estimator inside the ODE")
     p.add_argument("--ode-method", default="dopri5",
-                   help="ODE method: an adaptive one (dopri5, ...) or a fixed-grid one (euler, rk4, ...), which "
-                        "needs --steps")
+                   help="ODE method: an adaptive one (dopri5, ...) or a fixed-grid one (euler, rk4, ...; or the "
+                        "multistep dpmpp_2m / dpmpp_3m, best with --time-variable lambda), which needs --steps")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="steps of a fixed-grid --ode-method (e.g. rk4); not for adaptive methods")
     p.add_argument("--time-variable", choices=("t", "lambda"), default="t",

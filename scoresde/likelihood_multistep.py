@@ -1,0 +1,140 @@
+"""The likelihood by a multistep exponential integrator on a fixed grid: ``method="dpmpp_2m"`` / ``"dpmpp_3m"``.
+
+The probability-flow ODE of a linear SDE with perturbation kernel N(alpha(t) x_0, sigma(t)^2 I),
+dx/dt = f(t) x - 1/2 g(t)^2 score(x, t), has an exactly integrable linear part. In the
+half-log-SNR lambda = log(alpha / sigma) its solution from node i to node i + 1 is
+(Lu et al. 2022b, Eq. (9), with the data prediction x0 = (x + sigma^2 score) / alpha)
+
+    x_{i+1} = (sigma_{i+1} / sigma_i) x_i + sigma_{i+1} int_{lambda_i}^{lambda_{i+1}} e^lambda x0 dlambda,
+
+which DPM-Solver++'s multistep updates approximate from the data predictions already computed
+(:mod:`scoresde.solvers.dpmpp`; here run forwards, from eps to T, so h = lambda_{i+1} - lambda_i < 0).
+The log-density change is a pure quadrature along that trajectory: with div f~ = D f(t) -
+1/2 g^2 div score and f = d log alpha / dt,
+
+    delta_logp = int_eps^T div f~ dt = D (log alpha(T) - log alpha(eps)) + int_s0^s1 c(s) div score ds,
+    c(s) = -1/2 g(t)^2 dt/ds,
+
+where s is the grid's variable (``time_variable``: "lambda", i.e. s = -lambda, on a grid
+uniform in lambda, DPM-Solver's "logsnr" spacing, or "t", uniform in t). The divergence is
+taken at every node (one network call and one vector-Jacobian product, the same evaluation that
+gives x0 for the next step), and nothing is fed back from delta_logp into x, so the integral can
+use every node, the last one included: the extended Simpson rule with end weights 17/48, 59/48,
+43/48, 49/48 (fourth order, no alternating weights; :func:`quadrature_weights`). NFE = steps + 1.
+
+The steps are fixed, so every sample of a batch takes the same ones whatever its batch-mates
+(a sample's log-density is the same alone and in a batch, up to the network's batch-size
+rounding), and the cost is known in advance. There is no error control: the error must be
+measured against a tight adaptive solve for the model at hand (``benchmarks/bench_likelihood.py``).
+Measured there (digits UNet, batch 16, against a float64 dopri5 solve at 1e-9): max |error|
+0.0022 / 0.0033 / 0.0017 bits/dim at 40 / 60 / 80 steps with "dpmpp_2m" on the lambda grid.
+"dpmpp_3m" is the third-order update of :mod:`scoresde.solvers.dpmpp` with ``variant="taylor"``
+(the peers' coefficient is second order); the first steps warm up with lower orders, and the
+last steps are not lowered (``lower_order_final=False``: with a smooth field it only adds error).
+
+Reference: Lu et al. 2022b (DPM-Solver++), Alg. 2 and Sec. 4; Lu et al. 2022a (DPM-Solver),
+Sec. 3.1 (the exact linear part); Song et al. 2021, Eq. (13), (39); Press et al., "Numerical
+Recipes", Eq. (4.1.14) (the extended Simpson rule).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+
+from .divergence import divergence as _divergence
+from .likelihood_ode import TimeChange, traced
+from .score_fn import call_score
+from .sde import SDE
+from .solvers.dpmpp import DPMSolverPP2M, DPMSolverPP3M
+from .solvers.node_solver import step_orders
+from .solvers.nodes import Nodes, continuous_nodes
+from .solvers.ode_types import ODESolverError
+
+#: log_likelihood's fixed-grid multistep methods (see the module docstring)
+MULTISTEP_METHODS = ("dpmpp_2m", "dpmpp_3m")
+
+#: the node spacing of each time_variable: a grid uniform in that variable
+_SPACING = {"lambda": "logsnr", "t": "uniform"}
+
+__all__ = ["MULTISTEP_METHODS", "quadrature_weights", "multistep_log_likelihood"]
+
+
+def quadrature_weights(steps: int) -> list[float]:
+    """Weights w_0 .. w_M of int f ds = ds sum_i w_i f(s_i) on M + 1 = ``steps`` + 1 equally spaced nodes.
+
+    The extended Simpson rule (end weights 17/48, 59/48, 43/48, 49/48, interior weights 1; exact
+    for cubics, error O(ds^4)) for ``steps`` >= 7, the trapezoid rule (exact for lines) below.
+
+    Arguments:
+        steps: the number of intervals M (int >= 1).
+    Returns:
+        A list of M + 1 floats summing to M.
+    Reference: Press et al., "Numerical Recipes", Eq. (4.1.14).
+    """
+    w = [1.0] * (steps + 1)
+    if steps >= 7:
+        ends = [17 / 48, 59 / 48, 43 / 48, 49 / 48]
+        w[:4] = ends
+        w[-4:] = ends[::-1]
+    else:
+        w[0] = w[-1] = 0.5
+    return w
+
+
+def forward_nodes(sde: SDE, steps: int, eps: float, time_variable: str) -> Nodes:
+    """The ``steps`` + 1 nodes from eps up to T, uniform in ``time_variable`` ("lambda" or "t")."""
+    n = continuous_nodes(sde, steps, eps, _SPACING[time_variable])  # from T down to eps
+    return Nodes(n.times.flip(0), n.alpha[::-1], n.sigma[::-1], n.lam[::-1], "continuous", eps)
+
+
+def multistep_log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, probes: torch.Tensor | None, *,
+                             eps: float, steps: int, method: str, time_variable: str,
+                             max_nfe: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The latent and the log-density change of x by a multistep exponential integrator (module docstring).
+
+    Arguments:
+        score_fn: callable (x (B, *S), t (B,)) -> (B, *S) with an autograd graph to x.
+        sde: the forward SDE (VPSDE, SubVPSDE or VESDE). x: (B, *S) data at time eps (float32 / float64).
+        probes: (P, B, *S) Hutchinson probes, or None for the exact trace.
+        eps: the start time. steps: number of steps M (int >= 1; the caller validates it).
+        method: "dpmpp_2m" or "dpmpp_3m". time_variable: "lambda" (grid uniform in lambda) or "t".
+        max_nfe: optional budget; M + 1 > max_nfe raises before any evaluation.
+    Returns:
+        (z (B, *S) the state at T, delta_logp (B,) in nats per sample, in x's dtype, nfe = M + 1).
+    Raises:
+        ODESolverError: M + 1 evaluations exceed ``max_nfe``.
+        ValueError: (from the evaluations) a score of the wrong shape, with NaN / inf, or without a graph.
+    Reference: see the module docstring.
+    """
+    if max_nfe is not None and steps + 1 > max_nfe:
+        raise ODESolverError(f"method {method!r} with steps={steps} takes steps + 1 = {steps + 1} evaluations, more "
+                             f"than max_nfe={max_nfe}: lower steps or raise max_nfe")
+    nodes = forward_nodes(sde, steps, eps, time_variable)
+    tc = TimeChange(sde, time_variable, eps, sde.T)
+    jac = tc.dt_ds(nodes.times)
+    c = -0.5 * sde.diffusion_coeff(nodes.times).to(torch.float64) ** 2 * (1.0 if jac is None else jac)
+    ds = (tc.s_of_t(sde.T) - tc.s_of_t(eps)) / steps
+    weights = [w * ds * ci for w, ci in zip(quadrature_weights(steps), c.tolist())]
+    solver = DPMSolverPP2M() if method == "dpmpp_2m" else DPMSolverPP3M(variant="taylor")
+    orders = step_orders(steps, solver.solver_order, lower_order_final=False, ends_at_data=False)
+    score_fn = traced(score_fn)
+    B = x.shape[0]
+    delta = torch.zeros(B, dtype=x.dtype, device=x.device)
+    Ds: list[torch.Tensor] = []
+    for i in range(steps + 1):
+        t = nodes.times[i:i + 1].expand(B)
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            score = call_score(score_fn, xg, t)
+            div = _divergence(score, xg, probes)
+        delta = torch.add(delta, div.detach(), alpha=weights[i])
+        if i == steps:
+            break
+        score = score.detach().to(x.dtype)
+        Ds = (Ds + [torch.add(x, score, alpha=nodes.sigma[i] ** 2).div_(nodes.alpha[i])])[-3:]
+        x = solver.update(x, i, orders[i], Ds, nodes, None)
+    D = x[0].numel()
+    delta = delta + D * (math.log(nodes.alpha[-1]) - math.log(nodes.alpha[0]))
+    return x, delta, steps + 1
