@@ -157,7 +157,7 @@ def readme_rows(rows, rtol: float) -> list:
                              f"(shared step: {b['max_change_bpd']:.1e}), relative logp {p['max_rel_change_logp']:.1e}"
                              f"{f64(p)}; the fixed grid ({GRID['method']}, {g['nfe'] - 1} steps in lambda): "
                              f"{g['max_rel_change_logp']:.1e}{f64(g)}",
-                    "how": "python benchmarks/bench_step_control.py"})
+                    "how": " ".join(["python benchmarks/bench_step_control.py", *sys.argv[1:]])})
     return out
 
 

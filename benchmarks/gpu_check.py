@@ -10,7 +10,8 @@ network: ch 128, ch_mult (1, 2, 2, 2), two residual blocks, attention at 16x16) 
 2. **sampling** throughput (images/s) at batch 256: ``ddim`` 50 steps, and ``dpmpp_2m``,
    ``unipc``, ``heun`` at about 10 / 20 network evaluations (heun: 2 steps - 1 NFE);
 3. **bits/dim** throughput (images/s) on 32x32x3 data at rtol = atol = 1e-5 (dopri5, one
-   Rademacher probe), batch 64 and 256, with the network in float32 and under bf16 autocast
+   Rademacher probe; and of the fixed grid ``method="dpmpp_2m", steps=40, time_variable="lambda"``
+   as ``grid_images_per_s``), batch 64 and 256, with the network in float32 and under bf16 autocast
    (:func:`scoresde.device.autocast_score`: the ODE state stays float32). The NFE a solve needs
    depends on the network's field: without ``--weights`` (a trained UNet's state dict) it is the
    briefly trained network's, not a good CIFAR-10 model's. Each solve's NFE is capped from the
@@ -250,6 +251,12 @@ def section_bpd(b: Bench) -> None:
             dt = time.perf_counter() - t0
             row.update(nfe=r.nfe, seconds=round(dt, 3), images_per_s=round(batch / dt, 3),
                        bpd=round(float(r.bpd.mean()), 4))
+            t0 = time.perf_counter()  # the fixed-grid way (scoresde.likelihood_multistep): 41 evaluations
+            r = bits_per_dim(fn, b.sde, x, num_levels=17, method="dpmpp_2m", steps=40, time_variable="lambda",
+                             generator=g)
+            b.sync()
+            dt = time.perf_counter() - t0
+            row.update(grid_images_per_s=round(batch / dt, 3), grid_bpd=round(float(r.bpd.mean()), 4))
             return row
 
         b.run("bpd", f"bits/dim {name}, batch {batch}", 10.0, one)

@@ -122,9 +122,10 @@ def multistep_log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, prob
     score_fn = traced(score_fn)
     B = x.shape[0]
     delta = torch.zeros(B, dtype=x.dtype, device=x.device)
+    times = nodes.times.to(x.device)  # float64, one copy to the state's device
     Ds: list[torch.Tensor] = []
     for i in range(steps + 1):
-        t = nodes.times[i:i + 1].expand(B)
+        t = times[i:i + 1].expand(B)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             score = call_score(score_fn, xg, t)

@@ -37,7 +37,7 @@ import torch
 from ._checks import check_choice, check_positive
 from .chain import VARIANCES, DiscreteChain, discretized_gaussian_log_likelihood, normal_kl
 from .data import levels_to_float
-from .likelihood import _check_levels
+from .dequantize import _check_levels
 from .score import ScoreModel, to_eps
 from .sde import SDE
 
