@@ -325,7 +325,7 @@ def main(argv=None):
         lines, s = _summary(B, r, args.target)
         summary_lines += lines
         summaries.append(s)
-    header = ["batch", "method", "tol / steps", "NFE", "network calls", "CPU s", "max |err| bpd", "mean |err| bpd"]
+    header = ["batch", "method", "tol / steps", "NFE", "network calls", "CPU s", "max abs. error (bits/dim)", "mean abs. error (bits/dim)"]
     md = "### Every run\n\n" + md_table(header, [[r["batch"], r["method"], _setting(r), r["nfe"],
                                                    r["network_calls"], f"{r['cpu_s']:.2f}",
                                                    f"{r['max_err_bpd']:.5f}", f"{r['mean_err_bpd']:.5f}"]
