@@ -71,7 +71,7 @@ from .grids import check_eps
 from .sde import SDE, reverse_drift
 from .divergence import DIVERGENCES, draw_probes as _draw_probes
 from .likelihood_ode import TIME_VARIABLES, TimeChange, flow_field, likelihood_field
-from .likelihood_multistep import MULTISTEP_METHODS, multistep_log_likelihood
+from .likelihood_multistep import MAX_STEPS, MULTISTEP_METHODS, multistep_log_likelihood
 from .dequantize import _check_generator, _check_levels, _check_range, uniform_dequantize  # noqa: F401 (public here)
 from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, METHODS, STEP_CONTROLS, rms_norm, solve_ode
 
@@ -159,12 +159,19 @@ def _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control="b
                 step_control=step_control)
 
 
-def _check_multistep(method: str, steps, min_step, step_control: str) -> None:
-    """The arguments of a fixed-grid multistep likelihood (:mod:`scoresde.likelihood_multistep`)."""
+def _check_multistep(method: str, steps, min_step, step_control: str, rtol, atol, max_nfe) -> None:
+    """The arguments of a fixed-grid multistep likelihood (:mod:`scoresde.likelihood_multistep`); rtol / atol
+    are checked as solve_ode checks them for its fixed-grid methods (> 0, unused)."""
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+    if max_nfe is not None:
+        check_positive("max_nfe", max_nfe, integer=True)
     if steps is None:
         raise ValueError(f"method {method!r} steps on a fixed grid: pass steps (an integer >= 1; NFE = steps + 1, "
                          "e.g. 40-80 for 0.002-0.003 bits/dim on the digits UNet, see benchmarks/bench_likelihood.py)")
     check_positive("steps", steps, integer=True)
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps must be at most {MAX_STEPS:,} for method {method!r} (NFE = steps + 1); got {steps:,}")
     if min_step is not None:
         raise ValueError(f"min_step applies to the adaptive methods {list(ADAPTIVE_METHODS)}, not {method!r}")
     if step_control != "batch":
@@ -246,7 +253,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     probes = None if divergence == "exact" else _draw_probes(divergence, (n_probes, *x.shape), x, generator)
 
     if method in MULTISTEP_METHODS:
-        _check_multistep(method, steps, min_step, step_control)
+        _check_multistep(method, steps, min_step, step_control, rtol, atol, max_nfe)
         with torch.no_grad():
             z, delta, nfe = multistep_log_likelihood(score_fn, sde, x, probes, eps=eps, steps=int(steps), method=method,
                                                      time_variable=time_variable, max_nfe=max_nfe)

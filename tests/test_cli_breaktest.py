@@ -74,6 +74,14 @@ def test_likelihood_takes_the_multistep_methods(run, tmp_path, capsys):
     assert res["ode_method"] == "dpmpp_2m" and res["nfe_per_solve"][0] == 7  # steps + 1 evaluations
     assert main(["likelihood", str(run), "-n", "8", "--ode-method", "dpmpp_3m", "--out", str(out), "--quiet"]) == 1
     assert "needs --steps" in _last_error(capsys)
+    # a typo is an unknown method (it used to read as an adaptive one: "chooses its steps from --rtol")
+    assert main(["likelihood", str(run), "-n", "8", "--ode-method", "dpmpp_4m", "--steps", "40", "--out", str(out),
+                 "--quiet"]) == 1
+    assert "dpmpp_4m" in (e := _last_error(capsys)) and "dpmpp_2m" in e and "rtol" not in e
+    # the t grid's first step is too long for the VP SDE: refused with the fix in the message
+    assert main(["likelihood", str(run), "-n", "8", "--ode-method", "dpmpp_2m", "--steps", "40", "--out", str(out),
+                 "--quiet"]) == 1
+    assert "time_variable='lambda'" in _last_error(capsys)
 
 
 def test_likelihood_steps_errors_before_any_work(run, tmp_path, capsys):

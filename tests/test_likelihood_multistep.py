@@ -71,10 +71,35 @@ def test_gaussian_closed_form_converges_at_the_method_order(name):
     assert e3[-1] < 2e-3 and e3[-1] < e2[-1]
 
 
-def test_the_lambda_grid_beats_the_t_grid_for_vp():
-    # uniform in t, the VP's PF-ODE is stiff near eps: 0.8 nats at 40 steps against 0.004 in lambda
-    lam, t = _errors("vp", "dpmpp_3m", [40]), _errors("vp", "dpmpp_3m", [40], tv="t")
-    assert t[0] > 20 * lam[0]
+def test_long_lambda_steps_are_refused():
+    # run forwards a step of h in lambda multiplies rounding errors by ~e^|h|: eps = 1e-300 on the VP SDE once
+    # returned logp = -1.7e268 (for -5.3) at 40 steps; the t grid's first step on VP is 4.5 units of lambda long
+    sde, data = VPSDE(), _gaussian(4)
+    x = data.sample(2, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"step of .* in lambda.*steps >= \d+"):
+        log_likelihood(data.score_fn(sde), sde, x, eps=1e-300, method="dpmpp_2m", steps=40, time_variable="lambda")
+    with pytest.raises(ValueError, match="time_variable='lambda'"):
+        log_likelihood(data.score_fn(sde), sde, x, method="dpmpp_2m", steps=40, time_variable="t")
+    with pytest.raises(ValueError, match="steps >= 5"):  # the default eps: 4 steps of 2.97 in lambda
+        log_likelihood(data.score_fn(sde), sde, x, method="dpmpp_2m", steps=4, time_variable="lambda")
+    # on the VE SDE the t grid is the lambda grid (lambda = -log sigma is linear in t): the same numbers
+    ve = VESDE()
+    a, b = (log_likelihood(data.score_fn(ve), ve, x, method="dpmpp_3m", steps=40, time_variable=tv,
+                           divergence="exact").logp for tv in ("t", "lambda"))
+    assert torch.allclose(a, b, rtol=1e-10)
+
+
+def test_a_score_without_x_dependence_has_divergence_zero():
+    sde, data = VPSDE(), _gaussian(4)
+    x = data.sample(2, torch.Generator().manual_seed(0))
+    p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+
+    def flat(x, t):  # the score of N(0, I) at T only; independent of x but with a graph (to p)
+        return torch.zeros_like(x) + p
+
+    ours = log_likelihood(flat, sde, x, method="dpmpp_2m", steps=10, time_variable="lambda", divergence="exact")
+    ref = log_likelihood(flat, sde, x, divergence="exact", rtol=1e-8, atol=1e-8)
+    assert torch.allclose(ours.logp, ref.logp, rtol=1e-6)
 
 
 def test_gaussian_mixture_exact_density():
@@ -139,7 +164,10 @@ def test_bad_arguments(method):
         log_likelihood(score, sde, x, method=method, steps=5, min_step=1e-6)
     with pytest.raises(ODESolverError, match="max_nfe"):
         log_likelihood(score, sde, x, method=method, steps=5, max_nfe=5)
-    assert log_likelihood(score, sde, x, method=method, steps=5, max_nfe=6).nfe == 6
+    assert log_likelihood(score, sde, x, method=method, steps=5, max_nfe=6, time_variable="lambda").nfe == 6
+    for bad in (dict(max_nfe=0), dict(max_nfe=2.5), dict(rtol=-1.0), dict(atol=float("nan")), dict(steps=10**10)):
+        with pytest.raises((ValueError, TypeError), match=next(iter(bad))):
+            log_likelihood(score, sde, x, method=method, **{"steps": 5, **bad})
     with pytest.raises(ValueError, match="dpmpp_2m"):  # an unknown method: the message lists these too
         log_likelihood(score, sde, x, method="dpmpp_9m", steps=5)
 
@@ -147,4 +175,4 @@ def test_bad_arguments(method):
         return score(x, t).detach()
 
     with pytest.raises(ValueError, match="autograd graph"):
-        log_likelihood(detached, sde, x, method=method, steps=5)
+        log_likelihood(detached, sde, x, method=method, steps=5, time_variable="lambda")

@@ -197,8 +197,11 @@ def cmd_likelihood(args) -> int:
 
 def _check_ode_steps(method: str, steps, step_control: str) -> None:
     """likelihood: --steps goes with a fixed-grid --ode-method (and only with one), checked before any work."""
+    from .._checks import check_choice
+    from ..likelihood import LIKELIHOOD_METHODS
     from ..likelihood_multistep import MULTISTEP_METHODS
     from ..solvers.ode import FIXED_METHODS
+    check_choice("--ode-method", method, LIKELIHOOD_METHODS)  # a typo is named as one, not as an adaptive method
     FIXED_METHODS = FIXED_METHODS + MULTISTEP_METHODS  # noqa: N806 (the likelihood's fixed-grid methods)
     if method in FIXED_METHODS and steps is None:
         raise ValueError(f"--ode-method {method} is a fixed-grid method: it needs --steps N")

@@ -283,7 +283,8 @@ def _add_likelihood(sub) -> None:
                    help="divergence estimator inside the ODE")
     p.add_argument("--ode-method", default="dopri5",
                    help="ODE method: an adaptive one (dopri5, ...) or a fixed-grid one (euler, rk4, ...; or the "
-                        "multistep dpmpp_2m / dpmpp_3m, best with --time-variable lambda), which needs --steps")
+                        "multistep dpmpp_2m / dpmpp_3m, with --time-variable lambda: on the t grid their first "
+                        "step is too long for VP), which needs --steps")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="steps of a fixed-grid --ode-method (e.g. rk4); not for adaptive methods")
     p.add_argument("--time-variable", choices=("t", "lambda"), default="t",
