@@ -249,11 +249,12 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     in_dtype = x.dtype
     if in_dtype in HALF_DTYPES:  # see solve_ode: adaptive step control fails in half precision
         x = x.float()
+    if method in MULTISTEP_METHODS:  # checked before the probes are drawn from the caller's generator
+        _check_multistep(method, steps, min_step, step_control, rtol, atol, max_nfe)
     B = x.shape[0]
     probes = None if divergence == "exact" else _draw_probes(divergence, (n_probes, *x.shape), x, generator)
 
     if method in MULTISTEP_METHODS:
-        _check_multistep(method, steps, min_step, step_control, rtol, atol, max_nfe)
         with torch.no_grad():
             z, delta, nfe = multistep_log_likelihood(score_fn, sde, x, probes, eps=eps, steps=int(steps), method=method,
                                                      time_variable=time_variable, max_nfe=max_nfe)

@@ -52,7 +52,7 @@ import torch
 
 from .divergence import divergence as _divergence
 from .likelihood_ode import TimeChange, traced
-from .score_fn import call_score
+from .score_fn import FiniteCheck, call_score, check_every_default
 from .sde import SDE
 from .solvers.dpmpp import DPMSolverPP2M, DPMSolverPP3M
 from .solvers.node_solver import step_orders
@@ -148,12 +148,13 @@ def multistep_log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, prob
     B = x.shape[0]
     delta = torch.zeros(B, dtype=x.dtype, device=x.device)
     times = nodes.times.to(x.device)  # float64, one copy to the state's device
+    check = FiniteCheck(check_every_default(x.device))  # NaN / inf read every call on the CPU, every 16 on a GPU
     Ds: list[torch.Tensor] = []
     for i in range(steps + 1):
         t = times[i:i + 1].expand(B)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
-            score = call_score(score_fn, xg, t)
+            score = call_score(score_fn, xg, t, check)
             # + 0 x: a score that does not depend on x (divergence 0) still has a graph to x
             div = _divergence(torch.add(score, xg, alpha=0.0), xg, probes)
         delta = torch.add(delta, div.detach(), alpha=weights[i])
@@ -162,6 +163,7 @@ def multistep_log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, prob
         score = score.detach().to(x.dtype)
         Ds = (Ds + [torch.add(x, score, alpha=nodes.sigma[i] ** 2).div_(nodes.alpha[i])])[-3:]
         x = solver.update(x, i, orders[i], Ds, nodes, None)
+    check.flush()
     D = x[0].numel()
     delta = delta + D * (math.log(nodes.alpha[-1]) - math.log(nodes.alpha[0]))
     return x, delta, steps + 1

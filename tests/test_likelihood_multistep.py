@@ -176,3 +176,20 @@ def test_bad_arguments(method):
 
     with pytest.raises(ValueError, match="autograd graph"):
         log_likelihood(detached, sde, x, method=method, steps=5, time_variable="lambda")
+
+
+def test_nan_is_caught_with_the_device_cadence(monkeypatch):
+    # on a GPU the NaN / inf flag is read every 16 evaluations (no host sync per call); a NaN is still an error
+    import scoresde.likelihood_multistep as lm
+
+    monkeypatch.setattr(lm, "check_every_default", lambda device: 16)
+    sde, data = VPSDE(), _gaussian(4)
+    x = data.sample(2, torch.Generator().manual_seed(0))
+    score = data.score_fn(sde)
+
+    def late_nan(x, t):  # finite except near T, after the last read at a multiple of 16
+        out = score(x, t)
+        return out * float("nan") if float(t[0]) > 0.99 else out
+
+    with pytest.raises(ValueError, match="NaN or inf"):
+        log_likelihood(late_nan, sde, x, method="dpmpp_2m", steps=20, time_variable="lambda")

@@ -202,11 +202,11 @@ def _check_ode_steps(method: str, steps, step_control: str) -> None:
     from ..likelihood_multistep import MULTISTEP_METHODS
     from ..solvers.ode import FIXED_METHODS
     check_choice("--ode-method", method, LIKELIHOOD_METHODS)  # a typo is named as one, not as an adaptive method
-    FIXED_METHODS = FIXED_METHODS + MULTISTEP_METHODS  # noqa: N806 (the likelihood's fixed-grid methods)
-    if method in FIXED_METHODS and steps is None:
+    fixed = FIXED_METHODS + MULTISTEP_METHODS  # the likelihood's fixed-grid methods
+    if method in fixed and steps is None:
         raise ValueError(f"--ode-method {method} is a fixed-grid method: it needs --steps N")
-    if steps is not None and method not in FIXED_METHODS:
-        raise ValueError(f"--steps applies to the fixed-grid --ode-method values {list(FIXED_METHODS)}; "
+    if steps is not None and method not in fixed:
+        raise ValueError(f"--steps applies to the fixed-grid --ode-method values {list(fixed)}; "
                          f"{method} chooses its steps from --rtol / --atol")
     if steps is not None and step_control == "per_sample":
         raise ValueError("--steps applies to fixed-grid methods; --step-control per_sample is adaptive (dopri5)")
