@@ -17,6 +17,10 @@ Measured, for batch 16 and 64:
   mean and max per sample; in the shared mode every sample takes part in every call);
 * CPU time of the whole ``bits_per_dim`` call (``time.process_time``, interleaved repeats,
   median);
+* both per-sample variants: the default, whose calls of the network have 16 rows each (the running
+  samples in chunks, padded: ``rows_per_call=16``), and one call on the running samples
+  (``rows_per_call=None``, fewer network rows, but the network rounds a row differently for other
+  batch sizes, which moves a sample's step sizes in float32);
 * batch independence: the first ``--targets`` samples of the batch solved alone, with their own
   probe rows (the probe generator advanced to the sample's position), against inside the batch:
   max relative change of logp, and the max change in bits/dim.
@@ -43,7 +47,8 @@ from _common import interleaved, md_table, median, parser, set_threads, write_re
 from bench_likelihood import build_model  # noqa: E402  (the same small digits UNet)
 
 EPS, TOL, LEVELS, RANGE = 1e-5, 1e-5, 17, (-1.0, 1.0)
-MODES = ("batch", "per_sample")
+#: "per_sample_free": per-sample steps with one call on the running rows (rows_per_call=None)
+MODES = ("batch", "per_sample", "per_sample_free")
 
 
 class Counted(torch.nn.Module):
@@ -75,7 +80,12 @@ GRID = dict(method="dpmpp_2m", time_variable="lambda")
 def run(model, sde, y, mode: str, seed: int, skip: int = 0, rtol: float = TOL, grid_steps: int = 40):
     """bits_per_dim of the continuous data y (B, 1, 8, 8) in one mode ("batch", "per_sample" or "grid":
     :data:`GRID` with ``grid_steps``); the probes from probe_generator."""
-    kw = dict(GRID, steps=grid_steps) if mode == "grid" else dict(rtol=rtol, atol=rtol, step_control=mode)
+    if mode == "grid":
+        kw = dict(GRID, steps=grid_steps)
+    elif mode == "per_sample_free":
+        kw = dict(rtol=rtol, atol=rtol, step_control="per_sample", rows_per_call=None)
+    else:
+        kw = dict(rtol=rtol, atol=rtol, step_control=mode)
     return bits_per_dim(model, sde, y, data_range=RANGE, num_levels=LEVELS, dequantize=False, eps=EPS,
                         generator=probe_generator(seed, skip), **kw)
 
@@ -97,7 +107,7 @@ def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = 
     row = {"B": B}
     for m in MODES + ("grid",):
         r, counted = results[m]
-        assert counted.calls == r.nfe
+        assert counted.calls == r.nfe or m == "per_sample"  # per_sample: calls in chunks of rows_per_call rows
         alone = [run(model, sde, y[j:j + 1], m, seed, skip=j * D, rtol=rtol, grid_steps=grid_steps)
                  for j in range(min(targets, B))]
         lp_alone = torch.cat([a.logp for a in alone])
@@ -107,11 +117,15 @@ def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = 
                   "max_rel_change_logp": float(((lp_alone - lp_batch).abs() / lp_batch.abs()).max()),
                   "max_change_bpd": float((lp_alone - lp_batch).abs().max() / (D * math.log(2))),
                   "alone_nfe": [a.nfe for a in alone]}
-        # per sample: how many calls each sample took part in (the per-sample solve leaves finished ones out)
-        row[m]["sample_evals"] = sum(counted.rows)
-        row[m]["nfe_mean_per_sample"] = sum(counted.rows) / B
+        # per sample: how many evaluations each sample took part in (the per-sample solve leaves finished
+        # ones out); network rows: what the network computed (per_sample pads its calls to rows_per_call rows)
+        own = r.nfe * B if r.nfe_per_sample is None else int(r.nfe_per_sample.sum())
+        row[m]["sample_evals"] = own
+        row[m]["nfe_mean_per_sample"] = own / B
+        row[m]["network_rows"] = sum(counted.rows)
+        row[m]["network_calls"] = counted.calls
         row[m]["smallest_call"] = min(counted.rows)
-    for m in ("per_sample", "grid") if model64 is not None else ():
+    for m in ("per_sample", "per_sample_free", "grid") if model64 is not None else ():
         y64 = y.double()
         full = run(model64, sde, y64, m, seed, rtol=rtol, grid_steps=grid_steps).logp
         alone = torch.cat([run(model64, sde, y64[j:j + 1], m, seed, skip=j * D, rtol=rtol, grid_steps=grid_steps).logp
@@ -119,43 +133,51 @@ def measure(model, sde, y, repeats: int, targets: int, seed: int, rtol: float = 
         row[m]["float64_max_rel_change_logp"] = float(((alone - full[: len(alone)]).abs()
                                                        / full[: len(alone)].abs()).max())
     row["time_ratio"] = row["per_sample"]["cpu_s"] / row["batch"]["cpu_s"]
+    row["time_ratio_free"] = row["per_sample_free"]["cpu_s"] / row["batch"]["cpu_s"]
     row["bpd_mean_diff"] = row["per_sample"]["bpd_mean"] - row["batch"]["bpd_mean"]
     return row
 
 
 def _table(rows) -> str:
     out = []
+
+    def f64(d):
+        return "" if "float64_max_rel_change_logp" not in d else f" / {d['float64_max_rel_change_logp']:.1e}"
+
     for r in rows:
-        b, p, g = r["batch"], r["per_sample"], r["grid"]
-        evals = f"{p['sample_evals']} (mean {p['nfe_mean_per_sample']:.0f} per sample)"
-        out.append([r["B"], b["nfe"], f"{b['sample_evals']} ({b['nfe']} each)", p["nfe"], evals,
-                    f"{b['cpu_s']:.1f}", f"{p['cpu_s']:.1f}", f"{r['time_ratio']:.2f}",
-                    f"{b['max_rel_change_logp']:.1e} / {b['max_change_bpd']:.1e}",
-                    f"{p['max_rel_change_logp']:.1e} / {p['max_change_bpd']:.1e}",
-                    "-" if "float64_max_rel_change_logp" not in p else f"{p['float64_max_rel_change_logp']:.1e}",
+        b, p, q, g = r["batch"], r["per_sample"], r["per_sample_free"], r["grid"]
+        out.append([r["B"], f"{b['nfe']} ({b['cpu_s']:.1f} s)",
+                    f"{p['nfe']}, mean {p['nfe_mean_per_sample']:.0f} per sample; {p['network_rows']} rows "
+                    f"({p['cpu_s']:.1f} s, {r['time_ratio']:.2f}x)",
+                    f"{q['nfe_mean_per_sample']:.0f} per sample; {q['network_rows']} rows "
+                    f"({q['cpu_s']:.1f} s, {r['time_ratio_free']:.2f}x)",
+                    f"{b['max_rel_change_logp']:.1e}",
+                    f"{p['max_rel_change_logp']:.1e}{f64(p)}", f"{q['max_rel_change_logp']:.1e}{f64(q)}",
                     f"{r['bpd_mean_diff']:+.4f}", f"{g['nfe']}, {g['cpu_s']:.1f} s",
-                    f"{g['max_rel_change_logp']:.1e}"
-                    + ("" if "float64_max_rel_change_logp" not in g else f" / {g['float64_max_rel_change_logp']:.1e}")])
-    return md_table(["batch", "shared: NFE", "shared: sample evals", "per-sample: calls",
-                     "per-sample: sample evals", "shared CPU s", "per-sample CPU s",
-                     "time per-sample / shared", "shared: alone vs batch (rel. logp / bpd)",
-                     "per-sample: alone vs batch (rel. logp / bpd)", "per-sample, float64: alone vs batch (rel. logp)",
+                    f"{g['max_rel_change_logp']:.1e}{f64(g)}"])
+    return md_table(["batch", "shared step: NFE (CPU s)", "per-sample, 16 rows per call: NFE, network rows (CPU s, vs shared)",
+                     "per-sample, one call on the running rows: NFE, rows (CPU s, vs shared)",
+                     "alone vs batch, shared step (rel. logp)",
+                     "alone vs batch, per-sample, 16 rows per call (float32 / float64)",
+                     "alone vs batch, per-sample, running rows (float32 / float64)",
                      "mean bpd per-sample - shared", "fixed grid: NFE, CPU s",
-                     "fixed grid: alone vs batch (rel. logp, float32 / float64)"], out)
+                     "alone vs batch, fixed grid (float32 / float64)"], out)
 
 
 def readme_rows(rows, rtol: float) -> list:
     """The README "Measured" rows of a run: time ratio, NFE, and the alone-vs-batch change in bits/dim."""
     out = []
     for r in rows:
-        b, p, g = r["batch"], r["per_sample"], r["grid"]
+        b, p, q, g = r["batch"], r["per_sample"], r["per_sample_free"], r["grid"]
         f64 = lambda d: "" if "float64_max_rel_change_logp" not in d else f", {d['float64_max_rel_change_logp']:.1e} in float64"  # noqa: E731
         out.append({"what": f"bits/dim with a step size per sample vs the shared step, batch {r['B']} "
                             f"(digits UNet, rtol = atol = {rtol:g})",
                     "value": f"CPU time {r['time_ratio']:.2f}x; {p['nfe_mean_per_sample']:.0f} evaluations per sample "
                              f"vs {b['nfe']}; a sample alone vs in the batch: {p['max_change_bpd']:.1e} bits/dim "
                              f"(shared step: {b['max_change_bpd']:.1e}), relative logp {p['max_rel_change_logp']:.1e}"
-                             f"{f64(p)}; the fixed grid ({GRID['method']}, {g['nfe'] - 1} steps in lambda): "
+                             f"{f64(p)} (one call on the running rows instead of 16 rows per call: "
+                             f"{q['max_rel_change_logp']:.1e}{f64(q)}); the fixed grid ({GRID['method']}, "
+                             f"{g['nfe'] - 1} steps in lambda): "
                              f"{g['max_rel_change_logp']:.1e}{f64(g)}",
                     "how": " ".join(["python benchmarks/bench_step_control.py", *sys.argv[1:]])})
     return out
@@ -196,7 +218,9 @@ def main(argv=None):
     md = (f"`bits_per_dim` on the first B digits test images (fixed dequantization), small UNet (ch={args.ch}, "
           f"{params:,} parameters, {args.train_steps} training steps), VP, eps = {EPS:g}, rtol = atol = {args.rtol:g}, "
           f"dopri5, one Rademacher probe; CPU time median of {args.repeats} interleaved runs, "
-          f"{args.threads} thread(s). Sample evals: network evaluations summed over the samples. "
+          f"{args.threads} thread(s). NFE per sample: the evaluations a sample took part in (per-sample "
+          "solves leave finished samples out); network rows: the rows the network computed (16 rows per call "
+          "pads the running samples to a multiple of 16). "
           f"Alone vs batch: the first {args.targets} samples solved alone with their own probe rows. Fixed grid: "
           f"``method='{GRID['method']}', steps={args.grid_steps}, time_variable='lambda'`` (no step control).\n\n")
     md += _table(rows)

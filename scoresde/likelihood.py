@@ -44,13 +44,13 @@ evaluations, 2336 against 1184, for a small digits UNet at rtol = atol = 1e-5, w
 bits/dim error, about 1e-3 against a solve at 1e-7), so a sample's result depends slightly (within the
 tolerance) on the rest of the batch, and in distributed evaluation ranks take different numbers
 of steps: never call a collective inside ``score_fn``. ``step_control="per_sample"`` gives each
-sample its own time, step size and error norm (:mod:`scoresde.solvers.ode_per_sample`), so a
-sample's result is the same alone and in any batch up to the network's own batch-size rounding,
-which an accept / reject decision near its threshold can turn into a different step sequence:
-on the digits UNet of ``benchmarks/bench_step_control.py`` in float64 (rounding 1e-16) a sample's
-logp moved by up to 1e-3 relative at rtol = atol = 1e-5, the solve's own global error. A fixed grid
-has no decisions to flip: ``method="dpmpp_2m"``, 40 steps in lambda, moved it by 2e-15 in float64
-and 1.6e-6 in float32 between alone and a batch of 64.
+sample its own time, step size (on a grid of 16 per octave) and error norm
+(:mod:`scoresde.solvers.ode_per_sample`), and calls ``score_fn`` on ``rows_per_call`` rows at a
+time, so a sample's result is the same alone and in any batch: on the digits UNet of
+``benchmarks/bench_step_control.py`` see there for the figures (without the grid and the fixed
+call shape the network's batch-size rounding changed a sample's steps and its logp by 2e-4
+relative even in float64). A fixed grid has no step decisions: ``method="dpmpp_2m"``, 40 steps
+in lambda, moved it by 2e-15 in float64 and 1.6e-6 in float32 between alone and a batch of 64.
 
 References: Song et al. 2021, "Score-Based Generative Modeling through Stochastic Differential
 Equations", Sec. 4.3, App. D.1-D.2, Eq. (13), (39); Chen et al. 2018 and Grathwohl et al. 2019
@@ -71,7 +71,7 @@ from .grids import check_eps
 from .sde import SDE, reverse_drift
 from .divergence import DIVERGENCES, draw_probes as _draw_probes
 from .likelihood_ode import TIME_VARIABLES, TimeChange, flow_field, likelihood_field
-from .likelihood_multistep import MAX_STEPS, MULTISTEP_METHODS, multistep_log_likelihood
+from .likelihood_multistep import MULTISTEP_METHODS, check_multistep_args, multistep_log_likelihood
 from .dequantize import _check_generator, _check_levels, _check_range, uniform_dequantize  # noqa: F401 (public here)
 from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, METHODS, STEP_CONTROLS, rms_norm, solve_ode
 
@@ -81,6 +81,9 @@ DEFAULT_TIME_VARIABLE = "t"
 #: log_likelihood's methods: solve_ode's (torchdiffeq's adaptive and fixed-grid solvers) and the
 #: fixed-grid multistep exponential integrators of :mod:`scoresde.likelihood_multistep`
 LIKELIHOOD_METHODS = METHODS + MULTISTEP_METHODS
+
+#: rows of every score_fn call with step_control="per_sample" (see log_likelihood's rows_per_call)
+PER_SAMPLE_ROWS = 16
 
 @dataclass
 class LikelihoodResult:
@@ -118,6 +121,8 @@ class BitsPerDimResult:
             ``data_range`` and its two parts, nats per sample (means over the draws).
         offset: log2(num_levels / width), the bits/dim added to -logp / (D ln 2).
         nfe: total evaluations of score_fn over all draws (int).
+        nfe_per_sample: (B,) int64, each sample's evaluations over all draws with
+            ``step_control="per_sample"``, else None.
     """
 
     bpd: torch.Tensor
@@ -126,6 +131,7 @@ class BitsPerDimResult:
     delta_logp: torch.Tensor
     offset: float
     nfe: int
+    nfe_per_sample: torch.Tensor | None = None
 
 
 def pf_drift(score_fn: Callable, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -153,37 +159,21 @@ def _check_common(sde: SDE, x: torch.Tensor, eps: float, name: str = "x") -> flo
     return check_eps(eps, sde)
 
 
-def _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control="batch") -> dict:
+def _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control="batch",
+                   rows_per_call=PER_SAMPLE_ROWS) -> dict:
     check_choice("step_control", step_control, STEP_CONTROLS)
+    if rows_per_call is not None:
+        check_positive("rows_per_call", rows_per_call, integer=True)
     return dict(method=method, rtol=rtol, atol=atol, steps=steps, max_nfe=max_nfe, min_step=min_step,
-                step_control=step_control)
-
-
-def _check_multistep(method: str, steps, min_step, step_control: str, rtol, atol, max_nfe) -> None:
-    """The arguments of a fixed-grid multistep likelihood (:mod:`scoresde.likelihood_multistep`); rtol / atol
-    are checked as solve_ode checks them for its fixed-grid methods (> 0, unused)."""
-    check_positive("rtol", rtol)
-    check_positive("atol", atol)
-    if max_nfe is not None:
-        check_positive("max_nfe", max_nfe, integer=True)
-    if steps is None:
-        raise ValueError(f"method {method!r} steps on a fixed grid: pass steps (an integer >= 1; NFE = steps + 1, "
-                         "e.g. 40-80 for 0.002-0.003 bits/dim on the digits UNet, see benchmarks/bench_likelihood.py)")
-    check_positive("steps", steps, integer=True)
-    if steps > MAX_STEPS:
-        raise ValueError(f"steps must be at most {MAX_STEPS:,} for method {method!r} (NFE = steps + 1); got {steps:,}")
-    if min_step is not None:
-        raise ValueError(f"min_step applies to the adaptive methods {list(ADAPTIVE_METHODS)}, not {method!r}")
-    if step_control != "batch":
-        raise ValueError(f"step_control='per_sample' supports method 'dopri5' only; got {method!r}, whose fixed grid "
-                         "already gives every sample the same steps whatever its batch-mates (use step_control='batch')")
+                step_control=step_control, rows_per_call=rows_per_call if step_control == "per_sample" else None)
 
 
 def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
                    rtol: float = 1e-5, atol: float = 1e-5, divergence: str = "hutchinson_rademacher",
                    n_probes: int = 1, generator: torch.Generator | None = None, steps: int | None = None,
                    max_nfe: int | None = None, min_step: float | None = None,
-                   time_variable: str = DEFAULT_TIME_VARIABLE, step_control: str = "batch") -> LikelihoodResult:
+                   time_variable: str = DEFAULT_TIME_VARIABLE, step_control: str = "batch",
+                   rows_per_call: int | None = PER_SAMPLE_ROWS) -> LikelihoodResult:
     """Log-density of data under the probability-flow ODE of ``sde``.
 
     Integrates (x, delta_logp) from eps to T with d delta_logp / dt = div f~ and returns
@@ -217,6 +207,13 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
             has its own time, step size and error norm, so its logp does not depend on the batch;
             ``score_fn`` is then called on the samples still running, each at its own time; see
             :mod:`scoresde.solvers.ode_per_sample`).
+        rows_per_call: with "per_sample", ``score_fn`` gets exactly this many rows per call (the
+            running samples in chunks, the last padded with copies of a row; default 16), so the
+            network's kernels, which round a row differently for different batch sizes, see one
+            shape: a sample's logp is then the same alone and in any batch (to 1e-6 relative in
+            float32 on the digits UNet); None: one call on the running samples (cheaper alone, but
+            batch-size rounding can change a sample's steps). Raise it on a GPU (e.g. 256).
+            Ignored with "batch".
     Returns:
         :class:`LikelihoodResult` with logp (B,) in nats per sample, prior_logp (B,),
         delta_logp (B,), z (B, *S) the latent at T, nfe (calls of score_fn) and, with
@@ -227,11 +224,12 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         ValueError: eps outside (0, T); unknown divergence, method or time_variable (the message
             lists the valid names); "dpmpp_2m" / "dpmpp_3m" without steps, with min_step or with
             step_control="per_sample"; rtol / atol <= 0, or both below the machine epsilon of x's dtype;
-            n_probes < 1; NaN / inf in x; x without a data dimension, empty (batch size 0) or on
+            n_probes < 1, rows_per_call < 1; NaN / inf in x; x without a data dimension, empty (batch size 0) or on
             the "meta" device; a score of the wrong shape or with NaN / inf; a score without an
             autograd graph to x (computed under ``torch.no_grad`` / ``inference_mode`` or detached:
             its divergence would silently count as 0).
-        TypeError: integer x, a non-SDE ``sde``, a ``generator`` that is not a torch.Generator.
+        TypeError: integer x, a non-SDE ``sde``, a ``generator`` that is not a torch.Generator, a
+            non-integer rows_per_call.
         ODESolverError: max_nfe exceeded or step-size underflow (stiff field near t = 0).
     Reference:
         Song et al. 2021, Sec. 4.3, Eq. (13), (39), App. D.2; Grathwohl et al. 2019 (FFJORD),
@@ -250,7 +248,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     if in_dtype in HALF_DTYPES:  # see solve_ode: adaptive step control fails in half precision
         x = x.float()
     if method in MULTISTEP_METHODS:  # checked before the probes are drawn from the caller's generator
-        _check_multistep(method, steps, min_step, step_control, rtol, atol, max_nfe)
+        check_multistep_args(method, steps, min_step, step_control, rtol, atol, max_nfe)
     B = x.shape[0]
     probes = None if divergence == "exact" else _draw_probes(divergence, (n_probes, *x.shape), x, generator)
 
@@ -263,7 +261,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
 
     with torch.no_grad():
         delta0 = torch.zeros(B, dtype=x.dtype, device=x.device)
-        options = _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control)
+        options = _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control, rows_per_call)
         if method in ADAPTIVE_METHODS:
             options["norm"] = rms_norm  # the error of (x, delta_logp) as one vector (per sample with per_sample)
         if step_control == "per_sample":  # called on the running samples only: their rows of the probes
@@ -308,12 +306,12 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
         n_dequant: number of independent dequantization draws (>= 1); bpd, logp and its parts
             are averaged over them (one ODE solve per draw; nfe is the total).
         **log_likelihood_options: eps, method, rtol, atol, divergence, n_probes, generator,
-            steps, max_nfe, min_step, time_variable, step_control of :func:`log_likelihood`;
+            steps, max_nfe, min_step, time_variable, step_control, rows_per_call of :func:`log_likelihood`;
             ``generator`` also draws the dequantization noise (before each solve's probes).
     Returns:
         :class:`BitsPerDimResult`: bpd (B,) bits per dimension per sample; logp, prior_logp,
         delta_logp (B,) in nats per sample (continuous, on the ``data_range`` scale); the offset;
-        nfe.
+        nfe; nfe_per_sample.
     Warns:
         LevelsWarning: a batch of >= 64 integer-level samples uses fewer than ``num_levels / 4``
             distinct values (``num_levels`` is probably wrong; the offset log2(L) would inflate bpd).
@@ -332,9 +330,11 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
     check_positive("n_dequant", n_dequant, integer=True)
     low, high = _check_range(data_range)
     allowed = {"eps", "method", "rtol", "atol", "divergence", "n_probes", "generator", "steps", "max_nfe", "min_step",
-               "time_variable", "step_control"}
+               "time_variable", "step_control", "rows_per_call"}
     if "step_control" in log_likelihood_options:  # before the dequantization draws
         check_choice("step_control", log_likelihood_options["step_control"], STEP_CONTROLS)
+    if log_likelihood_options.get("rows_per_call") is not None:
+        check_positive("rows_per_call", log_likelihood_options["rows_per_call"], integer=True)
     unknown = set(log_likelihood_options) - allowed
     if unknown:
         raise TypeError(f"bits_per_dim got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -354,30 +354,32 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
     offset = math.log2(num_levels / (high - low))
     # half-precision levels are dequantized in float32: float16 has ~8 values per bin at 256 levels
     fdtype = x.dtype if x.is_floating_point() and x.dtype not in HALF_DTYPES else torch.get_default_dtype()
-    acc = None
-    nfe = 0
+    acc, nfe, per_sample = None, 0, None
     for _ in range(n_dequant if dequantize else 1):
         y = uniform_dequantize(x, num_levels=num_levels, data_range=(low, high), generator=generator,
                                dtype=fdtype) if dequantize else x
         r = log_likelihood(score_fn, sde, y, **log_likelihood_options)
         nfe += r.nfe
+        if r.nfe_per_sample is not None:
+            per_sample = r.nfe_per_sample if per_sample is None else per_sample + r.nfe_per_sample
         parts = torch.stack([r.logp, r.prior_logp, r.delta_logp]).to(torch.float64)
         acc = parts if acc is None else acc + parts
     logp, prior, delta = acc / (n_dequant if dequantize else 1)
     bpd = -logp / (D * math.log(2.0)) + offset
-    return BitsPerDimResult(bpd=bpd, logp=logp, prior_logp=prior, delta_logp=delta, offset=offset, nfe=nfe)
+    return BitsPerDimResult(bpd=bpd, logp=logp, prior_logp=prior, delta_logp=delta, offset=offset, nfe=nfe,
+                            nfe_per_sample=per_sample)
 
 
 def encode(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
            rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
            min_step: float | None = None, time_variable: str = DEFAULT_TIME_VARIABLE,
-           step_control: str = "batch") -> torch.Tensor:
+           step_control: str = "batch", rows_per_call: int | None = PER_SAMPLE_ROWS) -> torch.Tensor:
     """Latent code of x: the probability-flow ODE integrated from eps to T.
 
     Arguments:
         score_fn: callable (x (B, *S), t (B,)) -> score. sde: the forward SDE.
         x: (B, *S) floating data at time eps. eps, method, rtol, atol, steps, max_nfe, min_step,
-            time_variable, step_control: as in :func:`log_likelihood`.
+            time_variable, step_control, rows_per_call: as in :func:`log_likelihood`.
     Returns:
         z (B, *S), the state at time T (the same z :func:`log_likelihood` returns), in x's dtype
         (float16 / bfloat16 x is solved in float32 and cast back, see :func:`solve_ode`).
@@ -388,20 +390,21 @@ def encode(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float = 1e-5, 
     Reference: Song et al. 2021, Sec. 4.3 ("uniquely identifiable encoding"), Eq. (13).
     """
     eps = _check_common(sde, x, eps)
-    return _flow(score_fn, sde, x, eps, sde.T, _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control),
+    return _flow(score_fn, sde, x, eps, sde.T, _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control,
+                                                                 rows_per_call),
                  time_variable)
 
 
 def decode(score_fn: Callable, sde: SDE, z: torch.Tensor, *, eps: float = 1e-5, method: str = "dopri5",
            rtol: float = 1e-5, atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
            min_step: float | None = None, time_variable: str = DEFAULT_TIME_VARIABLE,
-           step_control: str = "batch") -> torch.Tensor:
+           step_control: str = "batch", rows_per_call: int | None = PER_SAMPLE_ROWS) -> torch.Tensor:
     """Data from a latent: the probability-flow ODE integrated from T back to eps (inverse of :func:`encode`).
 
     Arguments:
         score_fn: callable (x (B, *S), t (B,)) -> score. sde: the forward SDE.
         z: (B, *S) floating latent at time T. eps, method, rtol, atol, steps, max_nfe, min_step,
-            time_variable, step_control: as in :func:`log_likelihood`.
+            time_variable, step_control, rows_per_call: as in :func:`log_likelihood`.
     Returns:
         x (B, *S), the state at time eps, in z's dtype (float16 / bfloat16 solved in float32).
     Raises:
@@ -411,7 +414,8 @@ def decode(score_fn: Callable, sde: SDE, z: torch.Tensor, *, eps: float = 1e-5, 
     Reference: Song et al. 2021, Sec. 4.3, Eq. (13).
     """
     eps = _check_common(sde, z, eps, name="z")
-    return _flow(score_fn, sde, z, sde.T, eps, _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control),
+    return _flow(score_fn, sde, z, sde.T, eps, _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control,
+                                                                 rows_per_call),
                  time_variable)
 
 

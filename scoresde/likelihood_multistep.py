@@ -50,6 +50,7 @@ from typing import Callable
 
 import torch
 
+from ._checks import check_positive
 from .divergence import divergence as _divergence
 from .likelihood_ode import TimeChange, traced
 from .score_fn import FiniteCheck, call_score, check_every_default
@@ -57,6 +58,7 @@ from .sde import SDE
 from .solvers.dpmpp import DPMSolverPP2M, DPMSolverPP3M
 from .solvers.node_solver import step_orders
 from .solvers.nodes import Nodes, continuous_nodes
+from .solvers.ode import ADAPTIVE_METHODS
 from .solvers.ode_types import ODESolverError
 
 #: log_likelihood's fixed-grid multistep methods (see the module docstring)
@@ -74,7 +76,33 @@ MAX_LAMBDA_STEP = 2.5
 #: the most steps accepted (NFE = steps + 1)
 MAX_STEPS = 1_000_000
 
-__all__ = ["MULTISTEP_METHODS", "quadrature_weights", "multistep_log_likelihood"]
+__all__ = ["MULTISTEP_METHODS", "check_multistep_args", "quadrature_weights", "multistep_log_likelihood"]
+
+
+def check_multistep_args(method: str, steps, min_step, step_control: str, rtol, atol, max_nfe) -> None:
+    """Check the arguments of ``log_likelihood(method="dpmpp_2m" | "dpmpp_3m", ...)`` before anything is drawn.
+
+    rtol / atol are checked as solve_ode checks them for its fixed-grid methods (> 0, unused).
+    Raises:
+        ValueError: steps missing or above :data:`MAX_STEPS`, rtol / atol / max_nfe / steps <= 0, min_step
+            given, step_control other than "batch".
+        TypeError: a non-integer steps or max_nfe.
+    """
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+    if max_nfe is not None:
+        check_positive("max_nfe", max_nfe, integer=True)
+    if steps is None:
+        raise ValueError(f"method {method!r} steps on a fixed grid: pass steps (an integer >= 1; NFE = steps + 1, "
+                         "e.g. 40-80 for 0.002-0.003 bits/dim on the digits UNet, see benchmarks/bench_likelihood.py)")
+    check_positive("steps", steps, integer=True)
+    if steps > MAX_STEPS:
+        raise ValueError(f"steps must be at most {MAX_STEPS:,} for method {method!r} (NFE = steps + 1); got {steps:,}")
+    if min_step is not None:
+        raise ValueError(f"min_step applies to the adaptive methods {list(ADAPTIVE_METHODS)}, not {method!r}")
+    if step_control != "batch":
+        raise ValueError(f"step_control='per_sample' supports method 'dopri5' only; got {method!r}, whose fixed grid "
+                         "already gives every sample the same steps whatever its batch-mates (use step_control='batch')")
 
 
 def quadrature_weights(steps: int) -> list[float]:

@@ -19,16 +19,21 @@ def test_bench_step_control_quick(tmp_path):
     for row in d["rows"]:
         shared, per = row["batch"], row["per_sample"]
         assert shared["nfe"] > 0 and shared["sample_evals"] == shared["nfe"] * row["B"]
-        # per-sample calls leave finished samples out: at most B rows per call
-        assert per["nfe"] > 0 and per["sample_evals"] <= per["nfe"] * row["B"]
-        assert shared["cpu_s"] > 0 and per["cpu_s"] > 0
-        assert all(v >= 0 for v in (shared["max_rel_change_logp"], per["max_rel_change_logp"]))
-        # issue 13, item 3: in float64 (no batch-size rounding of the UNet to speak of) a sample's log-density
-        # with per-sample steps is the same alone and in the batch
-        assert per["float64_max_rel_change_logp"] < 1e-6, per
+        free = row["per_sample_free"]
+        for p in (per, free):  # per-sample solves leave finished samples out: at most B per evaluation
+            assert p["nfe"] > 0 and p["sample_evals"] <= p["nfe"] * row["B"]
+            assert p["cpu_s"] > 0 and p["max_rel_change_logp"] >= 0
+        assert free["network_rows"] == free["sample_evals"] and free["network_calls"] == free["nfe"]
+        # 16 rows in every call of the network: B <= 16 pads each evaluation to one call of 16 rows
+        assert per["network_calls"] == per["nfe"] and per["network_rows"] == 16 * per["nfe"]
+        assert shared["cpu_s"] > 0 and shared["max_rel_change_logp"] >= 0
+        # issue 13, item 3: a sample's log-density with per-sample steps is the same alone and in the batch,
+        # in float32 with calls of one shape and in float64 either way
+        assert per["max_rel_change_logp"] < 1e-6 and per["float64_max_rel_change_logp"] < 1e-6, per
+        assert free["float64_max_rel_change_logp"] < 1e-6, free
         # the fixed grid (dpmpp_2m in lambda) takes steps + 1 calls on the whole batch and is batch-independent too
         grid = row["grid"]
         assert grid["nfe"] == 9 and grid["sample_evals"] == 9 * row["B"], grid
         assert grid["float64_max_rel_change_logp"] < 1e-10 and grid["max_rel_change_logp"] < 1e-4, grid
     assert d["readme"] == []  # the quick run owns no README row
-    assert "| batch | shared: NFE |" in (tmp_path / "step_control.md").read_text()
+    assert "| batch | shared step: NFE (CPU s) |" in (tmp_path / "step_control.md").read_text()

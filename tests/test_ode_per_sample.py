@@ -18,6 +18,7 @@ import torch
 from scoresde import VESDE, VPSDE, bits_per_dim, decode, encode, log_likelihood
 from scoresde.oracle import GaussianData
 from scoresde.solvers.ode import ODESolverError, rms_norm, solve_ode
+from scoresde.solvers.ode_per_sample import dopri5_per_sample
 
 EPS = 1e-5
 
@@ -43,14 +44,58 @@ def test_single_sample_matches_torchdiffeq_dopri5(t0, t1, norm):
     for i in (0, 40, 64):
         yi = (x[i:i + 1], c[i:i + 1])
         ref = solve_ode(_field, yi, t0, t1, rtol=1e-6, atol=1e-6, norm=norm)
-        ps = solve_ode(_field, yi, t0, t1, rtol=1e-6, atol=1e-6, norm=norm, step_control="per_sample")
+        # step_grid=None: torchdiffeq's step sizes exactly
+        ps = dopri5_per_sample(_field, yi, t0, t1, rtol=1e-6, atol=1e-6, norm="rms" if norm else "mixed",
+                               step_grid=None)
         assert ps.nfe == ref.nfe and ps.nfe_per_sample.tolist() == [ref.nfe]  # the same steps
         scale = float(ref.y[0].abs().max())
         # forward: identical arithmetic up to summation order; backward: torchdiffeq negates time inside
         tol = 1e-13 if t1 > t0 else 1e-8
         assert float((ps.y[0] - ref.y[0]).abs().max()) <= tol * max(scale, 1.0)
         assert float((ps.y[1] - ref.y[1]).abs().max()) <= tol * max(scale, 1.0)
-    assert ref.step_control == "batch" and ref.nfe_per_sample is None and ps.step_control == "per_sample"
+        # the default grid of step sizes (16 per octave): other steps, the same solution to the tolerance
+        grid = solve_ode(_field, yi, t0, t1, rtol=1e-6, atol=1e-6, norm=norm, step_control="per_sample")
+        assert abs(grid.nfe - ref.nfe) <= 0.1 * ref.nfe
+        assert float((grid.y[0] - ref.y[0]).abs().max()) <= 1e-5 * max(scale, 1.0)
+    assert ref.step_control == "batch" and ref.nfe_per_sample is None and grid.step_control == "per_sample"
+
+
+def test_step_sizes_lie_on_the_grid_and_bad_grids_are_refused():
+    x, c = _state(B=5)
+    times = []
+
+    def f(t, y):
+        times.append(t.clone())
+        return _field(t, y)
+
+    dopri5_per_sample(f, (x, c), 0.0, 1.0, rtol=1e-6, atol=1e-6, step_grid=4)
+    # the stage times of a step are t + alpha h: alpha = 1/5 gives h exactly (t = 0 at the first step)
+    h = times[2] * 5  # the first step's first stage, all samples at t0 = 0
+    k = torch.log2(h.double()) * 4
+    assert torch.allclose(k, k.round(), atol=1e-9)
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="step_grid must be None or an integer"):
+            dopri5_per_sample(_field, (x, c), 0.0, 1.0, step_grid=bad)
+
+
+def test_rows_per_call_gives_calls_of_one_shape_and_the_same_result():
+    x, c = _state(B=21)
+    shapes = []
+
+    def f(t, y, rows):
+        shapes.append((t.shape[0], y[0].shape[0], rows.shape[0]))
+        return _field(t, y)
+
+    a = solve_ode(f, (x, c), EPS, 1.0, rtol=1e-6, atol=1e-6, step_control="per_sample", with_rows=True,
+                  rows_per_call=8)
+    assert set(shapes) == {(8, 8, 8)}
+    b = solve_ode(_field, (x, c), EPS, 1.0, rtol=1e-6, atol=1e-6, step_control="per_sample")
+    assert a.nfe == b.nfe and torch.equal(a.nfe_per_sample, b.nfe_per_sample)  # NFE counts evaluations
+    assert torch.allclose(a.y[0], b.y[0], rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="rows_per_call applies to step_control='per_sample'"):
+        solve_ode(_field, (x, c), EPS, 1.0, rows_per_call=8)
+    with pytest.raises(ValueError, match="rows_per_call"):
+        solve_ode(_field, (x, c), EPS, 1.0, step_control="per_sample", rows_per_call=0)
 
 
 def test_batch_independence_and_nfe_per_sample():

@@ -166,7 +166,7 @@ def cmd_likelihood(args) -> int:
     res = likelihood(model, sde, evd, n=args.num_points, divergence=args.divergence, ode_method=args.ode_method,
                      rtol=args.rtol, atol=args.atol, eps=args.eps, batch_size=args.batch_size, seed=args.seed,
                      vlb=args.vlb, progress=not args.quiet, steps=args.steps, time_variable=args.time_variable,
-                     step_control=args.step_control)
+                     step_control=args.step_control, rows_per_call=args.rows_per_call)
     if rank != 0:  # rank 0 alone writes and prints
         finish()
         return 0

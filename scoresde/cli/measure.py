@@ -32,7 +32,7 @@ def eval_split(spec, split, cfg, ds, seed, **data_options):
 
 def likelihood(model, sde, ds, *, n=0, divergence="hutchinson_rademacher", ode_method="dopri5", rtol=1e-5,
                atol=1e-5, eps=1e-5, batch_size=500, seed=0, vlb=False, progress=True, steps=None,
-               time_variable="t", step_control="batch") -> dict:
+               time_variable="t", step_control="batch", rows_per_call=16) -> dict:
     """bits/dim of the data set ``ds`` by the PF-ODE (and optionally the DDPM bound); JSON-ready dict.
 
     Quantized data (integer levels): :func:`scoresde.bits_per_dim` with uniform dequantization,
@@ -51,7 +51,7 @@ def likelihood(model, sde, ds, *, n=0, divergence="hutchinson_rademacher", ode_m
         model, sde: the score model and its SDE. ds: a :class:`scoresde.data.Dataset`.
         n: the first n points (0: all). divergence, ode_method, rtol, atol, eps, steps (of a
             fixed-grid ode_method), time_variable ("t" / "lambda"), step_control ("batch" /
-            "per_sample"): the solve's options (those of :func:`scoresde.log_likelihood`). batch_size: points per solve. seed: base seed of the batches.
+            "per_sample"), rows_per_call (per_sample: rows of every network call): the solve's options (those of :func:`scoresde.log_likelihood`). batch_size: points per solve. seed: base seed of the batches.
         vlb: also the DDPM variational bound (:func:`vlb_bits`). progress: bars on stderr.
     Returns:
         dict (bpd, bpd_se, nfe_per_solve (one per batch), wall_s, processes, ...).
@@ -68,7 +68,7 @@ def likelihood(model, sde, ds, *, n=0, divergence="hutchinson_rademacher", ode_m
     # e.g. 17-level digits stored as uint8 and read as 256 levels: 9.78 bits/dim instead of 4.27
     levels_note = check_levels(xs, ds.num_levels, warn=False) if quantized else None
     opts = dict(eps=eps, method=ode_method, rtol=rtol, atol=atol, divergence=divergence, steps=steps,
-                time_variable=time_variable, step_control=step_control)
+                time_variable=time_variable, step_control=step_control, rows_per_call=rows_per_call)
     rank, world = _dist_info()
     mine = _my_batches(npts, batch_size, rank, world)
     desc = "likelihood (PF-ODE)" + (f", process 0 of {world}" if world > 1 else "")
@@ -90,7 +90,8 @@ def likelihood(model, sde, ds, *, n=0, divergence="hutchinson_rademacher", ode_m
            "num_levels": ds.num_levels, "levels_warning": levels_note, "data_range": list(ds.data_range),
            "divergence": divergence,
            "ode_method": ode_method, "rtol": rtol, "atol": atol, "eps": eps, "steps": steps,
-           "time_variable": time_variable, "step_control": step_control}
+           "time_variable": time_variable, "step_control": step_control,
+           "rows_per_call": rows_per_call if step_control == "per_sample" else None}
     if vlb:
         if not isinstance(sde, (VPSDE, SubVPSDE)):
             res["vlb"] = None

@@ -292,6 +292,9 @@ def _add_likelihood(sub) -> None:
     p.add_argument("--step-control", choices=("batch", "per_sample"), default="batch",
                    help="batch: one adaptive step size for the whole batch; per_sample: each point its own "
                         "(dopri5 only)")
+    p.add_argument("--rows-per-call", type=_positive_int, default=16,
+                   help="with --step-control per_sample: rows of every network call (the running points in "
+                        "chunks; a fixed shape keeps a point's result independent of its batch); e.g. 256 on a GPU")
     p.add_argument("--rtol", type=_positive_float, default=1e-5,
                    help="relative tolerance (1e-3 instead for data of <= 16 dimensions unless typed)")
     p.add_argument("--atol", type=_positive_float, default=1e-5, help="absolute tolerance (as --rtol)")

@@ -188,7 +188,8 @@ def _adaptive_options(method, steps, min_step, norm, t0, t1, device) -> dict:
     return options
 
 
-def _per_sample(func, y0, t0, t1, *, method, rtol, atol, steps, max_nfe, min_step, norm, with_rows, dtypes):
+def _per_sample(func, y0, t0, t1, *, method, rtol, atol, steps, max_nfe, min_step, norm, with_rows, dtypes,
+                rows_per_call):
     """step_control="per_sample": the batched dopri5 of ode_per_sample, one step size per sample."""
     if method != "dopri5":
         raise ValueError(f"step_control='per_sample' supports method 'dopri5' only; got {method!r} (use "
@@ -212,7 +213,8 @@ def _per_sample(func, y0, t0, t1, *, method, rtol, atol, steps, max_nfe, min_ste
         def f(t, y, *rows):
             return func(t, y[0], *rows)
     sol = dopri5_per_sample(f, parts, t0, t1, rtol=rtol, atol=atol, norm="rms" if norm is rms_norm else "mixed",
-                            min_step=float(min_step or 0.0), max_nfe=max_nfe, with_rows=with_rows)
+                            min_step=float(min_step or 0.0), max_nfe=max_nfe, with_rows=with_rows,
+                            rows_per_call=rows_per_call)
     y = tuple(v.to(d) for v, d in zip(sol.y, dtypes))
     return ODESolution(y=y if isinstance(y0, tuple) else y[0], nfe=sol.nfe, method=method,
                        nfe_per_sample=sol.nfe_per_sample, step_control="per_sample")
@@ -221,7 +223,7 @@ def _per_sample(func, y0, t0, t1, *, method, rtol, atol, steps, max_nfe, min_ste
 def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = "dopri5", rtol: float = 1e-5,
               atol: float = 1e-5, steps: int | None = None, max_nfe: int | None = None,
               min_step: float | None = None, norm: Callable | None = None, step_control: str = "batch",
-              with_rows: bool = False) -> ODESolution:
+              with_rows: bool = False, rows_per_call: int | None = None) -> ODESolution:
     """Integrate dy/dt = func(t, y) from t0 to t1 and count the evaluations.
 
     Arguments:
@@ -259,9 +261,15 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
         step_control: "batch" (default: torchdiffeq, one step size for the whole batch, so a
             sample's result depends on its batch-mates within the tolerance) or "per_sample"
             (:func:`scoresde.solvers.ode_per_sample.dopri5_per_sample`: dopri5 with a time, step
-            size and accept / reject decision per sample, by torchdiffeq's rules for one sample).
+            size and accept / reject decision per sample, by torchdiffeq's rules for one sample,
+            step sizes rounded down to 16 per octave).
         with_rows: ``step_control="per_sample"`` only: call ``func(t, y, rows)`` with rows (n,)
             int64, the batch indices of the rows in y (for per-sample constants).
+        rows_per_call: ``step_control="per_sample"`` only: an integer >= 1 to call ``func`` on
+            exactly that many rows each time (the running rows in chunks, the last padded with
+            copies of its last row; one evaluation still counts once in ``nfe``), so that a
+            network rounds a sample the same way whatever its batch-mates; None (default): one
+            call on the running rows.
     Returns:
         :class:`ODESolution` with ``y`` (the state at t1, shaped and typed like ``y0``: a float16 /
         bfloat16 part is computed in float32 and cast back), ``nfe`` (calls of ``func``),
@@ -274,8 +282,9 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
             steps missing / < 1 for a fixed-grid method or given for an adaptive one, min_step
             above a tenth of |t1 - t0|, min_step
             with a fixed-grid method, non-finite t0 / t1 or t0 == t1; with "per_sample": a method
-            other than dopri5, a norm other than None / rms_norm, parts without a common batch.
-        TypeError: non-integer steps or max_nfe, y0 neither a tensor nor a tuple of tensors.
+            other than dopri5, a norm other than None / rms_norm, parts without a common batch;
+            with_rows or rows_per_call with "batch"; rows_per_call < 1.
+        TypeError: non-integer steps, max_nfe or rows_per_call, y0 neither a tensor nor a tuple of tensors.
         ODESolverError: more than ``max_nfe`` evaluations (the message gives the time
             reached); step-size underflow or a non-finite state.
     Reference:
@@ -294,6 +303,11 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
         raise TypeError(f"y0 must be a tensor or a non-empty tuple of tensors; got {type(y0).__name__}")
     if with_rows and step_control != "per_sample":
         raise ValueError("with_rows applies to step_control='per_sample' only (func sees the whole batch otherwise)")
+    if rows_per_call is not None:
+        if step_control != "per_sample":
+            raise ValueError("rows_per_call applies to step_control='per_sample' only (func sees the whole batch "
+                             "otherwise)")
+        check_positive("rows_per_call", rows_per_call, integer=True)
     device = tensors[0].device
     dtypes = tuple(v.dtype for v in tensors)
     if any(d in HALF_DTYPES for d in dtypes):  # torchdiffeq's step control breaks down in half precision
@@ -303,7 +317,8 @@ def solve_ode(func: Callable, y0: State, t0: float, t1: float, *, method: str = 
         _check_resolution(rtol, atol, dtypes)
     if step_control == "per_sample":
         return _per_sample(func, y0, t0, t1, method=method, rtol=rtol, atol=atol, steps=steps, max_nfe=max_nfe,
-                           min_step=min_step, norm=norm, with_rows=with_rows, dtypes=dtypes)
+                           min_step=min_step, norm=norm, with_rows=with_rows, dtypes=dtypes,
+                           rows_per_call=rows_per_call)
     if method in ADAPTIVE_METHODS:
         options = _adaptive_options(method, steps, min_step, norm, t0, t1, device)
     else:

@@ -5,8 +5,9 @@ by one norm, so one hard sample sets everyone's steps and adding a sample to a b
 others' results by up to the tolerance (``vmap(odeint)`` fails, so torchdiffeq cannot be made to
 step per sample). :func:`dopri5_per_sample` runs B independent dopri5 solves in lock-step: each
 sample has its own time, step size, error ratio and accept / reject decision, computed by
-torchdiffeq's own rules for one sample, so a sample alone takes exactly the steps torchdiffeq's
-``dopri5`` takes for it (to round-off), and inside a batch the same steps again:
+torchdiffeq's own rules for one sample, with the step sizes rounded down to a grid (``step_grid=None``:
+exactly the steps torchdiffeq's ``dopri5`` takes for it, to round-off), and inside a batch the
+same steps again:
 
 * Butcher tableau, error estimate and FSAL of torchdiffeq's ``dopri5`` (Dormand-Prince 5(4));
 * initial step of Hairer, Norsett & Wanner (torchdiffeq's ``_select_initial_step``), per sample;
@@ -24,6 +25,22 @@ running (their times t as a (n,) tensor, each at its own time, and their rows of
 the cost is the sum of the samples' own NFE, not B times the largest. ``func`` must therefore
 treat the rows independently (a network in ``eval()`` mode); with ``with_rows=True`` it is also
 given the rows' indices in the batch (for per-sample constants such as Hutchinson probes).
+
+Batch independence needs two things besides the per-sample norm (measured on the digits UNet of
+``benchmarks/bench_step_control.py``, whose field oscillates in t with a period of 0.006):
+
+* **Step sizes on a grid.** With torchdiffeq's continuous controller a perturbation of a
+  sample's state as small as the network's batch-size rounding (1e-16 in float64) moves the next
+  step size by as much, so its times t drift; where the error estimate depends steeply on t the
+  drift grows about 2x per step, and after about 40 steps the sample takes other steps than
+  alone: its logp moved by 2e-4 relative in float64, the solve's own error. Rounding every step
+  size down to 2^(k / step_grid) (16 per octave: each step at most 4.2% shorter)
+  keeps the times bitwise equal, so nothing accumulates: 1e-15 in float64.
+* **The same call shapes** (``rows_per_call``). In float32 the error ratio of a sample inherits
+  the network's batch-size rounding (1e-7 relative, amplified by the cancellation in the error
+  estimate), enough to move a step size across a grid point now and then. CPU and GPU kernels
+  round a row differently for different batch sizes but (in practice) the same way at any
+  position of a batch of a fixed size: with ``rows_per_call`` every call has that many rows.
 
 Per step the host reads a few flags (running count, non-finite, underflow): one synchronisation
 per step on a GPU, as torchdiffeq's adaptive loop.
@@ -66,6 +83,8 @@ _C_ERROR = (35 / 384 - 1951 / 21600, 0.0, 500 / 1113 - 22642 / 50085, 125 / 192 
             -2187 / 6784 - -12231 / 42400, 11 / 84 - 649 / 6300, -1.0 / 60.0)
 _ORDER = 5
 _SAFETY, _IFACTOR, _DFACTOR = 0.9, 10.0, 0.2
+#: step sizes are rounded down to 2^(k / STEP_GRID): 16 per octave (see the module docstring)
+STEP_GRID = 16
 
 
 @dataclass
@@ -101,8 +120,10 @@ def _sample_norm(parts, kind: str) -> torch.Tensor:
 class _Field:
     """func on a subset of rows: t clamped into the interval and cast, every call counted, NFE budget."""
 
-    def __init__(self, func, t0: float, t1: float, B: int, max_nfe, with_rows: bool, tdtype, device):
+    def __init__(self, func, t0: float, t1: float, B: int, max_nfe, with_rows: bool, tdtype, device,
+                 rows_per_call: int | None = None):
         self.func, self.t0, self.t1, self.max_nfe, self.with_rows = func, t0, t1, max_nfe, with_rows
+        self.rows_per_call, self.B = rows_per_call, B
         self.lo, self.hi = min(t0, t1), max(t0, t1)
         self.tdtype = tdtype
         self.nfe = 0
@@ -125,8 +146,25 @@ class _Field:
         tc = t.clamp(self.lo, self.hi).to(self.tdtype)
         tc = torch.where(tc.double() < self.lo, torch.nextafter(tc, torch.full_like(tc, self.hi)), tc)
         tc = torch.where(tc.double() > self.hi, torch.nextafter(tc, torch.full_like(tc, self.lo)), tc)
+        if self.rows_per_call is None:
+            return self._call(tc, y, rows)
+        return self._in_chunks(tc, y, rows)
+
+    def _call(self, tc, y, rows):
         out = self.func(tc, y, rows) if self.with_rows else self.func(tc, y)
         return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+    def _in_chunks(self, tc, y, rows):
+        """func on chunks of exactly rows_per_call rows (the last padded with copies of the last row)."""
+        n, C = tc.shape[0], self.rows_per_call
+        if rows is None:
+            rows = torch.arange(n, device=tc.device)
+        pad = (-n) % C
+        if pad:
+            idx = torch.cat([torch.arange(n, device=tc.device), torch.full((pad,), n - 1, device=tc.device)])
+            tc, rows, y = tc[idx], rows[idx], tuple(p[idx] for p in y)
+        outs = [self._call(tc[i:i + C], tuple(p[i:i + C] for p in y), rows[i:i + C]) for i in range(0, n + pad, C)]
+        return tuple(torch.cat(parts)[:n] for parts in zip(*outs))
 
 
 def _initial_step(field, t, y, f0, rows, d, rtol, atol, norm):
@@ -171,9 +209,18 @@ def _next_step(h, ratio):
     return torch.where(ratio == 0, h * _IFACTOR, h * factor)
 
 
+def _on_grid(h, step_grid):
+    """h (float64) rounded down to the nearest 2^(k / step_grid), k an integer (unchanged with step_grid None)."""
+    if step_grid is None:
+        return h
+    k = torch.floor(torch.log2(h) * step_grid)
+    return torch.where(torch.isfinite(h) & (h > 0), torch.exp2(k / step_grid), h)
+
+
 def dopri5_per_sample(func: Callable, y0: tuple, t0: float, t1: float, *, rtol: float = 1e-5, atol: float = 1e-5,
                       norm: str = "rms", min_step: float = 0.0, max_nfe: int | None = None,
-                      with_rows: bool = False) -> PerSampleSolution:
+                      with_rows: bool = False, step_grid: int | None = STEP_GRID,
+                      rows_per_call: int | None = None) -> PerSampleSolution:
     """Integrate dy/dt = func(t, y) from t0 to t1 with dopri5, each sample with its own step size.
 
     Call it through :func:`scoresde.solvers.ode.solve_ode` with ``step_control="per_sample"``,
@@ -193,24 +240,33 @@ def dopri5_per_sample(func: Callable, y0: tuple, t0: float, t1: float, *, rtol: 
         min_step: smallest step (>= 0); a step this short is accepted whatever its error.
         max_nfe: optional budget of calls of ``func``.
         with_rows: pass the rows' batch indices to ``func`` as a third argument.
+        step_grid: step sizes are rounded down to 2^(k / step_grid), k an integer (default
+            :data:`STEP_GRID` = 16 per octave, at most 4.2% shorter than the controller's); None:
+            torchdiffeq's step sizes exactly. See the module docstring for why.
+        rows_per_call: None (default): ``func`` is called once per stage on the running rows; an
+            integer: on chunks of exactly that many rows (the last padded with copies of its
+            last row), one evaluation in ``nfe`` all the same.
     Returns:
         :class:`PerSampleSolution` (the state at t1, calls, per-sample NFE and steps).
     Raises:
+        ValueError: step_grid not None or an integer >= 1.
         ODESolverError: more than ``max_nfe`` calls; a step-size underflow (t + h == t) or a
             non-finite error estimate / state for some sample (the message names how many).
     Reference: Dormand & Prince 1980; Hairer, Norsett & Wanner, Sec. II.4; torchdiffeq ``dopri5``.
     """
+    if step_grid is not None and (isinstance(step_grid, bool) or not isinstance(step_grid, int) or step_grid < 1):
+        raise ValueError(f"step_grid must be None or an integer >= 1 (steps per octave); got {step_grid!r}")
     y = tuple(y0)
     B, device = y[0].shape[0], y[0].device
     d = 1.0 if t1 > t0 else -1.0
     tdtype = y[0].dtype
     for p in y[1:]:
         tdtype = torch.promote_types(tdtype, p.dtype)
-    field = _Field(func, t0, t1, B, max_nfe, with_rows, tdtype, device)
+    field = _Field(func, t0, t1, B, max_nfe, with_rows, tdtype, device, rows_per_call)
     t = torch.full((B,), float(t0), dtype=torch.float64, device=device)
     all_rows = torch.arange(B, device=device) if with_rows else None
     f = field(t, y, all_rows)
-    h = _initial_step(field, t, y, f, all_rows, d, rtol, atol, norm)
+    h = _on_grid(_initial_step(field, t, y, f, all_rows, d, rtol, atol, norm), step_grid)
     steps = torch.zeros(B, dtype=torch.int64, device=device)
     rows, n_run = None, B  # rows None: all samples running
     while n_run:
@@ -220,7 +276,7 @@ def dopri5_per_sample(func: Callable, y0: tuple, t0: float, t1: float, *, rtol: 
         t_new, ha, y1, f1, ratio = _step(field, ta, ha, ya, fa, all_rows if rows is None else rows, d, t1, rtol,
                                          atol, norm)
         accept = (ratio <= 1) | (ha <= min_step)
-        h_next = _next_step(ha, ratio).clamp(min=min_step)
+        h_next = _on_grid(_next_step(ha, ratio), step_grid).clamp(min=min_step)
         bad = ~torch.isfinite(ratio)
         underflow = t_new == ta
         if rows is None:
