@@ -3,6 +3,8 @@
 - ``likelihood``: the PF-ODE bar advances once per network evaluation (the NFE of the adaptive
   solves, which it has no total for: it shows none), with "batch j/B" and the evaluations of
   the current batch in its postfix; it used to count batches and sit at 0/1 for a minute.
+  A per-sample solve that calls the network on chunks of rows (``rows_per_call``) ticks once
+  per evaluation, not once per chunk.
 - the DDPM variational bound that follows has a bar whose total, chain steps x batches, is the
   number of evaluations it counts.
 - ``compare``'s bits/dim of an ODE row and of a DDPM row get the same bars.
@@ -79,6 +81,21 @@ def test_likelihood_bar_counts_every_network_evaluation(bars):
     assert last == {j + 1: nfe for j, nfe in enumerate(res["nfe_per_solve"])}
     hooks = model.net._forward_hooks
     assert not hooks  # removed afterwards
+
+
+def test_per_sample_bar_counts_evaluations_not_chunk_calls(bars):
+    # rows_per_call=2 on batches of 5: up to 3 network calls per evaluation; the bar counts one
+    sde = scoresde.VPSDE(N=50)
+    model = _model(sde)
+    calls = []
+    hook = model.net.register_forward_hook(lambda *a: calls.append(1))
+    res = likelihood(model, sde, toy("two_moons", 10), batch_size=5, rtol=1e-2, atol=1e-2, progress=True,
+                     step_control="per_sample", rows_per_call=2)
+    hook.remove()
+    assert len(bars) == 1 and len(res["nfe_per_solve"]) == 2
+    assert bars[0].n == sum(res["nfe_per_solve"])  # the solver's NFE, as the JSON reports it
+    assert len(calls) > 1.5 * bars[0].n  # the network was called on several chunks per evaluation
+    assert int(bars[0].postfixes[-1].rsplit("NFE this batch ", 1)[1]) == res["nfe_per_solve"][-1]
 
 
 def test_likelihood_without_progress_shows_no_bar(bars):

@@ -18,7 +18,7 @@ import torch
 from scoresde import VESDE, VPSDE, bits_per_dim, decode, encode, log_likelihood
 from scoresde.oracle import GaussianData
 from scoresde.solvers.ode import ODESolverError, rms_norm, solve_ode
-from scoresde.solvers.ode_per_sample import dopri5_per_sample
+from scoresde.solvers.ode_per_sample import dopri5_per_sample, evaluation_part
 
 EPS = 1e-5
 
@@ -82,13 +82,19 @@ def test_rows_per_call_gives_calls_of_one_shape_and_the_same_result():
     x, c = _state(B=21)
     shapes = []
 
+    parts = []
+
     def f(t, y, rows):
         shapes.append((t.shape[0], y[0].shape[0], rows.shape[0]))
+        parts.append(evaluation_part())
         return _field(t, y)
 
     a = solve_ode(f, (x, c), EPS, 1.0, rtol=1e-6, atol=1e-6, step_control="per_sample", with_rows=True,
                   rows_per_call=8)
     assert set(shapes) == {(8, 8, 8)}
+    # the chunks of one evaluation are numbered 0, 1, ... (a call counter counts part 0 only)
+    assert parts.count(0) == solve_ode(_field, (x, c), EPS, 1.0, rtol=1e-6, atol=1e-6, step_control="per_sample").nfe
+    assert parts[:3] == [0, 1, 2] and max(parts) == 2 and evaluation_part() == 0  # 21 rows: 3 chunks at first
     b = solve_ode(_field, (x, c), EPS, 1.0, rtol=1e-6, atol=1e-6, step_control="per_sample")
     assert a.nfe == b.nfe and torch.equal(a.nfe_per_sample, b.nfe_per_sample)  # NFE counts evaluations
     assert torch.allclose(a.y[0], b.y[0], rtol=1e-12, atol=1e-14)

@@ -3,7 +3,9 @@
 An adaptive PF-ODE solve (``scoresde likelihood``, ``compare``'s bits/dim) runs for a minute or
 more inside one library call, so a bar over batches sits at 0 all that time. :class:`NetBar`
 counts the calls of the score network instead (a forward hook: the library's numbers are not
-touched), one tick per evaluation, with the evaluations of the current batch in the postfix.
+touched), one tick per evaluation (a per-sample solve that calls the network on several chunks
+of rows for one evaluation counts once, see
+:func:`scoresde.solvers.ode_per_sample.evaluation_part`), with the evaluations of the current batch in the postfix.
 Its total is the true number of evaluations when it is known in advance (the DDPM bound: steps
 x batches) and none when it is not (an adaptive solve chooses its steps as it goes), so the bar
 never claims a total it does not count. Bars go to stderr; ``enabled=False`` (``--quiet``, or a
@@ -34,7 +36,10 @@ def network_of(model) -> nn.Module | None:
 
 
 class NetBar:
-    """A tqdm bar on stderr advanced by one per forward call of ``model``'s network.
+    """A tqdm bar on stderr advanced by one per evaluation of ``model``'s network (NFE).
+
+    A forward call counts unless it is a later chunk of one per-sample evaluation
+    (``rows_per_call``, :func:`scoresde.solvers.ode_per_sample.evaluation_part` > 0).
 
     Use as a context manager; call :meth:`batch` when a new batch starts (it resets the
     per-batch count shown in the postfix as "NFE this batch").
@@ -71,8 +76,15 @@ class NetBar:
         self.bar = tqdm.auto.tqdm(total=self.total, desc=self.desc, unit="nfe", file=sys.stderr, dynamic_ncols=True)
         net = network_of(self.model)
         if net is not None:
-            self._handle = net.register_forward_hook(lambda module, inputs, output: self.advance())
+            self._handle = net.register_forward_hook(self._on_forward)
         return self
+
+    def _on_forward(self, module, inputs, output) -> None:
+        # one evaluation of a per-sample solve may call the network on several chunks of rows
+        # (rows_per_call): count its first chunk only, so that the bar shows evaluations (NFE)
+        from ..solvers.ode_per_sample import evaluation_part
+        if evaluation_part() == 0:
+            self.advance()
 
     def batch(self, points: int | None = None) -> None:
         """Start the next batch (of ``points`` points, shown in the postfix).

@@ -59,6 +59,7 @@ step, step-size control); Chen et al. 2018 (torchdiffeq ``dopri5``); Lienen & Gu
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,6 +86,22 @@ _ORDER = 5
 _SAFETY, _IFACTOR, _DFACTOR = 0.9, 10.0, 0.2
 #: step sizes are rounded down to 2^(k / STEP_GRID): 16 per octave (see the module docstring)
 STEP_GRID = 16
+
+_PART = threading.local()
+
+
+def evaluation_part() -> int:
+    """Which chunk of the current evaluation the network is computing (0: the first, or no chunking).
+
+    With ``rows_per_call`` one evaluation of the field calls ``func`` on several chunks of rows in
+    turn; this gives the chunk's index while ``func`` runs (per thread), so that a counter of
+    network calls (the CLI's progress bar, a forward hook) can count one evaluation, not one
+    call per chunk: count a call only when this is 0.
+
+    Returns:
+        int >= 0.
+    """
+    return getattr(_PART, "index", 0)
 
 
 @dataclass
@@ -163,7 +180,13 @@ class _Field:
         if pad:
             idx = torch.cat([torch.arange(n, device=tc.device), torch.full((pad,), n - 1, device=tc.device)])
             tc, rows, y = tc[idx], rows[idx], tuple(p[idx] for p in y)
-        outs = [self._call(tc[i:i + C], tuple(p[i:i + C] for p in y), rows[i:i + C]) for i in range(0, n + pad, C)]
+        outs = []
+        try:
+            for j, i in enumerate(range(0, n + pad, C)):
+                _PART.index = j
+                outs.append(self._call(tc[i:i + C], tuple(p[i:i + C] for p in y), rows[i:i + C]))
+        finally:
+            _PART.index = 0
         return tuple(torch.cat(parts)[:n] for parts in zip(*outs))
 
 
