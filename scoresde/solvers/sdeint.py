@@ -21,7 +21,15 @@ step hook between steps without restarting the solver. The Brownian motion is
 drawn from the caller's ``torch.Generator`` (with srk also the space-time Levy area, an
 independent normal) is the exact Brownian path, at the cost of one or two normal draws per
 step (torchsde's BrownianInterval builds a binary tree of the path, about 9 state-sized draws
-per step, and seeds itself from numpy's global generator).
+per step, and seeds itself from numpy's global generator); with one generator an increment is one
+``torch.normal`` call (bitwise equal to ``randn * sqrt(h)``).
+
+Additive noise also lets three steps skip work that cannot change the result: "milstein" is
+stepped by torchsde's Euler class (Milstein's correction term is exactly 0 here, which torchsde
+computes and adds: the same samples, bitwise, up to the sign of a zero), Euler scales its
+increment in place (the step uses it once) and "reversible_heun" gets g as a number instead of
+a (B, D) tensor (its g0 + g1 is then added in float64 and rounded once: differences of float32
+rounding, about 1e-7). Tested against torchsde's own classes on the plain protocol.
 
 Reference: Song et al. 2021, Eq. (6); Li et al. 2020 and Kidger et al. 2021 (torchsde);
 Roessler 2010 (SRA1); torchsde issue #115 (reverse time by a change of variable).
@@ -74,11 +82,18 @@ class IncrementBrownian:
             raise ValueError("IncrementBrownian only answers increment queries bm(ta, tb) of fixed-step methods "
                              "(and return_U=True with levy_area='space-time')")
         h = float(tb) - float(ta)
-        w = randn(self.shape, self.generator, self.device, self.dtype).mul_(math.sqrt(h))
+        w = self._normal(math.sqrt(h))
         if not return_U:
             return w
-        H = randn(self.shape, self.generator, self.device, self.dtype).mul_(math.sqrt(h / 12.0))
+        H = self._normal(math.sqrt(h / 12.0))
         return w, (0.5 * w + H).mul_(h)
+
+
+    def _normal(self, std: float) -> torch.Tensor:
+        """N(0, std^2 I) of the motion's shape: one kernel for one generator (bitwise equal to randn * std)."""
+        if isinstance(self.generator, (list, tuple)):
+            return randn(self.shape, self.generator, self.device, self.dtype).mul_(std)
+        return torch.normal(0.0, std, self.shape, generator=self.generator, dtype=self.dtype, device=self.device)
 
 
 class _ReverseTimeSDE:
@@ -95,6 +110,7 @@ class _ReverseTimeSDE:
         self.T, self.eps = float(T), float(eps)  # the start of this solve (grid[0]); s = T - t
         self.sde_type, self.noise_type = sde_type, noise_type
         self._memo = None
+        self.noise_once = False  # True when the method uses each Brownian increment once, in f_and_g_prod (Euler)
         self._coef: dict[float, tuple[float, float, float]] = {}
 
     def prepare(self, s_values) -> None:
@@ -126,13 +142,17 @@ class _ReverseTimeSDE:
         return out
 
     def g(self, s, y):
-        return torch.full_like(y, self._at(s)[2])
+        # a number, not a (B, D) tensor: g is state-free, and reversible Heun (the one method here that asks
+        # for g, as diagonal noise) only multiplies and adds it (g * v, g0 + g1)
+        return self._at(s)[2]
 
     def g_prod(self, s, y, v):
         return v * self._at(s)[2]
 
     def f_and_g_prod(self, s, y, v):  # what euler, heun, midpoint and euler_heun ask for: one call, not two
-        return self.f(s, y), v * self._at(s)[2]
+        g = self._at(s)[2]
+        # Euler's increment v is used once, in this product: scale it in place (one allocation fewer)
+        return self.f(s, y), (v.mul_(g) if self.noise_once else v * g)
 
 
 def _solver(rsde: _ReverseTimeSDE, bm, method: str, dt: float):
@@ -140,7 +160,11 @@ def _solver(rsde: _ReverseTimeSDE, bm, method: str, dt: float):
     from torchsde._core.base_sde import ForwardSDE
     from torchsde._core.methods import select
 
-    return select(method, rsde.sde_type)(sde=ForwardSDE(rsde), bm=bm, dt=dt, adaptive=False, rtol=1e-5, atol=1e-4,
+    # additive noise: Milstein's correction term is exactly 0 (torchsde computes and adds it), so its step
+    # is Euler's; torchsde's Euler class takes it without the dead terms (same result but the sign of a 0)
+    cls = select("euler" if method == "milstein" else method, rsde.sde_type)
+    rsde.noise_once = cls.__name__ == "Euler"
+    return cls(sde=ForwardSDE(rsde), bm=bm, dt=dt, adaptive=False, rtol=1e-5, atol=1e-4,
                                          dt_min=1e-5, options={})
 
 
