@@ -42,6 +42,7 @@ import torch
 
 from .._checks import check_choice, check_positive
 from ..grids import check_eps, time_grid
+from ..schedules import work_dtype
 from ..sde import SDE
 from .base import Plan, Solver, call_hook, register
 from .common import ScoreEval, randn
@@ -99,14 +100,18 @@ class IncrementBrownian:
 class _ReverseTimeSDE:
     """torchsde's SDE protocol for the reverse SDE in s = T - t on a flattened state.
 
-    The coefficients f(t), g(t) of the times a solve visits are computed before the loop, in one
-    vectorised call (:meth:`prepare`), so that an evaluation is the score call and two tensor
-    operations; other times are computed when asked.
+    The coefficients f(t), g(t) of the times a solve visits, and those times as the (B,) tensors
+    the score is called with, are made before the loop in one vectorised call (:meth:`prepare`),
+    so that an evaluation is the score call and two tensor operations; other times are computed
+    when asked.
     """
 
     def __init__(self, sde: SDE, score: ScoreEval, shape, eps: float, sde_type: str, T: float,
-                 noise_type: str = "additive"):
+                 noise_type: str = "additive", device=None):
         self.sde, self.score, self.shape = sde, score, tuple(shape)
+        self._flat = len(self.shape) == 2  # the state is already (B, D): no view in and out of the score
+        self.device = device
+        self._tb: dict[float, torch.Tensor] = {}  # s -> t as a (B,) tensor (rows of one expanded tensor)
         self.T, self.eps = float(T), float(eps)  # the start of this solve (grid[0]); s = T - t
         self.sde_type, self.noise_type = sde_type, noise_type
         self._memo = None
@@ -121,6 +126,8 @@ class _ReverseTimeSDE:
         t = torch.tensor([min(max(self.T - v, self.eps), self.T) for v in s_values], dtype=torch.float64)
         f, g = self.sde.drift_coeff(t).tolist(), self.sde.diffusion_coeff(t).tolist()
         self._coef.update(zip(s_values, zip(t.tolist(), f, g)))
+        rows = t.to(device=self.device, dtype=work_dtype(self.device))[:, None].expand(-1, self.shape[0])
+        self._tb.update(zip(s_values, rows.unbind(0)))
 
     def _at(self, s) -> tuple[float, float, float]:
         key = float(s)
@@ -134,9 +141,11 @@ class _ReverseTimeSDE:
         memo = self._memo
         if memo is not None and memo[0] is y and memo[1] == key:
             return memo[2]
-        t, f, g = self._at(key)
-        x = y.view(self.shape)
-        score = self.score(x, t).reshape(y.shape)
+        _, f, g = self._at(key)
+        if self._flat:
+            score = self.score(y, self._tb[key])
+        else:
+            score = self.score(y.view(self.shape), self._tb[key]).reshape(y.shape)
         out = torch.add(score * (g * g), y, alpha=-f)  # -(f x - g^2 s): the drift in s = T - t
         self._memo = (y, key, out)
         return out
@@ -192,7 +201,7 @@ def reverse_sdeint(score: ScoreEval, sde: SDE, x: torch.Tensor, grid: torch.Tens
     levy = "space-time" if sde_method == "srk" else "none"
     bm = IncrementBrownian(y.shape, generator, y.dtype, y.device, levy)
     noise = "diagonal" if sde_method == "reversible_heun" else "additive"
-    rsde = _ReverseTimeSDE(sde, score, x.shape, eps, SDE_METHODS[sde_method], T, noise)
+    rsde = _ReverseTimeSDE(sde, score, x.shape, eps, SDE_METHODS[sde_method], T, noise, device=y.device)
     # s increasing, as Python floats: the methods' time arithmetic (dt = t1 - t0, t0 + c dt, 1 / dt) is then
     # float arithmetic, not 0-d tensor operations (about 10 a step, ~2 us each); the state arithmetic is the same
     sv = (T - grid).tolist()
