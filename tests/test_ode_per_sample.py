@@ -104,6 +104,22 @@ def test_rows_per_call_gives_calls_of_one_shape_and_the_same_result():
         solve_ode(_field, (x, c), EPS, 1.0, step_control="per_sample", rows_per_call=0)
 
 
+def test_nested_chunked_solve_keeps_the_outer_part():
+    """A chunked per-sample solve inside a chunk of another restores the outer chunk's index after it."""
+    x, c = _state(B=21)
+    seen = []
+
+    def f(t, y, rows):
+        if evaluation_part() == 1 and not seen:
+            solve_ode(lambda t_, y_, r_: _field(t_, y_), (x, c), EPS, 1.0, rtol=1e-3, atol=1e-3,
+                      step_control="per_sample", with_rows=True, rows_per_call=8)
+            seen.append(evaluation_part())
+        return _field(t, y)
+
+    solve_ode(f, (x, c), EPS, 1.0, rtol=1e-3, atol=1e-3, step_control="per_sample", with_rows=True, rows_per_call=8)
+    assert seen == [1] and evaluation_part() == 0
+
+
 def test_batch_independence_and_nfe_per_sample():
     x, c = _state()
     full = solve_ode(_field, (x, c), EPS, 1.0, rtol=1e-6, atol=1e-6, norm=rms_norm, step_control="per_sample")

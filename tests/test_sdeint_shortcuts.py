@@ -83,7 +83,7 @@ def test_adapter_equals_torchsde_textbook_step(method):
     ref = _textbook_solve(method, x, grid, seed=7, noise_type=noise)
     ours = reverse_sdeint(ScoreEval(DATA.score_fn(sde)), sde, x, grid, sde_method=method,
                           generator=torch.Generator().manual_seed(7))
-    # float32 rounding only (reversible Heun adds g0 + g1 as numbers, then rounds once)
+    # float32 rounding only (our drift is one fused add: -f y + g^2 s)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
     assert (ours - x).abs().mean() > 0.1  # the solve moved the state: the comparison is not of two inputs
 
@@ -98,3 +98,34 @@ def test_milstein_shortcut_is_euler_bitwise():
     assert torch.equal(a, b)
     ref = _textbook_solve("milstein", x, grid, seed=3, noise_type="additive")  # torchsde's own Milstein class
     torch.testing.assert_close(b, ref, rtol=1e-5, atol=1e-5)
+
+
+METHODS = tuple(SDE_METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_score_may_write_to_its_time(method):
+    """Each score call gets its own t: writing to it neither fails nor moves the times of later calls."""
+    sde = VPSDE()
+    base = DATA.score_fn(sde)
+    grid = time_grid(sde, 6, 1e-3, "uniform")
+    x = torch.randn(32, 2, generator=torch.Generator().manual_seed(4))
+    writes = lambda x_, t: base(x_, t.mul_(0.5).mul_(2.0).clamp_(min=0.0))  # noqa: E731  (in place, same values)
+    shrinks = lambda x_, t: base(x_, t.mul_(0.9) / 0.9)  # noqa: E731  (a later call would see 0.9 t if t were shared)
+    runs = [reverse_sdeint(ScoreEval(fn), sde, x, grid, sde_method=method, generator=torch.Generator().manual_seed(5))
+            for fn in (base, writes, shrinks)]
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=0)
+    torch.testing.assert_close(runs[2], runs[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(1, 2), (1, 1, 4, 4)])
+def test_one_generator_or_a_list_of_one_give_the_same_sample(method, shape):
+    """Batch 1: generator=g and generator=[g] draw the same noise (small states included, < 16 elements)."""
+    from scoresde import sample
+
+    sde = VPSDE()
+    score = (DATA if len(shape) == 2 else GaussianData(mu=0.0, std=0.5, shape=shape[1:])).score_fn(sde)
+    a, b = (sample(score, sde, shape, method="sde", sde_method=method, steps=8, generator=g)
+            for g in (torch.Generator().manual_seed(6), [torch.Generator().manual_seed(6)]))
+    assert torch.equal(a, b)

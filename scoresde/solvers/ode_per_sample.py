@@ -181,12 +181,13 @@ class _Field:
             idx = torch.cat([torch.arange(n, device=tc.device), torch.full((pad,), n - 1, device=tc.device)])
             tc, rows, y = tc[idx], rows[idx], tuple(p[idx] for p in y)
         outs = []
+        outer = evaluation_part()  # restored after: a chunked solve inside a score keeps the outer chunk's index
         try:
             for j, i in enumerate(range(0, n + pad, C)):
                 _PART.index = j
                 outs.append(self._call(tc[i:i + C], tuple(p[i:i + C] for p in y), rows[i:i + C]))
         finally:
-            _PART.index = 0
+            _PART.index = outer
         return tuple(torch.cat(parts)[:n] for parts in zip(*outs))
 
 

@@ -21,15 +21,15 @@ step hook between steps without restarting the solver. The Brownian motion is
 drawn from the caller's ``torch.Generator`` (with srk also the space-time Levy area, an
 independent normal) is the exact Brownian path, at the cost of one or two normal draws per
 step (torchsde's BrownianInterval builds a binary tree of the path, about 9 state-sized draws
-per step, and seeds itself from numpy's global generator); with one generator an increment is one
-``torch.normal`` call (bitwise equal to ``randn * sqrt(h)``).
+per step, and seeds itself from numpy's global generator); an increment is one ``torch.normal``
+call (per generator with a list). For 16 elements or more that is bitwise ``randn * sqrt(h)``;
+below, torch's CPU kernel multiplies in float64, and float32 draws differ by one rounding.
 
 Additive noise also lets three steps skip work that cannot change the result: "milstein" is
 stepped by torchsde's Euler class (Milstein's correction term is exactly 0 here, which torchsde
 computes and adds: the same samples, bitwise, up to the sign of a zero), Euler scales its
-increment in place (the step uses it once) and "reversible_heun" gets g as a number instead of
-a (B, D) tensor (its g0 + g1 is then added in float64 and rounded once: differences of float32
-rounding, about 1e-7). Tested against torchsde's own classes on the plain protocol.
+increment in place (the step uses it once) and "reversible_heun" gets g as a number (rounded
+to the state's dtype) instead of a (B, D) tensor. Tested against torchsde's own classes on the plain protocol.
 
 Reference: Song et al. 2021, Eq. (6); Li et al. 2020 and Kidger et al. 2021 (torchsde);
 Roessler 2010 (SRA1); torchsde issue #115 (reverse time by a change of variable).
@@ -42,7 +42,6 @@ import torch
 
 from .._checks import check_choice, check_positive
 from ..grids import check_eps, time_grid
-from ..schedules import work_dtype
 from ..sde import SDE
 from .base import Plan, Solver, call_hook, register
 from .common import ScoreEval, randn
@@ -91,27 +90,34 @@ class IncrementBrownian:
 
 
     def _normal(self, std: float) -> torch.Tensor:
-        """N(0, std^2 I) of the motion's shape: one kernel for one generator (bitwise equal to randn * std)."""
+        """N(0, std^2 I) of the motion's shape by ``torch.normal`` (one kernel instead of randn, then * std).
+
+        With a list of B generators row b is ``torch.normal`` of shape (1, D) from generator b, so a
+        batch of one gives the same draw from ``g`` and from ``[g]``.
+        """
         if isinstance(self.generator, (list, tuple)):
-            return randn(self.shape, self.generator, self.device, self.dtype).mul_(std)
+            if len(self.generator) != self.shape[0]:
+                randn(self.shape, self.generator)  # raises the error that names the argument
+            return torch.cat([torch.normal(0.0, std, (1, *self.shape[1:]), generator=g, dtype=self.dtype,
+                                           device=self.device) for g in self.generator])
         return torch.normal(0.0, std, self.shape, generator=self.generator, dtype=self.dtype, device=self.device)
 
 
 class _ReverseTimeSDE:
     """torchsde's SDE protocol for the reverse SDE in s = T - t on a flattened state.
 
-    The coefficients f(t), g(t) of the times a solve visits, and those times as the (B,) tensors
-    the score is called with, are made before the loop in one vectorised call (:meth:`prepare`),
-    so that an evaluation is the score call and two tensor operations; other times are computed
-    when asked.
+    The coefficients f(t), g(t) of the times a solve visits are computed before the loop, in one
+    vectorised call (:meth:`prepare`), so that an evaluation is the score call and two tensor
+    operations; other times are computed when asked. Every score call gets a new (B,) time tensor
+    (a score may write to its t).
     """
 
     def __init__(self, sde: SDE, score: ScoreEval, shape, eps: float, sde_type: str, T: float,
-                 noise_type: str = "additive", device=None):
+                 noise_type: str = "additive", dtype=torch.float32):
         self.sde, self.score, self.shape = sde, score, tuple(shape)
         self._flat = len(self.shape) == 2  # the state is already (B, D): no view in and out of the score
-        self.device = device
-        self._tb: dict[float, torch.Tensor] = {}  # s -> t as a (B,) tensor (rows of one expanded tensor)
+        self.dtype = dtype
+        self._g_state: dict[float, float] = {}  # s -> g(t) rounded to the state's dtype (reversible Heun's g)
         self.T, self.eps = float(T), float(eps)  # the start of this solve (grid[0]); s = T - t
         self.sde_type, self.noise_type = sde_type, noise_type
         self._memo = None
@@ -126,8 +132,7 @@ class _ReverseTimeSDE:
         t = torch.tensor([min(max(self.T - v, self.eps), self.T) for v in s_values], dtype=torch.float64)
         f, g = self.sde.drift_coeff(t).tolist(), self.sde.diffusion_coeff(t).tolist()
         self._coef.update(zip(s_values, zip(t.tolist(), f, g)))
-        rows = t.to(device=self.device, dtype=work_dtype(self.device))[:, None].expand(-1, self.shape[0])
-        self._tb.update(zip(s_values, rows.unbind(0)))
+        self._g_state.update(zip(s_values, torch.tensor(g, dtype=torch.float64).to(self.dtype).tolist()))
 
     def _at(self, s) -> tuple[float, float, float]:
         key = float(s)
@@ -141,19 +146,21 @@ class _ReverseTimeSDE:
         memo = self._memo
         if memo is not None and memo[0] is y and memo[1] == key:
             return memo[2]
-        _, f, g = self._at(key)
+        t, f, g = self._at(key)
         if self._flat:
-            score = self.score(y, self._tb[key])
+            score = self.score(y, t)
         else:
-            score = self.score(y.view(self.shape), self._tb[key]).reshape(y.shape)
+            score = self.score(y.view(self.shape), t).reshape(y.shape)
         out = torch.add(score * (g * g), y, alpha=-f)  # -(f x - g^2 s): the drift in s = T - t
         self._memo = (y, key, out)
         return out
 
     def g(self, s, y):
         # a number, not a (B, D) tensor: g is state-free, and reversible Heun (the one method here that asks
-        # for g, as diagonal noise) only multiplies and adds it (g * v, g0 + g1)
-        return self._at(s)[2]
+        # for g, as diagonal noise) only multiplies and adds it (g * v, g0 + g1). Rounded to the state's dtype,
+        # so that g0 + g1 rounds as the sum of two (B, D) tensors would (the same samples, bitwise)
+        self._at(s)
+        return self._g_state[float(s)]
 
     def g_prod(self, s, y, v):
         return v * self._at(s)[2]
@@ -201,7 +208,7 @@ def reverse_sdeint(score: ScoreEval, sde: SDE, x: torch.Tensor, grid: torch.Tens
     levy = "space-time" if sde_method == "srk" else "none"
     bm = IncrementBrownian(y.shape, generator, y.dtype, y.device, levy)
     noise = "diagonal" if sde_method == "reversible_heun" else "additive"
-    rsde = _ReverseTimeSDE(sde, score, x.shape, eps, SDE_METHODS[sde_method], T, noise, device=y.device)
+    rsde = _ReverseTimeSDE(sde, score, x.shape, eps, SDE_METHODS[sde_method], T, noise, dtype=y.dtype)
     # s increasing, as Python floats: the methods' time arithmetic (dt = t1 - t0, t0 + c dt, 1 / dt) is then
     # float arithmetic, not 0-d tensor operations (about 10 a step, ~2 us each); the state arithmetic is the same
     sv = (T - grid).tolist()
