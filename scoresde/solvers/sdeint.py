@@ -22,8 +22,7 @@ drawn from the caller's ``torch.Generator`` (with srk also the space-time Levy a
 independent normal) is the exact Brownian path, at the cost of one or two normal draws per
 step (torchsde's BrownianInterval builds a binary tree of the path, about 9 state-sized draws
 per step, and seeds itself from numpy's global generator); an increment is one ``torch.normal``
-call (per generator with a list). For 16 elements or more that is bitwise ``randn * sqrt(h)``;
-below, torch's CPU kernel multiplies in float64, and float32 draws differ by one rounding.
+call (per generator with a list; see :func:`scoresde.solvers.common.randn`).
 
 Additive noise also lets three steps skip work that cannot change the result: "milstein" is
 stepped by torchsde's Euler class (Milstein's correction term is exactly 0 here, which torchsde
@@ -82,25 +81,11 @@ class IncrementBrownian:
             raise ValueError("IncrementBrownian only answers increment queries bm(ta, tb) of fixed-step methods "
                              "(and return_U=True with levy_area='space-time')")
         h = float(tb) - float(ta)
-        w = self._normal(math.sqrt(h))
+        w = randn(self.shape, self.generator, self.device, self.dtype, std=math.sqrt(h))
         if not return_U:
             return w
-        H = self._normal(math.sqrt(h / 12.0))
+        H = randn(self.shape, self.generator, self.device, self.dtype, std=math.sqrt(h / 12.0))
         return w, (0.5 * w + H).mul_(h)
-
-
-    def _normal(self, std: float) -> torch.Tensor:
-        """N(0, std^2 I) of the motion's shape by ``torch.normal`` (one kernel instead of randn, then * std).
-
-        With a list of B generators row b is ``torch.normal`` of shape (1, D) from generator b, so a
-        batch of one gives the same draw from ``g`` and from ``[g]``.
-        """
-        if isinstance(self.generator, (list, tuple)):
-            if len(self.generator) != self.shape[0]:
-                randn(self.shape, self.generator)  # raises the error that names the argument
-            return torch.cat([torch.normal(0.0, std, (1, *self.shape[1:]), generator=g, dtype=self.dtype,
-                                           device=self.device) for g in self.generator])
-        return torch.normal(0.0, std, self.shape, generator=self.generator, dtype=self.dtype, device=self.device)
 
 
 class _ReverseTimeSDE:
@@ -117,24 +102,24 @@ class _ReverseTimeSDE:
         self.sde, self.score, self.shape = sde, score, tuple(shape)
         self._flat = len(self.shape) == 2  # the state is already (B, D): no view in and out of the score
         self.dtype = dtype
-        self._g_state: dict[float, float] = {}  # s -> g(t) rounded to the state's dtype (reversible Heun's g)
         self.T, self.eps = float(T), float(eps)  # the start of this solve (grid[0]); s = T - t
         self.sde_type, self.noise_type = sde_type, noise_type
         self._memo = None
         self.noise_once = False  # True when the method uses each Brownian increment once, in f_and_g_prod (Euler)
-        self._coef: dict[float, tuple[float, float, float]] = {}
+        # s -> (t, f(t), g(t), g(t) rounded to the state's dtype: reversible Heun's g)
+        self._coef: dict[float, tuple[float, float, float, float]] = {}
 
     def prepare(self, s_values) -> None:
-        """Compute (t, f(t), g(t)) for the s of ``s_values`` (floats) at once."""
+        """Compute (t, f(t), g(t), g(t) in the state's dtype) for the s of ``s_values`` (floats) at once."""
         s_values = [float(v) for v in s_values if float(v) not in self._coef]
         if not s_values:
             return
         t = torch.tensor([min(max(self.T - v, self.eps), self.T) for v in s_values], dtype=torch.float64)
         f, g = self.sde.drift_coeff(t).tolist(), self.sde.diffusion_coeff(t).tolist()
-        self._coef.update(zip(s_values, zip(t.tolist(), f, g)))
-        self._g_state.update(zip(s_values, torch.tensor(g, dtype=torch.float64).to(self.dtype).tolist()))
+        g_state = torch.tensor(g, dtype=torch.float64).to(self.dtype).tolist()
+        self._coef.update(zip(s_values, zip(t.tolist(), f, g, g_state)))
 
-    def _at(self, s) -> tuple[float, float, float]:
+    def _at(self, s) -> tuple[float, float, float, float]:
         key = float(s)
         if key not in self._coef:
             self.prepare([key])
@@ -146,7 +131,7 @@ class _ReverseTimeSDE:
         memo = self._memo
         if memo is not None and memo[0] is y and memo[1] == key:
             return memo[2]
-        t, f, g = self._at(key)
+        t, f, g, _ = self._at(key)
         if self._flat:
             score = self.score(y, t)
         else:
@@ -159,8 +144,7 @@ class _ReverseTimeSDE:
         # a number, not a (B, D) tensor: g is state-free, and reversible Heun (the one method here that asks
         # for g, as diagonal noise) only multiplies and adds it (g * v, g0 + g1). Rounded to the state's dtype,
         # so that g0 + g1 rounds as the sum of two (B, D) tensors would (the same samples, bitwise)
-        self._at(s)
-        return self._g_state[float(s)]
+        return self._at(s)[3]
 
     def g_prod(self, s, y, v):
         return v * self._at(s)[2]
@@ -178,10 +162,9 @@ def _solver(rsde: _ReverseTimeSDE, bm, method: str, dt: float):
 
     # additive noise: Milstein's correction term is exactly 0 (torchsde computes and adds it), so its step
     # is Euler's; torchsde's Euler class takes it without the dead terms (same result but the sign of a 0)
+    rsde.noise_once = method in ("euler", "milstein")  # Euler's step: each increment used once
     cls = select("euler" if method == "milstein" else method, rsde.sde_type)
-    rsde.noise_once = cls.__name__ == "Euler"
-    return cls(sde=ForwardSDE(rsde), bm=bm, dt=dt, adaptive=False, rtol=1e-5, atol=1e-4,
-                                         dt_min=1e-5, options={})
+    return cls(sde=ForwardSDE(rsde), bm=bm, dt=dt, adaptive=False, rtol=1e-5, atol=1e-4, dt_min=1e-5, options={})
 
 
 def reverse_sdeint(score: ScoreEval, sde: SDE, x: torch.Tensor, grid: torch.Tensor, *, sde_method: str = "euler",
