@@ -9,17 +9,21 @@ holds the estimators it uses:
 
 The exact trace takes the D products of the drift's graph with the basis vectors e_j (one
 product gives row j of every sample's Jacobian, since sample b's drift depends on sample b
-only), ``chunk_size`` of them at once: ``torch.autograd.grad(..., is_grads_batched=True)`` runs
-the backward pass once for a (chunk, B, *S) stack of cotangents (vmap over the backward graph),
-which replaces ``chunk_size`` passes of many small operations by one of larger ones. The network
-is still called once per evaluation: the products are taken of the graph the caller built. Too
-large a chunk loses again (the batched activations fall out of the cache and the memory grows
-as chunk x B x activations): the default, :func:`default_chunk_size`, keeps the stacked state
-of a chunk near :data:`CHUNK_BYTES`. ``benchmarks/bench_trace.py`` measures both forms: the
-batched form wins most where the network's operations are small (an MLP: 1.5-4x at D = 8-256,
-batch 16); a convolutional net at batch 16 is already compute-bound in the loop, and gains
-little or nothing (0.9-1.3x across runs on a shared machine), since the D products' arithmetic
-is the same.
+only), ``chunk_size`` of them at once: ``torch.func.vmap`` over ``torch.autograd.grad`` runs the
+backward pass once for a (chunk, B, *S) stack of cotangents, torch.func's batching rules folding
+the chunk into the batch dimension of each backward kernel, which replaces ``chunk_size`` passes
+of many small operations by one of larger ones. (``autograd.grad(..., is_grads_batched=True)``
+batches with torch's legacy vmap instead, which runs ``convolution_backward`` and
+``silu_backward`` once per cotangent and stacks the slices: a conv net lost to the loop with it.)
+The network is still called once per evaluation: the products are taken of the graph the caller
+built. Too large a chunk loses again (the batched activations fall out of the cache and the
+memory grows as chunk x B x activations): the default, :func:`default_chunk_size`, gives a
+backward pass about :data:`CHUNK_ROWS` rows, and at most :data:`CHUNK_BYTES` of stacked state.
+``benchmarks/bench_trace.py`` measures both forms: the batched form wins most where the
+network's operations are small (an MLP: 1.4-2.5x at D = 8-256, batch 16); a convolutional net
+whose loop is compute-bound at D = 256 (16x16 images, batch 16) gains little, since the D
+products' arithmetic is the same (the loop already spends 80% of its time in the convolutions'
+backward kernels, which cost the same per row batched or not).
 """
 from __future__ import annotations
 
@@ -27,10 +31,12 @@ import torch
 
 DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
 
-#: the default chunk of the exact trace holds chunk x B x D elements of the state within this many bytes
-CHUNK_BYTES = 1 << 16
+#: the default chunk of the exact trace gives one backward pass about this many rows (chunk x B)
+CHUNK_ROWS = 256
+#: ... and holds chunk x B x D elements of the stacked state within this many bytes
+CHUNK_BYTES = 1 << 17
 
-__all__ = ["DIVERGENCES", "CHUNK_BYTES", "default_chunk_size", "draw_probes", "divergence"]
+__all__ = ["DIVERGENCES", "CHUNK_ROWS", "CHUNK_BYTES", "default_chunk_size", "draw_probes", "divergence"]
 
 
 def draw_probes(kind: str, shape, x: torch.Tensor, generator) -> torch.Tensor:
@@ -57,15 +63,22 @@ def default_chunk_size(D: int, B: int, element_size: int) -> int:
     Arguments:
         D: data dimensions per sample. B: batch size. element_size: bytes per element of x.
     Returns:
-        An int in [1, D]: the largest chunk with chunk x B x D x element_size <= :data:`CHUNK_BYTES`
-        (64 KiB), at least 1. E.g. float32 with B = 16: all of D = 8, 16 of D = 64, 4 of D = 256.
-        The best chunk depends on the network's activations per sample, which this does not see:
-        measured (``benchmarks/bench_trace.py --chunks``), an MLP gains up to chunks of 16-64,
-        while a convolutional net whose activations are 32 x D per sample loses beyond 4-16
-        (its stacked activations leave the cache); the default is a compromise for both.
+        An int in [1, D]: the largest chunk with chunk x B <= :data:`CHUNK_ROWS` (256) rows and
+        chunk x B x D x element_size <= :data:`CHUNK_BYTES` (128 KiB) of stacked state, at least 1.
+        E.g. float32 with B = 16: all of D = 8, 16 of D = 64, 8 of D = 256; B = 64 on 32x32x3
+        images: 1 (the loop).
+        The best chunk depends on the network's activations per sample, which this does not see.
+        Measured (``benchmarks/bench_trace.py --chunks``, batch 16, float32): an MLP gains up to
+        chunks of 16-64 (at D = 256: 1.8x the loop at chunk 4, 2.5x at 8, 2.9x at 16); a
+        convolutional net whose activations are 32 x D per sample gains at D = 64 up to chunk 16
+        and at D = 256 (16x16 images, 4 MiB of activations per layer at chunk 8) is within
+        0.9-1.05x of the loop at chunks 4-8 and loses from 12 on, most when the machine's memory
+        is busy (its stacked activations leave the cache). The default is a compromise for both.
     """
-    per = max(1, int(D) * int(B) * int(element_size))
-    return int(max(1, min(int(D), CHUNK_BYTES // per)))
+    d, b = max(1, int(D)), max(1, int(B))
+    by_rows = CHUNK_ROWS // b
+    by_bytes = CHUNK_BYTES // (d * b * max(1, int(element_size)))
+    return int(max(1, min(d, by_rows, by_bytes)))
 
 
 def _check_chunk(chunk_size, D: int, B: int, x: torch.Tensor) -> int:
@@ -89,6 +102,18 @@ def _check_args(drift, x, probes, chunk_size) -> None:
                                or probes.shape[1:] != x.shape):
         got = tuple(probes.shape) if isinstance(probes, torch.Tensor) else type(probes).__name__
         raise ValueError(f"probes must be (P, *x.shape) = (P, {', '.join(map(str, x.shape))}); got {got}")
+
+
+def _batched_vjp(drift: torch.Tensor, x: torch.Tensor, v: torch.Tensor, retain: bool) -> torch.Tensor:
+    """(c, B, *S) products v[k]^T (d drift / dx), k < c, of the caller's graph in one vmapped backward pass.
+
+    ``torch.func.vmap`` over ``torch.autograd.grad`` rather than ``autograd.grad(...,
+    is_grads_batched=True)``: the latter batches with torch's legacy vmap, which has no batching
+    rule for e.g. ``convolution_backward`` or ``silu_backward`` and runs them once per cotangent,
+    then stacks the slices (measured, torch 2.13: a conv net's batched form 0.83x the loop at D =
+    256); torch.func's rules fold the c cotangents into the batch dimension of one kernel.
+    """
+    return torch.func.vmap(lambda u: torch.autograd.grad(drift, x, u, retain_graph=retain)[0])(v)
 
 
 def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None, *,
@@ -138,7 +163,7 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None
         c = min(chunk, D - j0)
         # cotangents (c, B, *S): e_{j0 + k} for every sample, k < c
         v = eye[j0:j0 + c, None, :].expand(c, B, D).reshape(c, *x.shape)
-        (rows,) = torch.autograd.grad(drift, x, v, retain_graph=j0 + c < D, is_grads_batched=True)
+        rows = _batched_vjp(drift, x, v, retain=j0 + c < D)
         # rows[k, b] = row j0 + k of sample b's Jacobian; its diagonal entry sits at column j0 + k
         trace += torch.diagonal(rows.reshape(c, B, D)[:, :, j0:j0 + c], dim1=0, dim2=2).sum(-1)
     return trace

@@ -92,7 +92,7 @@ def test_batched_trace_equals_the_loop(k):
 
 
 def test_log_likelihood_exact_batched_equals_the_loop(monkeypatch):
-    """log_likelihood(divergence="exact") with the default chunk == with one product at a time (CHUNK_BYTES = 0)
+    """log_likelihood(divergence="exact") with the default chunk == with one product at a time (CHUNK_ROWS = 0)
     to 1e-10 in float64, and both match the Gaussian oracle's closed-form log-density (to the ODE tolerance)."""
     sde = VPSDE()
     D = 16
@@ -100,7 +100,7 @@ def test_log_likelihood_exact_batched_equals_the_loop(monkeypatch):
     x = data.sample(4, torch.Generator().manual_seed(3))
     kw = dict(eps=1e-5, divergence="exact", rtol=1e-7, atol=1e-7)
     r = log_likelihood(data.score_fn(sde), sde, x, **kw)
-    monkeypatch.setattr(dv, "CHUNK_BYTES", 0)
+    monkeypatch.setattr(dv, "CHUNK_ROWS", 0)
     assert default_chunk_size(D, 4, 8) == 1
     r1 = log_likelihood(data.score_fn(sde), sde, x, **kw)
     torch.testing.assert_close(r.logp, r1.logp, rtol=1e-10, atol=1e-10)
@@ -109,11 +109,16 @@ def test_log_likelihood_exact_batched_equals_the_loop(monkeypatch):
 
 
 def test_default_chunk_and_bad_chunk_sizes():
-    """The default keeps chunk x B x D x bytes within CHUNK_BYTES, in [1, D]; bad chunk sizes are named errors."""
-    assert default_chunk_size(64, 16, 4) == min(64, dv.CHUNK_BYTES // (64 * 16 * 4))
-    assert default_chunk_size(256, 16, 4) == dv.CHUNK_BYTES // (256 * 16 * 4)
+    """The default keeps chunk x B within CHUNK_ROWS and chunk x B x D x bytes within CHUNK_BYTES, in [1, D];
+    bad chunk sizes are named errors."""
+    assert (dv.CHUNK_ROWS, dv.CHUNK_BYTES) == (256, 1 << 17)
+    assert default_chunk_size(64, 16, 4) == 16  # by rows: 256 // 16
+    assert default_chunk_size(256, 16, 4) == 8  # by bytes: 128 KiB // (256 x 16 x 4)
+    assert default_chunk_size(8, 16, 4) == 8  # all of D
+    assert default_chunk_size(256, 16, 8) == 4
     assert default_chunk_size(3072, 64, 4) == 1
     assert default_chunk_size(8, 1, 8) == 8
+    assert default_chunk_size(256, 1000, 4) == 1  # more rows than CHUNK_ROWS already: the loop
     x = torch.randn(2, 3, requires_grad=True)
     y = x * 2
     with pytest.raises(ValueError, match="chunk_size"):
@@ -125,7 +130,7 @@ def test_default_chunk_and_bad_chunk_sizes():
 
 def test_divergence_checks_chunk_size_and_shapes_before_autograd():
     """chunk_size is checked with probes too; a drift (or probes) of the wrong shape names both shapes instead of
-    failing deep in autograd's is_grads_batched."""
+    failing deep in the vmapped backward pass."""
     from scoresde.divergence import divergence, draw_probes
     x = torch.randn(4, 3, requires_grad=True)
     probes = draw_probes("hutchinson_rademacher", (2, 4, 3), x, torch.Generator().manual_seed(0))
@@ -140,3 +145,27 @@ def test_divergence_checks_chunk_size_and_shapes_before_autograd():
         divergence(2 * x, x, probes[:, :2])
     assert torch.allclose(divergence(2 * x, x, probes, chunk_size=None), torch.full((4,), 6.0))
     assert torch.allclose(divergence(2 * x, x, None, chunk_size=2), torch.full((4,), 6.0))
+
+
+def test_batched_trace_folds_the_chunk_into_one_backward_kernel():
+    """A chunk of c products runs each convolution's backward kernel once on c x B rows, not once per cotangent.
+
+    autograd.grad(..., is_grads_batched=True) (torch's legacy vmap) has no batching rule for
+    convolution_backward: it ran the kernel c times and stacked the slices, which made the batched
+    trace slower than the loop on a conv net. Counted with the profiler: torch.func.vmap calls the op
+    once for the batched call and once for the folded kernel (2 per chunk), the legacy path 1 + c."""
+    from torch.profiler import profile
+
+    conv = nn.Conv2d(1, 4, 3, padding=1).double()
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    D, chunk = 16, 8
+    with torch.enable_grad():
+        drift = torch.tanh(conv(x)).sum(1, keepdim=True)
+        with profile() as prof:
+            tr = divergence(drift, x, None, chunk_size=chunk)
+    calls = sum(e.count for e in prof.key_averages() if e.key == "aten::convolution_backward")
+    assert calls <= 2 * (D // chunk), calls  # legacy vmap: (1 + chunk) x (D // chunk) = 18
+    with torch.enable_grad():
+        drift = torch.tanh(conv(x)).sum(1, keepdim=True)
+        loop = divergence(drift, x, None, chunk_size=1)
+    torch.testing.assert_close(tr, loop, rtol=1e-12, atol=1e-12)
