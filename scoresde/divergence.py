@@ -27,6 +27,8 @@ backward kernels, which cost the same per row batched or not).
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
@@ -36,7 +38,8 @@ CHUNK_ROWS = 256
 #: ... and holds chunk x B x D elements of the stacked state within this many bytes
 CHUNK_BYTES = 1 << 17
 
-__all__ = ["DIVERGENCES", "CHUNK_ROWS", "CHUNK_BYTES", "default_chunk_size", "draw_probes", "divergence"]
+__all__ = ["DIVERGENCES", "CHUNK_ROWS", "CHUNK_BYTES", "default_chunk_size", "draw_probes", "divergence",
+           "check_sample_independent"]
 
 
 def draw_probes(kind: str, shape, x: torch.Tensor, generator) -> torch.Tensor:
@@ -89,7 +92,7 @@ def _check_chunk(chunk_size, D: int, B: int, x: torch.Tensor) -> int:
                         f"got {chunk_size!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (1: one vector-Jacobian product at a time); got {chunk_size}")
-    return min(chunk_size, D)
+    return max(1, min(chunk_size, D))
 
 
 def _check_args(drift, x, probes, chunk_size) -> None:
@@ -98,10 +101,40 @@ def _check_args(drift, x, probes, chunk_size) -> None:
     if not isinstance(drift, torch.Tensor) or not isinstance(x, torch.Tensor) or drift.shape != x.shape:
         shape = (lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__)
         raise ValueError(f"drift must have the shape of x (B, *S): drift {shape(drift)}, x {shape(x)}")
+    if x.dim() < 1 or x.numel() == 0:
+        raise ValueError(f"x must be (B, *S) with B >= 1 samples of >= 1 element each; got shape {tuple(x.shape)}")
     if probes is not None and (not isinstance(probes, torch.Tensor) or probes.dim() != x.dim() + 1
                                or probes.shape[1:] != x.shape):
         got = tuple(probes.shape) if isinstance(probes, torch.Tensor) else type(probes).__name__
         raise ValueError(f"probes must be (P, *x.shape) = (P, {', '.join(map(str, x.shape))}); got {got}")
+
+
+def check_sample_independent(drift: torch.Tensor, x: torch.Tensor) -> None:
+    """Raise unless sample 0 of ``drift`` depends on sample 0 of ``x`` only (one vector-Jacobian product).
+
+    The exact trace puts each basis vector on every sample at once, so it adds the cross-sample
+    entries d drift[b'] / d x[b] into sample b's trace when the samples are coupled (batch norm
+    in training mode, ``x - x.mean(0)``): a wrong number, not an error. Hutchinson's estimate
+    stays unbiased for such a drift. The likelihood runs this check once per solve before an
+    exact-trace solve; it keeps ``drift``'s graph.
+
+    Arguments:
+        drift: (B, *S) a function of ``x`` with its autograd graph. x: (B, *S) the leaf that requires grad.
+    Raises:
+        ValueError: B > 1 and sample 0's output has a nonzero derivative with respect to another
+            sample's input (the message says how to fix it: ``model.eval()``).
+    """
+    B = x.shape[0]
+    if B < 2:
+        return
+    u = torch.zeros_like(drift)
+    u[0] = torch.linspace(1.0, 2.0, x[0].numel(), dtype=x.dtype, device=x.device).view_as(x[0])  # no cancellation
+    (g,) = torch.autograd.grad(drift, x, u, retain_graph=True, allow_unused=True)
+    if g is not None and bool((g[1:] != 0).any()):
+        raise ValueError("divergence='exact' needs a score whose output for sample b depends on sample b of x "
+                         "only; this one mixes the samples of the batch (batch norm in training mode? call "
+                         "model.eval()), and its exact trace would add the cross-sample terms. Use model.eval(), "
+                         "or a Hutchinson divergence, which stays unbiased for a coupled batch")
 
 
 def _batched_vjp(drift: torch.Tensor, x: torch.Tensor, v: torch.Tensor, retain: bool) -> torch.Tensor:
@@ -133,8 +166,14 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None
         trace equals the loop's (``chunk_size=1``) up to rounding (1e-13 relative in float64).
     Raises:
         TypeError: chunk_size not an int (checked with probes too). ValueError: chunk_size < 1;
-            drift not of x's shape; probes not (P, *x.shape).
+            drift not of x's shape; x 0-d or empty; probes not (P, *x.shape).
         RuntimeError: (from autograd) drift does not depend on x through a graph.
+    Warns:
+        RuntimeWarning: the batched products failed (a backward that ``torch.func.vmap`` cannot
+            batch: an extension kernel outside torch, GroupNorm on a channels-last tensor); the
+            trace is then taken one product at a time, with the same result.
+    The exact trace assumes drift's sample b depends on x's sample b only; a coupled batch gives a
+    wrong trace silently here (:func:`check_sample_independent` tests it; the likelihood runs it).
     Reference:
         Hutchinson 1989; Grathwohl et al. 2019 (FFJORD), Sec. 3.1 (probes) and App. (the exact
         trace of D products); Song et al. 2021, Eq. (39).
@@ -149,21 +188,43 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None
         return total / probes.shape[0]
     D = x[0].numel()
     chunk = _check_chunk(chunk_size, D, B, x)
+    if chunk == 1:
+        return _loop_trace(drift, x)
     trace = torch.zeros(B, dtype=x.dtype, device=x.device)
-    if chunk == 1:  # one product per basis vector: row j of every sample's Jacobian from e_j
-        flat = torch.zeros(B, D, dtype=x.dtype, device=x.device)
-        for j in range(D):
-            flat.zero_()
-            flat[:, j] = 1.0
-            (vjp,) = torch.autograd.grad(drift, x, flat.view_as(x), retain_graph=j < D - 1)
-            trace += vjp.reshape(B, D)[:, j]
-        return trace
-    eye = torch.eye(D, dtype=x.dtype, device=x.device)
     for j0 in range(0, D, chunk):
         c = min(chunk, D - j0)
-        # cotangents (c, B, *S): e_{j0 + k} for every sample, k < c
-        v = eye[j0:j0 + c, None, :].expand(c, B, D).reshape(c, *x.shape)
-        rows = _batched_vjp(drift, x, v, retain=j0 + c < D)
+        v = _basis(j0, c, x)
+        try:  # the first chunk keeps the graph, so the loop can take over if vmap cannot batch it
+            rows = _batched_vjp(drift, x, v, retain=j0 == 0 or j0 + c < D)
+        except RuntimeError as err:
+            if j0 > 0:
+                raise
+            warnings.warn(f"divergence='exact': the batched vector-Jacobian products failed ({str(err)[:120]}); "
+                          "taking them one at a time (chunk_size=1) instead, D backward passes per evaluation",
+                          RuntimeWarning, stacklevel=2)
+            return _loop_trace(drift, x)
         # rows[k, b] = row j0 + k of sample b's Jacobian; its diagonal entry sits at column j0 + k
         trace += torch.diagonal(rows.reshape(c, B, D)[:, :, j0:j0 + c], dim1=0, dim2=2).sum(-1)
+    return trace
+
+
+def _basis(j0: int, c: int, x: torch.Tensor) -> torch.Tensor:
+    """(c, B, *S) cotangents: e_{j0 + k} on every sample, k < c (c x B x D elements; no D x D identity)."""
+    B, D = x.shape[0], x[0].numel()
+    e = torch.zeros(c, D, dtype=x.dtype, device=x.device)
+    k = torch.arange(c, device=x.device)
+    e[k, j0 + k] = 1.0
+    return e[:, None, :].expand(c, B, D).reshape(c, *x.shape)
+
+
+def _loop_trace(drift: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B,) exact trace by D single products: row j of every sample's Jacobian from e_j on every sample."""
+    B, D = x.shape[0], x[0].numel()
+    trace = torch.zeros(B, dtype=x.dtype, device=x.device)
+    flat = torch.zeros(B, D, dtype=x.dtype, device=x.device)
+    for j in range(D):
+        flat.zero_()
+        flat[:, j] = 1.0
+        (vjp,) = torch.autograd.grad(drift, x, flat.view_as(x), retain_graph=j < D - 1)
+        trace += vjp.reshape(B, D)[:, j]
     return trace

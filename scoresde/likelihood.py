@@ -70,7 +70,7 @@ from ._checks import check_batch, check_choice, check_positive
 from .grids import check_eps
 from .sde import SDE, reverse_drift
 from .divergence import DIVERGENCES, draw_probes as _draw_probes
-from .likelihood_ode import TIME_VARIABLES, TimeChange, flow_field, likelihood_field
+from .likelihood_ode import TIME_VARIABLES, TimeChange, checked_once_for_coupling, flow_field, likelihood_field
 from .likelihood_multistep import MULTISTEP_METHODS, check_multistep_args, multistep_log_likelihood
 from .dequantize import _check_generator, _check_levels, _check_range, uniform_dequantize  # noqa: F401 (public here)
 from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, METHODS, STEP_CONTROLS, rms_norm, solve_ode
@@ -193,7 +193,8 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
             digits UNet "dpmpp_2m" with 40 steps in "lambda" was within 0.0022 bits/dim of a
             float64 1e-9 solve, 3.96x faster than the reference code's way at equal error).
         divergence: "hutchinson_rademacher" (default), "hutchinson_gaussian" or "exact" (D
-            vector-Jacobian products per evaluation instead of ``n_probes``).
+            vector-Jacobian products per evaluation instead of ``n_probes``; for B > 1 one more
+            product at the first evaluation checks that the samples are not coupled).
         n_probes: number of Hutchinson probes (>= 1) averaged per evaluation; each costs one
             vector-Jacobian product, the network runs once.
         generator: ``torch.Generator`` the probes are drawn from, once per call
@@ -227,7 +228,8 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
             n_probes < 1, rows_per_call < 1; NaN / inf in x; x without a data dimension, empty (batch size 0) or on
             the "meta" device; a score of the wrong shape or with NaN / inf; a score without an
             autograd graph to x (computed under ``torch.no_grad`` / ``inference_mode`` or detached:
-            its divergence would silently count as 0).
+            its divergence would silently count as 0); with "exact", a score that couples the
+            samples (batch norm in training mode: call ``model.eval()``).
         TypeError: integer x, a non-SDE ``sde``, a ``generator`` that is not a torch.Generator, a
             non-integer rows_per_call.
         ODESolverError: max_nfe exceeded or step-size underflow (stiff field near t = 0).
@@ -251,6 +253,8 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         check_multistep_args(method, steps, min_step, step_control, rtol, atol, max_nfe)
     B = x.shape[0]
     probes = None if divergence == "exact" else _draw_probes(divergence, (n_probes, *x.shape), x, generator)
+    if divergence == "exact":  # the first evaluation also checks that the samples are not coupled
+        score_fn = checked_once_for_coupling(score_fn)
 
     if method in MULTISTEP_METHODS:
         with torch.no_grad():

@@ -45,13 +45,13 @@ from typing import Callable
 import torch
 
 from ._checks import check_choice
-from .divergence import divergence as _divergence
+from .divergence import check_sample_independent, divergence as _divergence
 from .sde import SDE, reverse_drift
 
 #: integration variables of the probability-flow ODE (see the module docstring)
 TIME_VARIABLES = ("t", "lambda")
 
-__all__ = ["TIME_VARIABLES", "TimeChange", "flow_field", "likelihood_field", "traced"]
+__all__ = ["TIME_VARIABLES", "TimeChange", "flow_field", "likelihood_field", "traced", "checked_once_for_coupling"]
 
 
 class TimeChange:
@@ -142,6 +142,33 @@ def traced(score_fn: Callable) -> Callable:
         return out
 
     return traced_score
+
+
+def checked_once_for_coupling(score_fn: Callable) -> Callable:
+    """``score_fn`` whose first call with a graph raises if it couples the samples (exact trace: one more product).
+
+    Arguments:
+        score_fn: callable (x (B, *S), t (B,)) -> (B, *S).
+    Returns:
+        The same callable (no other attributes): its first call whose x requires grad and whose
+        output has a graph is followed by one vector-Jacobian product
+        (:func:`scoresde.divergence.check_sample_independent`); later calls pass through.
+    Raises (from the returned callable):
+        ValueError: B > 1 and sample 0's score depends on another sample's input (batch norm in
+            training mode): the exact trace would silently add the cross-sample terms.
+    """
+    done = False
+
+    def checked(x, t):
+        nonlocal done
+        out = score_fn(x, t)
+        if not done and x.requires_grad and isinstance(out, torch.Tensor) and out.requires_grad \
+                and out.shape == x.shape:
+            check_sample_independent(out, x)  # other outputs: the solve's own checks raise
+            done = True
+        return out
+
+    return checked
 
 
 def likelihood_field(score_fn: Callable, sde: SDE, tc: TimeChange, B: int,

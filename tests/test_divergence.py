@@ -169,3 +169,75 @@ def test_batched_trace_folds_the_chunk_into_one_backward_kernel():
         drift = torch.tanh(conv(x)).sum(1, keepdim=True)
         loop = divergence(drift, x, None, chunk_size=1)
     torch.testing.assert_close(tr, loop, rtol=1e-12, atol=1e-12)
+
+
+def test_chunked_trace_builds_no_d_by_d_identity(monkeypatch):
+    """Each chunk's cotangents are built as chunk x B x D, not sliced from a D x D identity (576 MiB at
+    D = 12288 in float32, on every evaluation): with torch.eye unavailable the trace is still exact."""
+    D = 3000
+    a = torch.linspace(0.5, 1.5, D, dtype=torch.float64)
+    x = torch.randn(2, D, dtype=torch.float64, requires_grad=True)
+
+    def no_eye(*args, **kwargs):
+        raise AssertionError("the exact trace must not build a D x D identity")
+    monkeypatch.setattr(torch, "eye", no_eye)
+    with torch.enable_grad():
+        got = divergence(torch.tanh(a * x) + a * x, x, None, chunk_size=7)
+    want = (a * (1 - torch.tanh(a * x) ** 2) + a).sum(1)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_exact_trace_rejects_a_batch_that_couples_the_samples():
+    """x - x.mean(0) (batch norm in training mode) has per-sample trace D (1 - 1/B), but the exact trace,
+    one basis vector on every sample at once, would count the cross terms too: log_likelihood raises,
+    naming model.eval(); Hutchinson (unbiased for a coupled batch) and the eval-mode net run."""
+    B, D = 4, 6
+    x = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        with pytest.raises(ValueError, match="model.eval"):
+            dv.check_sample_independent(x - x.mean(0, keepdim=True), x)
+        dv.check_sample_independent(torch.tanh(x) * 2.0, x)  # independent: no error
+        dv.check_sample_independent(x[:1] - x[:1].mean(0), x[:1])  # B = 1: nothing to check
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(D, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, D)).double()
+    score = lambda x, t: net(x) - x  # noqa: E731
+    xs = torch.randn(B, D, dtype=torch.float64)
+    with pytest.raises(ValueError, match="mixes the samples"):
+        log_likelihood(score, VPSDE(), xs, divergence="exact", method="rk4", steps=4)
+    log_likelihood(score, VPSDE(), xs, method="rk4", steps=4)  # Hutchinson: runs
+    net.eval()
+    log_likelihood(score, VPSDE(), xs, divergence="exact", method="rk4", steps=4)
+
+
+class _NumpySquare(torch.autograd.Function):
+    """x^2 with a backward outside torch (as an extension kernel's): torch.func.vmap cannot batch it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return x * x
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return torch.from_numpy(2 * x.detach().numpy() * g.detach().numpy())
+
+
+def test_exact_trace_falls_back_to_the_loop_when_vmap_cannot_batch():
+    """A backward vmap cannot batch (here numpy; GroupNorm on channels-last strides is another) makes the
+    batched products fail: the trace warns and takes them one at a time, with the loop's result."""
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        want = divergence(torch.sin(_NumpySquare.apply(x)), x, None, chunk_size=1)
+        with pytest.warns(RuntimeWarning, match="one at a time"):
+            got = divergence(torch.sin(_NumpySquare.apply(x)), x, None, chunk_size=3)
+    torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
+    torch.testing.assert_close(want, (2 * x * torch.cos(x * x)).sum(1).detach(), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(), (0, 4), (3, 0)])
+def test_divergence_rejects_empty_or_0d_x(shape):
+    x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    for chunk in (None, 1, 2):
+        with pytest.raises(ValueError, match="x must be"):
+            divergence(x * 2.0, x, None, chunk_size=chunk)

@@ -106,7 +106,9 @@ class NIN(nn.Module):
         self.b = nn.Parameter(torch.zeros(num_units))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bchw,co->bohw", x, self.W) + self.b[None, :, None, None]
+        # contiguous: the einsum returns channels-last strides, on which GroupNorm's backward cannot be
+        # batched by torch.func.vmap (the exact trace of the likelihood would fall back to its loop)
+        return (torch.einsum("bchw,co->bohw", x, self.W) + self.b[None, :, None, None]).contiguous()
 
 
 class Combine(nn.Module):
