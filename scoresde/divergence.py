@@ -122,7 +122,7 @@ def check_sample_independent(drift: torch.Tensor, x: torch.Tensor) -> None:
         drift: (B, *S) a function of ``x`` with its autograd graph. x: (B, *S) the leaf that requires grad.
     Raises:
         ValueError: B > 1 and sample 0's output has a nonzero derivative with respect to another
-            sample's input (the message says how to fix it: ``model.eval()``).
+            sample's input (the message says how to fix it: ``model.eval()``), or a NaN / inf one.
     """
     B = x.shape[0]
     if B < 2:
@@ -130,6 +130,9 @@ def check_sample_independent(drift: torch.Tensor, x: torch.Tensor) -> None:
     u = torch.zeros_like(drift)
     u[0] = torch.linspace(1.0, 2.0, x[0].numel(), dtype=x.dtype, device=x.device).view_as(x[0])  # no cancellation
     (g,) = torch.autograd.grad(drift, x, u, retain_graph=True, allow_unused=True)
+    if g is not None and not bool(torch.isfinite(g).all()):
+        raise ValueError("the derivative of the score with respect to x is NaN or inf at the start of the solve "
+                         "(sample 0's vector-Jacobian product): its divergence is undefined there")
     if g is not None and bool((g[1:] != 0).any()):
         raise ValueError("divergence='exact' needs a score whose output for sample b depends on sample b of x "
                          "only; this one mixes the samples of the batch (batch norm in training mode? call "

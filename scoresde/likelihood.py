@@ -46,7 +46,9 @@ tolerance) on the rest of the batch, and in distributed evaluation ranks take di
 of steps: never call a collective inside ``score_fn``. ``step_control="per_sample"`` gives each
 sample its own time, step size (on a grid of 16 per octave) and error norm
 (:mod:`scoresde.solvers.ode_per_sample`), and calls ``score_fn`` on ``rows_per_call`` rows at a
-time, so a sample's result is the same alone and in any batch: on the digits UNet of
+time, so a sample's result is the same alone and in any batch (for the same probe rows: with
+Hutchinson's estimator the (P, B, *S) probes are one draw, so a sample's probe depends on its row; ``"exact"``
+has none): on the digits UNet of
 ``benchmarks/bench_step_control.py`` see there for the figures (without the grid and the fixed
 call shape the network's batch-size rounding changed a sample's steps and its logp by 2e-4
 relative even in float64). A fixed grid has no step decisions: ``method="dpmpp_2m"``, 40 steps
@@ -70,7 +72,7 @@ from ._checks import check_batch, check_choice, check_positive
 from .grids import check_eps
 from .sde import SDE, reverse_drift
 from .divergence import DIVERGENCES, draw_probes as _draw_probes
-from .likelihood_ode import TIME_VARIABLES, TimeChange, checked_once_for_coupling, flow_field, likelihood_field
+from .likelihood_ode import TIME_VARIABLES, TimeChange, check_logp_finite, checked_once_for_coupling, flow_field, likelihood_field
 from .likelihood_multistep import MULTISTEP_METHODS, check_multistep_args, multistep_log_likelihood
 from .dequantize import _check_generator, _check_levels, _check_range, uniform_dequantize  # noqa: F401 (public here)
 from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, METHODS, STEP_CONTROLS, rms_norm, solve_ode
@@ -96,7 +98,8 @@ class LikelihoodResult:
         prior_logp: (B,) log-density of the prior at z, nats per sample.
         delta_logp: (B,) int_eps^T div f~ dt, nats per sample; logp = prior_logp + delta_logp.
         z: (B, *S) the latent x_T, the probability-flow image of x at time T.
-        nfe: number of evaluations of the ODE's right-hand side, i.e. of score_fn (int).
+        nfe: number of evaluations of the ODE's right-hand side (int): calls of score_fn, except
+            with step_control="per_sample", where one evaluation calls it once per rows_per_call rows.
         nfe_per_sample: (B,) int64, the evaluations of each sample with
             ``step_control="per_sample"`` (whose calls leave finished samples out), else None.
     """
@@ -211,13 +214,15 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         rows_per_call: with "per_sample", ``score_fn`` gets exactly this many rows per call (the
             running samples in chunks, the last padded with copies of a row; default 16), so the
             network's kernels, which round a row differently for different batch sizes, see one
-            shape: a sample's logp is then the same alone and in any batch (to 1e-6 relative in
+            shape: a sample's logp is then the same alone and in any batch, given the same probe
+            row (the probes are one (n_probes, B, *S) draw; "exact" has none) (to 1e-6 relative in
             float32 on the digits UNet); None: one call on the running samples (cheaper alone, but
             batch-size rounding can change a sample's steps). Raise it on a GPU (e.g. 256).
             Ignored with "batch".
     Returns:
         :class:`LikelihoodResult` with logp (B,) in nats per sample, prior_logp (B,),
-        delta_logp (B,), z (B, *S) the latent at T, nfe (calls of score_fn) and, with
+        delta_logp (B,), z (B, *S) the latent at T, nfe (evaluations of the field, one per solver stage;
+        with rows_per_call several calls of score_fn each) and, with
         ``step_control="per_sample"``, nfe_per_sample (B,); in x's dtype,
         except that float16 / bfloat16 x is solved in float32 (``score_fn`` sees float32) and
         logp and its parts stay float32 (z is cast back to x's dtype).
@@ -241,6 +246,8 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     check_choice("method", method, LIKELIHOOD_METHODS)
     check_choice("divergence", divergence, DIVERGENCES)
     check_choice("step_control", step_control, STEP_CONTROLS)
+    if rows_per_call is not None:  # checked whatever the method, as the docstring says
+        check_positive("rows_per_call", rows_per_call, integer=True)
     tc = TimeChange(sde, time_variable, eps, sde.T)
     check_positive("n_probes", n_probes, integer=True)
     if not callable(score_fn):
@@ -261,6 +268,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
             z, delta, nfe = multistep_log_likelihood(score_fn, sde, x, probes, eps=eps, steps=int(steps), method=method,
                                                      time_variable=time_variable, max_nfe=max_nfe)
             prior = sde.prior_logp(z).to(x.dtype)
+        check_logp_finite(prior + delta, method)
         return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z.to(in_dtype), nfe=nfe)
 
     with torch.no_grad():
@@ -278,6 +286,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
                         **options)
         z, delta = sol.y
         prior = sde.prior_logp(z).to(x.dtype)
+    check_logp_finite(prior + delta, method)
     return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z.to(in_dtype), nfe=sol.nfe,
                             nfe_per_sample=sol.nfe_per_sample)
 

@@ -51,7 +51,8 @@ from .sde import SDE, reverse_drift
 #: integration variables of the probability-flow ODE (see the module docstring)
 TIME_VARIABLES = ("t", "lambda")
 
-__all__ = ["TIME_VARIABLES", "TimeChange", "flow_field", "likelihood_field", "traced", "checked_once_for_coupling"]
+__all__ = ["TIME_VARIABLES", "TimeChange", "flow_field", "likelihood_field", "traced", "checked_once_for_coupling",
+           "check_logp_finite"]
 
 
 class TimeChange:
@@ -142,6 +143,22 @@ def traced(score_fn: Callable) -> Callable:
         return out
 
     return traced_score
+
+
+def check_logp_finite(logp: torch.Tensor, method: str) -> None:
+    """Raise if a log-density came out NaN / inf (a fixed grid checks the score's values, not its derivative).
+
+    Arguments:
+        logp: (B,) log-densities (nats per sample). method: the likelihood's method, for the message.
+    Raises:
+        ValueError: some entry is NaN / inf; the message names up to 8 samples.
+    """
+    bad = ~torch.isfinite(logp)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:8].tolist()
+        raise ValueError(f"log_likelihood (method {method!r}): the log-density is NaN or inf for sample(s) {rows}: "
+                         "the score's divergence (its derivative in x) or the latent is non-finite along the path, "
+                         "e.g. a score whose derivative is infinite or NaN somewhere (sqrt(|x|) at 0)")
 
 
 def checked_once_for_coupling(score_fn: Callable) -> Callable:

@@ -193,3 +193,45 @@ def test_nan_is_caught_with_the_device_cadence(monkeypatch):
 
     with pytest.raises(ValueError, match="NaN or inf"):
         log_likelihood(late_nan, sde, x, method="dpmpp_2m", steps=20, time_variable="lambda")
+
+
+def _sqrt_score(x, t):
+    """Finite everywhere, but its derivative in x is inf / NaN where x == 0."""
+    return -x + 0.01 * x.abs().sqrt()
+
+
+@pytest.mark.parametrize("kw", [dict(method="dpmpp_2m", steps=20), dict(method="dpmpp_3m", steps=20),
+                                dict(method="rk4", steps=20), {}, dict(step_control="per_sample")],
+                         ids=["dpmpp_2m", "dpmpp_3m", "rk4", "dopri5", "per_sample"])
+def test_a_non_finite_divergence_raises_instead_of_a_nan_logp(kw):
+    """A score whose derivative is NaN at some x: every method raises (before: the fixed grids returned
+    logp NaN silently, per-sample control called score_fn at t = NaN, dopri5 blamed the tolerances)."""
+    x = torch.tensor([[0.3, -0.2, 0.5, 0.1], [0.4, 0.0, -0.3, 0.2]], dtype=torch.float64)
+    if "steps" in kw:
+        kw = dict(kw, time_variable="lambda") if kw["method"] != "rk4" else kw
+    with pytest.raises((ValueError, ODESolverError), match="NaN (or|/) inf"):
+        log_likelihood(_sqrt_score, VPSDE(), x, **kw)
+
+
+def test_gaussian_probes_give_the_adaptive_solves_estimate():
+    """With Gaussian probes the fixed grid estimates the linear part f(t) x by f(t) |v|^2, as the adaptive
+    solve's v^T J v does (before: by its exact trace D f(t), which left the score part's probe noise
+    uncancelled: 21.5 nats of spread against 3.4 on this oracle, up to 90 nats apart with the same probes)."""
+    D = 6
+    data = GaussianData(mu=torch.linspace(-0.5, 0.5, D), std=torch.linspace(0.2, 0.6, D), shape=(D,))
+    sde = VPSDE()
+    x = data.sample(8, torch.Generator().manual_seed(0))
+    for seed in range(3):
+        kw = dict(divergence="hutchinson_gaussian", generator=torch.Generator().manual_seed(seed))
+        a = log_likelihood(data.score_fn(sde), sde, x, rtol=1e-7, atol=1e-7, **kw)
+        kw["generator"] = torch.Generator().manual_seed(seed)
+        b = log_likelihood(data.score_fn(sde), sde, x, method="dpmpp_3m", steps=160, time_variable="lambda", **kw)
+        torch.testing.assert_close(b.logp, a.logp, rtol=0, atol=1e-3)
+
+
+def test_rows_per_call_is_checked_with_the_fixed_grid_too():
+    x = torch.randn(2, 4, dtype=torch.float64)
+    score = GaussianData(0.0, 0.5, (4,)).score_fn(VPSDE())
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises((ValueError, TypeError), match="rows_per_call"):
+            log_likelihood(score, VPSDE(), x, method="dpmpp_2m", steps=40, time_variable="lambda", rows_per_call=bad)

@@ -52,7 +52,7 @@ def make_chain(sde, steps=None, skip: str = "uniform", alphas: str = "table") ->
     """
     if type(sde) is not VPSDE:
         raise ValueError(f"methods 'ddpm' and 'ddim' discretize the VP SDE (VPSDE); got {type(sde).__name__}. "
-                         "Use 'ancestral', 'reverse_diffusion' or 'pc' for VESDE / SubVPSDE")
+                         "Use 'reverse_diffusion' or 'pc' (any SDE), or 'ancestral' for VESDE")
     return DiscreteChain(sde, timesteps=steps, skip=skip, alphas=alphas)
 
 

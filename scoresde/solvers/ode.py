@@ -109,8 +109,8 @@ class _CountedField:
         if not math.isfinite(tv):
             raise ODESolverError(f"the step control produced a non-finite time t = {tv} after {self.nfe - 1} "
                                  f"evaluations (integrating {self.t0:g} -> {self.t1:g}, reached "
-                                 f"t={self.t_reached:.6g}): the tolerances are too tight for the state's dtype; "
-                                 "loosen rtol/atol")
+                                 f"t={self.t_reached:.6g}): the tolerances are too tight for the state's dtype (loosen rtol/atol), "
+                                 "or the field is NaN / inf there (for a likelihood: the score's derivative)")
         if abs(tv - self.t0) > abs(self.t_reached - self.t0):
             self.t_reached = tv
         return self.func(t, y)

@@ -191,6 +191,17 @@ class _Field:
         return tuple(torch.cat(parts)[:n] for parts in zip(*outs))
 
 
+def _check_start(f, t0) -> None:
+    """Raise if the field is NaN / inf at t0 (the initial step would be NaN and the field evaluated at t = NaN)."""
+    bad = torch.zeros(f[0].shape[0], dtype=torch.bool, device=f[0].device)
+    for p in f:
+        bad |= ~torch.isfinite(p.reshape(p.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten()[:8].tolist()
+        raise ODESolverError(f"the field is NaN or inf at t0={float(t0):g} for sample(s) {rows} (for a likelihood: "
+                             "the score or its derivative in x); no step can be taken")
+
+
 def _initial_step(field, t, y, f0, rows, d, rtol, atol, norm):
     """Per-sample initial step (float64, (n,)) of Hairer-Norsett-Wanner II.4 (torchdiffeq's rule, order 4)."""
     scale = [atol + p.abs() * rtol for p in y]
@@ -290,6 +301,7 @@ def dopri5_per_sample(func: Callable, y0: tuple, t0: float, t1: float, *, rtol: 
     t = torch.full((B,), float(t0), dtype=torch.float64, device=device)
     all_rows = torch.arange(B, device=device) if with_rows else None
     f = field(t, y, all_rows)
+    _check_start(f, t0)
     h = _on_grid(_initial_step(field, t, y, f, all_rows, d, rtol, atol, norm), step_grid)
     steps = torch.zeros(B, dtype=torch.int64, device=device)
     rows, n_run = None, B  # rows None: all samples running
