@@ -194,7 +194,8 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
             exponential integrator of :mod:`scoresde.likelihood_multistep` (NFE = steps + 1, on a
             grid uniform in ``time_variable``; rtol / atol unused, no error control: on the
             digits UNet "dpmpp_2m" with 40 steps in "lambda" was within 0.0022 bits/dim of a
-            float64 1e-9 solve, 3.96x faster than the reference code's way at equal error).
+            float64 1e-9 solve, 3.96x faster than the reference code's way at equal error; the
+            same net trained 6x longer was 0.031 off at 40 steps: measure it per model).
         divergence: "hutchinson_rademacher" (default), "hutchinson_gaussian" or "exact" (D
             vector-Jacobian products per evaluation instead of ``n_probes``; for B > 1 one more
             product at the first evaluation checks that the samples are not coupled).
