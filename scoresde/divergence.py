@@ -19,7 +19,9 @@ The network is still called once per evaluation: the products are taken of the g
 built. Too large a chunk loses again (the batched activations fall out of the cache and the
 memory grows as chunk x B x activations): the default, :func:`default_chunk_size`, gives a
 backward pass about :data:`CHUNK_ROWS` rows, and at most :data:`CHUNK_BYTES` of stacked state.
-``benchmarks/bench_trace.py`` measures both forms: the batched form wins most where the
+Which chunk is fastest depends on the network and the machine's state: :class:`ChunkTuner` (the
+likelihood's ``chunk_size="auto"``) times the candidates over a solve's first evaluations and keeps
+the fastest. ``benchmarks/bench_trace.py`` measures the forms: the batched form wins most where the
 network's operations are small (an MLP: 1.4-2.5x at D = 8-256, batch 16); a convolutional net
 whose loop is compute-bound at D = 256 (16x16 images, batch 16) gains little, since the D
 products' arithmetic is the same (the loop already spends 80% of its time in the convolutions'
@@ -27,6 +29,7 @@ backward kernels, which cost the same per row batched or not).
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
@@ -39,7 +42,7 @@ CHUNK_ROWS = 256
 CHUNK_BYTES = 1 << 17
 
 __all__ = ["DIVERGENCES", "CHUNK_ROWS", "CHUNK_BYTES", "default_chunk_size", "draw_probes", "divergence",
-           "check_sample_independent"]
+           "check_sample_independent", "ChunkTuner"]
 
 
 def draw_probes(kind: str, shape, x: torch.Tensor, generator) -> torch.Tensor:
@@ -85,14 +88,29 @@ def default_chunk_size(D: int, B: int, element_size: int) -> int:
 
 
 def _check_chunk(chunk_size, D: int, B: int, x: torch.Tensor) -> int:
-    if chunk_size is None:
+    if chunk_size is None or isinstance(chunk_size, ChunkTuner):
         return default_chunk_size(D, B, x.element_size())
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size must be a positive int or None (default from D, B and the dtype); "
-                        f"got {chunk_size!r}")
+        raise TypeError(f"chunk_size must be a positive int, None (default from D, B and the dtype), \"auto\" "
+                        f"(the likelihood's: timed) or a ChunkTuner; got {chunk_size!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (1: one vector-Jacobian product at a time); got {chunk_size}")
     return max(1, min(chunk_size, D))
+
+
+def resolve_chunk_size(chunk_size):
+    """The likelihood's ``chunk_size`` option: "auto" -> a new :class:`ChunkTuner`; None or an int >= 1 as is.
+
+    Raises:
+        TypeError: not "auto", None, an int or a ChunkTuner. ValueError: an int < 1.
+    """
+    if isinstance(chunk_size, str) and chunk_size == "auto":
+        return ChunkTuner()
+    if isinstance(chunk_size, str):
+        raise TypeError(f'chunk_size must be "auto", None or an int >= 1; got {chunk_size!r}')
+    if chunk_size is not None and not isinstance(chunk_size, ChunkTuner):
+        _check_chunk(chunk_size, 1, 1, None)
+    return chunk_size
 
 
 def _check_args(drift, x, probes, chunk_size) -> None:
@@ -163,7 +181,8 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None
         probes: (P, B, *S) Hutchinson probes (:func:`draw_probes`): the mean over p of
             probes[p] . (J^T probes[p]), P products; or None for the exact trace of J (D products).
         chunk_size: exact trace only: basis vectors per batched backward pass (int >= 1; 1 is one
-            product at a time); default :func:`default_chunk_size` (D, B, x.element_size()).
+            product at a time); default :func:`default_chunk_size` (D, B, x.element_size()); or a
+            :class:`ChunkTuner`, which picks it by timing over the calls it serves.
     Returns:
         (B,) in x's dtype: the divergence, sum_i d drift_i / d x_i, of each sample. The exact
         trace equals the loop's (``chunk_size=1``) up to rounding (1e-13 relative in float64).
@@ -190,9 +209,16 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None
             total = total + (vjp * probes[p]).reshape(B, -1).sum(1)
         return total / probes.shape[0]
     D = x[0].numel()
-    chunk = _check_chunk(chunk_size, D, B, x)
+    if isinstance(chunk_size, ChunkTuner):
+        return chunk_size.trace(drift, x)
+    return _exact_trace(drift, x, _check_chunk(chunk_size, D, B, x))
+
+
+def _exact_trace(drift: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(B,) exact trace in chunks of ``chunk`` basis vectors (1: the loop); the vmap fallback, see :func:`divergence`."""
     if chunk == 1:
         return _loop_trace(drift, x)
+    B, D = x.shape[0], x[0].numel()
     trace = torch.zeros(B, dtype=x.dtype, device=x.device)
     for j0 in range(0, D, chunk):
         c = min(chunk, D - j0)
@@ -204,11 +230,61 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None
                 raise
             warnings.warn(f"divergence='exact': the batched vector-Jacobian products failed ({str(err)[:120]}); "
                           "taking them one at a time (chunk_size=1) instead, D backward passes per evaluation",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
             return _loop_trace(drift, x)
         # rows[k, b] = row j0 + k of sample b's Jacobian; its diagonal entry sits at column j0 + k
         trace += torch.diagonal(rows.reshape(c, B, D)[:, :, j0:j0 + c], dim1=0, dim2=2).sum(-1)
     return trace
+
+
+class ChunkTuner:
+    """The exact trace's chunk chosen by timing (``chunk_size="auto"`` of the likelihood): one tuner per solve.
+
+    Which chunk is fastest depends on the network and on the machine's state, not only on D and
+    B: measured (``benchmarks/bench_trace.py``, batch 16) a small conv net at D = 256 took 0.46x
+    to 1.05x the loop's time with the default chunk 8 in runs on the same machine, while an MLP
+    gains 1.4-3x. So the first evaluations of each (B, *S, dtype, device) try the candidates
+    :func:`default_chunk_size`, a quarter of it and 1 (the loop), ``trials`` times each in turn,
+    and the rest of the solve uses the fastest (the smallest wall time of its trials; on CUDA
+    the tuning evaluations synchronise the device). Every candidate gives the same trace up to
+    rounding (1e-7 relative in float32, 1e-15 in float64), so a result can change at that level
+    between runs that pick different chunks; pass an int ``chunk_size`` for bit-for-bit repeats.
+
+    Arguments:
+        trials: timed evaluations per candidate (int >= 1, default 2).
+    Attributes:
+        chosen: dict (B, *S, dtype, device) -> the chunk in use once tuned.
+    Raises:
+        TypeError / ValueError: ``trials`` not an int >= 1.
+    """
+
+    def __init__(self, trials: int = 2):
+        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+            raise ValueError(f"trials (timed evaluations per candidate chunk) must be an int >= 1; got {trials!r}")
+        self.trials, self.chosen = trials, {}
+        self._times: dict = {}  # key -> {chunk: [seconds]}
+
+    def trace(self, drift: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(B,) exact trace of ``drift`` (see :func:`divergence`), in the chunk tuned for x's shape."""
+        key = (*x.shape, x.dtype, x.device)
+        if key in self.chosen:
+            return _exact_trace(drift, x, self.chosen[key])
+        B, D = x.shape[0], x[0].numel()
+        c0 = default_chunk_size(D, B, x.element_size())
+        times = self._times.setdefault(key, {c: [] for c in dict.fromkeys((c0, max(1, c0 // 4), 1))})
+        if x.device.type not in ("cpu", "cuda") or len(times) == 1:  # nothing to time, or no clock for it
+            self.chosen[key] = c0
+            return _exact_trace(drift, x, c0)
+        chunk = min(times, key=lambda c: len(times[c]))  # the candidates in turn
+        sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda *a: None)
+        sync(x.device)
+        t0 = time.perf_counter()
+        out = _exact_trace(drift, x, chunk)
+        sync(x.device)
+        times[chunk].append(time.perf_counter() - t0)
+        if all(len(v) >= self.trials for v in times.values()):
+            self.chosen[key] = min(times, key=lambda c: min(times[c]))
+        return out
 
 
 def _basis(j0: int, c: int, x: torch.Tensor) -> torch.Tensor:

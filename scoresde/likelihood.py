@@ -71,7 +71,7 @@ from ._levels import check_levels
 from ._checks import check_batch, check_choice, check_positive
 from .grids import check_eps
 from .sde import SDE, reverse_drift
-from .divergence import DIVERGENCES, draw_probes as _draw_probes
+from .divergence import DIVERGENCES, draw_probes as _draw_probes, resolve_chunk_size
 from .likelihood_ode import TIME_VARIABLES, TimeChange, check_logp_finite, checked_once_for_coupling, flow_field, likelihood_field
 from .likelihood_multistep import MULTISTEP_METHODS, check_multistep_args, multistep_log_likelihood
 from .dequantize import _check_generator, _check_levels, _check_range, uniform_dequantize  # noqa: F401 (public here)
@@ -176,7 +176,7 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
                    n_probes: int = 1, generator: torch.Generator | None = None, steps: int | None = None,
                    max_nfe: int | None = None, min_step: float | None = None,
                    time_variable: str = DEFAULT_TIME_VARIABLE, step_control: str = "batch",
-                   rows_per_call: int | None = PER_SAMPLE_ROWS) -> LikelihoodResult:
+                   rows_per_call: int | None = PER_SAMPLE_ROWS, chunk_size="auto") -> LikelihoodResult:
     """Log-density of data under the probability-flow ODE of ``sde``.
 
     Integrates (x, delta_logp) from eps to T with d delta_logp / dt = div f~ and returns
@@ -199,6 +199,8 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         divergence: "hutchinson_rademacher" (default), "hutchinson_gaussian" or "exact" (D
             vector-Jacobian products per evaluation instead of ``n_probes``; for B > 1 one more
             product at the first evaluation checks that the samples are not coupled).
+        chunk_size: "exact" only: basis vectors per backward pass; "auto" (default: timed, :class:`~scoresde.
+            divergence.ChunkTuner`), None (from D, B, dtype) or an int >= 1 (repeats bit for bit).
         n_probes: number of Hutchinson probes (>= 1) averaged per evaluation; each costs one
             vector-Jacobian product, the network runs once.
         generator: ``torch.Generator`` the probes are drawn from, once per call
@@ -231,13 +233,13 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         ValueError: eps outside (0, T); unknown divergence, method or time_variable (the message
             lists the valid names); "dpmpp_2m" / "dpmpp_3m" without steps, with min_step or with
             step_control="per_sample"; rtol / atol <= 0, or both below the machine epsilon of x's dtype;
-            n_probes < 1, rows_per_call < 1; NaN / inf in x; x without a data dimension, empty (batch size 0) or on
+            n_probes < 1, rows_per_call < 1, chunk_size < 1; NaN / inf in x; x without a data dimension, empty (batch size 0) or on
             the "meta" device; a score of the wrong shape or with NaN / inf; a score without an
             autograd graph to x (computed under ``torch.no_grad`` / ``inference_mode`` or detached:
             its divergence would silently count as 0); with "exact", a score that couples the
             samples (batch norm in training mode: call ``model.eval()``).
         TypeError: integer x, a non-SDE ``sde``, a ``generator`` that is not a torch.Generator, a
-            non-integer rows_per_call.
+            non-integer rows_per_call, a chunk_size other than "auto", None or an int.
         ODESolverError: max_nfe exceeded or step-size underflow (stiff field near t = 0).
     Reference:
         Song et al. 2021, Sec. 4.3, Eq. (13), (39), App. D.2; Grathwohl et al. 2019 (FFJORD),
@@ -246,9 +248,8 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     eps = _check_common(sde, x, eps)
     check_choice("method", method, LIKELIHOOD_METHODS)
     check_choice("divergence", divergence, DIVERGENCES)
-    check_choice("step_control", step_control, STEP_CONTROLS)
-    if rows_per_call is not None:  # checked whatever the method, as the docstring says
-        check_positive("rows_per_call", rows_per_call, integer=True)
+    # step_control and rows_per_call checked whatever the method, as the docstring says
+    options = _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control, rows_per_call)
     tc = TimeChange(sde, time_variable, eps, sde.T)
     check_positive("n_probes", n_probes, integer=True)
     if not callable(score_fn):
@@ -261,28 +262,28 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         check_multistep_args(method, steps, min_step, step_control, rtol, atol, max_nfe)
     B = x.shape[0]
     probes = None if divergence == "exact" else _draw_probes(divergence, (n_probes, *x.shape), x, generator)
-    if divergence == "exact":  # the first evaluation also checks that the samples are not coupled
-        score_fn = checked_once_for_coupling(score_fn)
+    score_fn = checked_once_for_coupling(score_fn) if divergence == "exact" else score_fn  # samples not coupled?
+    chunk_size = resolve_chunk_size(chunk_size)
 
     if method in MULTISTEP_METHODS:
         with torch.no_grad():
             z, delta, nfe = multistep_log_likelihood(score_fn, sde, x, probes, eps=eps, steps=int(steps), method=method,
-                                                     time_variable=time_variable, max_nfe=max_nfe)
+                                                     time_variable=time_variable, max_nfe=max_nfe,
+                                                     chunk_size=chunk_size)
             prior = sde.prior_logp(z).to(x.dtype)
         check_logp_finite(prior + delta, method)
         return LikelihoodResult(logp=prior + delta, prior_logp=prior, delta_logp=delta, z=z.to(in_dtype), nfe=nfe)
 
     with torch.no_grad():
         delta0 = torch.zeros(B, dtype=x.dtype, device=x.device)
-        options = _solve_options(method, rtol, atol, steps, max_nfe, min_step, step_control, rows_per_call)
         if method in ADAPTIVE_METHODS:
             options["norm"] = rms_norm  # the error of (x, delta_logp) as one vector (per sample with per_sample)
         if step_control == "per_sample":  # called on the running samples only: their rows of the probes
             def field(s, state, rows):
                 p = None if probes is None else probes[:, rows]
-                return likelihood_field(score_fn, sde, tc, rows.shape[0], p)(s, state)
+                return likelihood_field(score_fn, sde, tc, rows.shape[0], p, chunk_size)(s, state)
         else:
-            field = likelihood_field(score_fn, sde, tc, B, probes)
+            field = likelihood_field(score_fn, sde, tc, B, probes, chunk_size)
         sol = solve_ode(field, (x, delta0), tc.s_of_t(eps), tc.s_of_t(sde.T), with_rows=step_control == "per_sample",
                         **options)
         z, delta = sol.y
@@ -344,7 +345,7 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
     check_positive("n_dequant", n_dequant, integer=True)
     low, high = _check_range(data_range)
     allowed = {"eps", "method", "rtol", "atol", "divergence", "n_probes", "generator", "steps", "max_nfe", "min_step",
-               "time_variable", "step_control", "rows_per_call"}
+               "time_variable", "step_control", "rows_per_call", "chunk_size"}
     if "step_control" in log_likelihood_options:  # before the dequantization draws
         check_choice("step_control", log_likelihood_options["step_control"], STEP_CONTROLS)
     if log_likelihood_options.get("rows_per_call") is not None:

@@ -135,7 +135,7 @@ def forward_nodes(sde: SDE, steps: int, eps: float, time_variable: str) -> Nodes
 
 def multistep_log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, probes: torch.Tensor | None, *,
                              eps: float, steps: int, method: str, time_variable: str,
-                             max_nfe: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+                             max_nfe: int | None = None, chunk_size=None) -> tuple[torch.Tensor, torch.Tensor, int]:
     """The latent and the log-density change of x by a multistep exponential integrator (module docstring).
 
     Arguments:
@@ -145,6 +145,7 @@ def multistep_log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, prob
         eps: the start time. steps: number of steps M (int >= 1; the caller validates it).
         method: "dpmpp_2m" or "dpmpp_3m". time_variable: "lambda" (grid uniform in lambda) or "t".
         max_nfe: optional budget; M + 1 > max_nfe raises before any evaluation.
+        chunk_size: the exact trace's (:func:`scoresde.divergence.divergence`): None, an int or a ChunkTuner.
     Returns:
         (z (B, *S) the state at T, delta_logp (B,) in nats per sample, in x's dtype, nfe = M + 1).
     Raises:
@@ -184,7 +185,7 @@ def multistep_log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, prob
             xg = x.detach().requires_grad_(True)
             score = call_score(score_fn, xg, t, check)
             # + 0 x: a score that does not depend on x (divergence 0) still has a graph to x
-            div = _divergence(torch.add(score, xg, alpha=0.0), xg, probes)
+            div = _divergence(torch.add(score, xg, alpha=0.0), xg, probes, chunk_size=chunk_size)
         check.add(div, t, what="the divergence of score_fn (its derivative in x) is NaN or inf")
         delta = torch.add(delta, div.detach(), alpha=weights[i])
         if i == steps:

@@ -189,13 +189,14 @@ def checked_once_for_coupling(score_fn: Callable) -> Callable:
 
 
 def likelihood_field(score_fn: Callable, sde: SDE, tc: TimeChange, B: int,
-                     probes: torch.Tensor | None) -> Callable:
+                     probes: torch.Tensor | None, chunk_size=None) -> Callable:
     """The augmented probability-flow ODE of (x, delta_logp) in the variable of ``tc``.
 
     Arguments:
         score_fn: callable (x (B, *S), t (B,)) -> (B, *S). sde: the forward SDE.
         tc: the :class:`TimeChange`. B: the batch size.
         probes: (P, B, *S) Hutchinson probes held fixed for the solve, or None for the exact trace.
+        chunk_size: the exact trace's (:func:`scoresde.divergence.divergence`): None, an int or a ChunkTuner.
     Returns:
         callable (s, (x, delta)) -> (dx/ds (B, *S), d delta/ds (B,)) with d delta/ds = div f~ dt/ds
         (nats per sample per unit of s); one call of ``score_fn`` and P (or D) vector-Jacobian
@@ -213,7 +214,7 @@ def likelihood_field(score_fn: Callable, sde: SDE, tc: TimeChange, B: int,
         with torch.enable_grad():
             xg = state[0].detach().requires_grad_(True)
             drift = reverse_drift(sde, traced_score, xg, t, probability_flow=True)
-            div = _divergence(drift, xg, probes)
+            div = _divergence(drift, xg, probes, chunk_size=chunk_size)
         drift, div = drift.detach(), div.detach()
         if j is None:
             return drift, div

@@ -241,3 +241,48 @@ def test_divergence_rejects_empty_or_0d_x(shape):
     for chunk in (None, 1, 2):
         with pytest.raises(ValueError, match="x must be"):
             divergence(x * 2.0, x, None, chunk_size=chunk)
+
+
+def test_chunk_tuner_keeps_the_fastest_candidate_and_the_exact_trace(monkeypatch):
+    """The tuner times the default chunk, a quarter of it and the loop, twice each in turn, then keeps the
+    fastest; every evaluation (tuning ones included) gives the loop's trace. Timing is faked here: each
+    candidate's cost is set, and the tuner must pick the cheapest whichever it is."""
+    D, B = 64, 16  # default chunk 16: candidates 16, 4, 1
+    a = torch.linspace(0.5, 1.5, D, dtype=torch.float64)
+    x = torch.randn(B, D, dtype=torch.float64, requires_grad=True)
+    want = (a * (1 - torch.tanh(a * x) ** 2)).sum(1).detach()
+    real = dv._exact_trace
+    for costs in ({16: 1.0, 4: 3.0, 1: 2.0}, {16: 5.0, 4: 1.0, 1: 2.0}, {16: 5.0, 4: 3.0, 1: 0.5}):
+        clock, used = [0.0], []
+
+        def timed(drift, x, chunk, costs=costs, clock=clock, used=used):
+            clock[0] += costs[chunk]
+            used.append(chunk)
+            return real(drift, x, chunk)
+        monkeypatch.setattr(dv, "_exact_trace", timed)
+        monkeypatch.setattr(dv.time, "perf_counter", lambda clock=clock: clock[0])
+        tuner = dv.ChunkTuner()
+        for _ in range(8):
+            with torch.enable_grad():
+                got = divergence(torch.tanh(a * x), x, None, chunk_size=tuner)
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+        best = min(costs, key=costs.get)
+        assert sorted(used[:6]) == [1, 1, 4, 4, 16, 16] and used[6:] == [best, best]
+        assert list(tuner.chosen.values()) == [best]
+
+
+def test_likelihood_chunk_size_option():
+    """log_likelihood(chunk_size=...): "auto" (default), None and ints give the same exact-trace logp (float64,
+    1e-10 relative); other values raise naming chunk_size; bits_per_dim passes it on."""
+    sde, data = VPSDE(), GaussianData(0.0, 0.5, (8,))
+    x = data.sample(4, torch.Generator().manual_seed(0))
+    got = [log_likelihood(data.score_fn(sde), sde, x, divergence="exact", method="rk4", steps=8, chunk_size=c).logp
+           for c in ("auto", None, 1, 3)]
+    for g in got[1:]:
+        torch.testing.assert_close(g, got[0], rtol=1e-10, atol=0)
+    for bad, err in (("fast", TypeError), (0, ValueError), (2.0, TypeError), (True, TypeError)):
+        with pytest.raises(err, match="chunk_size"):
+            log_likelihood(data.score_fn(sde), sde, x, divergence="exact", method="rk4", steps=8, chunk_size=bad)
+    from scoresde import bits_per_dim
+    levels = torch.randint(0, 256, (2, 8))
+    bits_per_dim(data.score_fn(sde), sde, levels, divergence="exact", method="rk4", steps=8, chunk_size=2)
