@@ -78,3 +78,14 @@ def test_fd_spread_rows_equal_the_compare_metric_and_text_states_the_se():
     assert "| Euler-Maruyama | 50: " in text and "| PC | 10: " in text
     assert demo.fd_spread_text({"fd_spread": None}) == ""
     assert isinstance(sp["rows"][0]["fd"], float) and not torch.is_tensor(sp["se_median"])
+
+
+def test_quick_and_full_demo_default_to_separate_folders():
+    """`scoresde demo --quick` then `scoresde demo` (README order): the full run must not find the quick run's
+    model in its folder (it refused to resume it: '--model unet (saved mlp)')."""
+    from scoresde.cli.parser import build_parser
+    for quick in (False, True):
+        args = build_parser().parse_args(["demo"] + (["--quick"] if quick else []))
+        assert args.out is None
+    assert demo.default_out(False) == "scoresde-demo"
+    assert demo.default_out(True) == "scoresde-demo-quick"

@@ -43,6 +43,15 @@ def _args(argv):
     return build_parser().parse_args(argv)
 
 
+def default_out(quick: bool) -> str:
+    """The demo's output folder when --out is not given: "scoresde-demo", or "scoresde-demo-quick" with --quick.
+
+    Separate folders: the full run would find a --quick run's model in its folder and refuse to
+    resume it with other settings (network, batch size).
+    """
+    return "scoresde-demo-quick" if quick else "scoresde-demo"
+
+
 def run_demo(args) -> int:
     from .common import load_run
     from .measure import likelihood, vlb_bits
@@ -54,6 +63,8 @@ def run_demo(args) -> int:
     p = dict(QUICK if args.quick else FULL)
     if args.train_steps is not None:
         p["steps"] = args.train_steps
+    if args.out is None:
+        args.out = default_out(args.quick)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model_dir = out / "model"

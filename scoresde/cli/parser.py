@@ -341,7 +341,8 @@ def _add_demo(sub) -> None:
                                    "on the test split by the PF-ODE and by the DDPM variational bound, draw each "
                                    "digit by classifier-free guidance against the scale, inpaint held-out digits, and "
                                    "write <out>/report.md with the images.")
-    p.add_argument("--out", default="scoresde-demo", help="output folder")
+    p.add_argument("--out", default=None, help="output folder (default scoresde-demo, scoresde-demo-quick with --quick, "
+                                               "so that the two runs never resume each other)")
     p.add_argument("--sde", choices=SDES, default="vp", help="forward SDE")
     p.add_argument("--quick", action="store_true", help="a tiny run (under 2 minutes) that checks the pipeline")
     from .demo_presets import FULL, QUICK
