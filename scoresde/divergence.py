@@ -91,8 +91,8 @@ def _check_chunk(chunk_size, D: int, B: int, x: torch.Tensor) -> int:
     if chunk_size is None or isinstance(chunk_size, ChunkTuner):
         return default_chunk_size(D, B, x.element_size())
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
-        raise TypeError(f"chunk_size must be a positive int, None (default from D, B and the dtype), \"auto\" "
-                        f"(the likelihood's: timed) or a ChunkTuner; got {chunk_size!r}")
+        raise TypeError(f"chunk_size must be a positive int, None (default from D, B and the dtype) or a ChunkTuner "
+                        f"(the likelihood's chunk_size=\"auto\" makes one); got {chunk_size!r}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (1: one vector-Jacobian product at a time); got {chunk_size}")
     return max(1, min(chunk_size, D))
@@ -140,7 +140,8 @@ def check_sample_independent(drift: torch.Tensor, x: torch.Tensor) -> None:
         drift: (B, *S) a function of ``x`` with its autograd graph. x: (B, *S) the leaf that requires grad.
     Raises:
         ValueError: B > 1 and sample 0's output has a nonzero derivative with respect to another
-            sample's input (the message says how to fix it: ``model.eval()``), or a NaN / inf one.
+            sample's input (the message says how to fix it: ``model.eval()``); NaN / inf entries
+            are not read as coupling (the solve's own checks report them).
     """
     B = x.shape[0]
     if B < 2:
@@ -148,10 +149,9 @@ def check_sample_independent(drift: torch.Tensor, x: torch.Tensor) -> None:
     u = torch.zeros_like(drift)
     u[0] = torch.linspace(1.0, 2.0, x[0].numel(), dtype=x.dtype, device=x.device).view_as(x[0])  # no cancellation
     (g,) = torch.autograd.grad(drift, x, u, retain_graph=True, allow_unused=True)
-    if g is not None and not bool(torch.isfinite(g).all()):
-        raise ValueError("the derivative of the score with respect to x is NaN or inf at the start of the solve "
-                         "(sample 0's vector-Jacobian product): its divergence is undefined there")
-    if g is not None and bool((g[1:] != 0).any()):
+    # NaN / inf entries are left to the solve's own checks, which name the sample (0 x inf in another
+    # sample's backward, e.g. sqrt(|x|) at 0, is NaN without any coupling)
+    if g is not None and bool(((g[1:] != 0) & torch.isfinite(g[1:])).any()):
         raise ValueError("divergence='exact' needs a score whose output for sample b depends on sample b of x "
                          "only; this one mixes the samples of the batch (batch norm in training mode? call "
                          "model.eval()), and its exact trace would add the cross-sample terms. Use model.eval(), "
@@ -211,13 +211,14 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, probes: torch.Tensor | None
     D = x[0].numel()
     if isinstance(chunk_size, ChunkTuner):
         return chunk_size.trace(drift, x)
-    return _exact_trace(drift, x, _check_chunk(chunk_size, D, B, x))
+    return _exact_trace(drift, x, _check_chunk(chunk_size, D, B, x))[0]
 
 
-def _exact_trace(drift: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(B,) exact trace in chunks of ``chunk`` basis vectors (1: the loop); the vmap fallback, see :func:`divergence`."""
+def _exact_trace(drift: torch.Tensor, x: torch.Tensor, chunk: int) -> tuple[torch.Tensor, int]:
+    """((B,) exact trace, the chunk used) in chunks of ``chunk`` basis vectors (1: the loop; 1 is also what the
+    vmap fallback of :func:`divergence` reports)."""
     if chunk == 1:
-        return _loop_trace(drift, x)
+        return _loop_trace(drift, x), 1
     B, D = x.shape[0], x[0].numel()
     trace = torch.zeros(B, dtype=x.dtype, device=x.device)
     for j0 in range(0, D, chunk):
@@ -231,10 +232,10 @@ def _exact_trace(drift: torch.Tensor, x: torch.Tensor, chunk: int) -> torch.Tens
             warnings.warn(f"divergence='exact': the batched vector-Jacobian products failed ({str(err)[:120]}); "
                           "taking them one at a time (chunk_size=1) instead, D backward passes per evaluation",
                           RuntimeWarning, stacklevel=3)
-            return _loop_trace(drift, x)
+            return _loop_trace(drift, x), 1
         # rows[k, b] = row j0 + k of sample b's Jacobian; its diagonal entry sits at column j0 + k
         trace += torch.diagonal(rows.reshape(c, B, D)[:, :, j0:j0 + c], dim1=0, dim2=2).sum(-1)
-    return trace
+    return trace, chunk
 
 
 class ChunkTuner:
@@ -247,7 +248,7 @@ class ChunkTuner:
     :func:`default_chunk_size`, a quarter of it and 1 (the loop), ``trials`` times each in turn,
     and the rest of the solve uses the fastest (the smallest wall time of its trials; on CUDA
     the tuning evaluations synchronise the device). Every candidate gives the same trace up to
-    rounding (1e-7 relative in float32, 1e-15 in float64), so a result can change at that level
+    rounding (a few 1e-7 relative in float32, 1e-15 in float64), so a result can change at that level
     between runs that pick different chunks; pass an int ``chunk_size`` for bit-for-bit repeats.
 
     Arguments:
@@ -259,8 +260,10 @@ class ChunkTuner:
     """
 
     def __init__(self, trials: int = 2):
-        if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-            raise ValueError(f"trials (timed evaluations per candidate chunk) must be an int >= 1; got {trials!r}")
+        if isinstance(trials, bool) or not isinstance(trials, int):
+            raise TypeError(f"trials (timed evaluations per candidate chunk) must be an int >= 1; got {trials!r}")
+        if trials < 1:
+            raise ValueError(f"trials (timed evaluations per candidate chunk) must be >= 1; got {trials}")
         self.trials, self.chosen = trials, {}
         self._times: dict = {}  # key -> {chunk: [seconds]}
 
@@ -268,20 +271,22 @@ class ChunkTuner:
         """(B,) exact trace of ``drift`` (see :func:`divergence`), in the chunk tuned for x's shape."""
         key = (*x.shape, x.dtype, x.device)
         if key in self.chosen:
-            return _exact_trace(drift, x, self.chosen[key])
+            return _exact_trace(drift, x, self.chosen[key])[0]
         B, D = x.shape[0], x[0].numel()
         c0 = default_chunk_size(D, B, x.element_size())
         times = self._times.setdefault(key, {c: [] for c in dict.fromkeys((c0, max(1, c0 // 4), 1))})
         if x.device.type not in ("cpu", "cuda") or len(times) == 1:  # nothing to time, or no clock for it
             self.chosen[key] = c0
-            return _exact_trace(drift, x, c0)
+            return _exact_trace(drift, x, c0)[0]
         chunk = min(times, key=lambda c: len(times[c]))  # the candidates in turn
         sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda *a: None)
         sync(x.device)
         t0 = time.perf_counter()
-        out = _exact_trace(drift, x, chunk)
+        out, used = _exact_trace(drift, x, chunk)
         sync(x.device)
-        times[chunk].append(time.perf_counter() - t0)
+        if used != chunk:  # vmap could not batch this backward: the loop ran, and the candidate is dropped
+            del times[chunk]
+        times.setdefault(used, []).append(time.perf_counter() - t0)
         if all(len(v) >= self.trials for v in times.values()):
             self.chosen[key] = min(times, key=lambda c: min(times[c]))
         return out

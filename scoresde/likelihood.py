@@ -72,7 +72,8 @@ from ._checks import check_batch, check_choice, check_positive
 from .grids import check_eps
 from .sde import SDE, reverse_drift
 from .divergence import DIVERGENCES, draw_probes as _draw_probes, resolve_chunk_size
-from .likelihood_ode import TIME_VARIABLES, TimeChange, check_logp_finite, checked_once_for_coupling, flow_field, likelihood_field
+from .likelihood_ode import (TIME_VARIABLES, TimeChange, check_logp_finite, checked_once_for_coupling, flow_field,
+                             likelihood_field)
 from .likelihood_multistep import MULTISTEP_METHODS, check_multistep_args, multistep_log_likelihood
 from .dequantize import _check_generator, _check_levels, _check_range, uniform_dequantize  # noqa: F401 (public here)
 from .solvers.ode import ADAPTIVE_METHODS, HALF_DTYPES, METHODS, STEP_CONTROLS, rms_norm, solve_ode
@@ -233,13 +234,13 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
         ValueError: eps outside (0, T); unknown divergence, method or time_variable (the message
             lists the valid names); "dpmpp_2m" / "dpmpp_3m" without steps, with min_step or with
             step_control="per_sample"; rtol / atol <= 0, or both below the machine epsilon of x's dtype;
-            n_probes < 1, rows_per_call < 1, chunk_size < 1; NaN / inf in x; x without a data dimension, empty (batch size 0) or on
-            the "meta" device; a score of the wrong shape or with NaN / inf; a score without an
+            n_probes, rows_per_call or chunk_size < 1; NaN / inf in x; x without a data dimension, empty
+            (batch size 0) or on the "meta" device; a score of the wrong shape or with NaN / inf; a score without an
             autograd graph to x (computed under ``torch.no_grad`` / ``inference_mode`` or detached:
             its divergence would silently count as 0); with "exact", a score that couples the
             samples (batch norm in training mode: call ``model.eval()``).
         TypeError: integer x, a non-SDE ``sde``, a ``generator`` that is not a torch.Generator, a
-            non-integer rows_per_call, a chunk_size other than "auto", None or an int.
+            non-integer rows_per_call, a chunk_size other than "auto", None, an int or a ChunkTuner.
         ODESolverError: max_nfe exceeded or step-size underflow (stiff field near t = 0).
     Reference:
         Song et al. 2021, Sec. 4.3, Eq. (13), (39), App. D.2; Grathwohl et al. 2019 (FFJORD),
@@ -261,9 +262,9 @@ def log_likelihood(score_fn: Callable, sde: SDE, x: torch.Tensor, *, eps: float 
     if method in MULTISTEP_METHODS:  # checked before the probes are drawn from the caller's generator
         check_multistep_args(method, steps, min_step, step_control, rtol, atol, max_nfe)
     B = x.shape[0]
+    chunk_size = resolve_chunk_size(chunk_size)  # checked before the probes are drawn
     probes = None if divergence == "exact" else _draw_probes(divergence, (n_probes, *x.shape), x, generator)
     score_fn = checked_once_for_coupling(score_fn) if divergence == "exact" else score_fn  # samples not coupled?
-    chunk_size = resolve_chunk_size(chunk_size)
 
     if method in MULTISTEP_METHODS:
         with torch.no_grad():
@@ -321,7 +322,7 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
         n_dequant: number of independent dequantization draws (>= 1); bpd, logp and its parts
             are averaged over them (one ODE solve per draw; nfe is the total).
         **log_likelihood_options: eps, method, rtol, atol, divergence, n_probes, generator,
-            steps, max_nfe, min_step, time_variable, step_control, rows_per_call of :func:`log_likelihood`;
+            steps, max_nfe, min_step, time_variable, step_control, rows_per_call, chunk_size of :func:`log_likelihood`;
             ``generator`` also draws the dequantization noise (before each solve's probes).
     Returns:
         :class:`BitsPerDimResult`: bpd (B,) bits per dimension per sample; logp, prior_logp,
@@ -350,6 +351,7 @@ def bits_per_dim(score_fn: Callable, sde: SDE, x: torch.Tensor, *, data_range=(-
         check_choice("step_control", log_likelihood_options["step_control"], STEP_CONTROLS)
     if log_likelihood_options.get("rows_per_call") is not None:
         check_positive("rows_per_call", log_likelihood_options["rows_per_call"], integer=True)
+    resolve_chunk_size(log_likelihood_options.get("chunk_size", "auto"))  # checked before the draws too
     unknown = set(log_likelihood_options) - allowed
     if unknown:
         raise TypeError(f"bits_per_dim got unknown keyword arguments {sorted(unknown)}; allowed: {sorted(allowed)}")

@@ -258,7 +258,7 @@ def test_chunk_tuner_keeps_the_fastest_candidate_and_the_exact_trace(monkeypatch
         def timed(drift, x, chunk, costs=costs, clock=clock, used=used):
             clock[0] += costs[chunk]
             used.append(chunk)
-            return real(drift, x, chunk)
+            return real(drift, x, chunk)  # (trace, the chunk used)
         monkeypatch.setattr(dv, "_exact_trace", timed)
         monkeypatch.setattr(dv.time, "perf_counter", lambda clock=clock: clock[0])
         tuner = dv.ChunkTuner()
@@ -286,3 +286,33 @@ def test_likelihood_chunk_size_option():
     from scoresde import bits_per_dim
     levels = torch.randint(0, 256, (2, 8))
     bits_per_dim(data.score_fn(sde), sde, levels, divergence="exact", method="rk4", steps=8, chunk_size=2)
+
+
+def test_chunk_tuner_drops_a_chunk_that_falls_back_to_the_loop():
+    """A backward vmap cannot batch makes every batched candidate run the loop: the tuner must keep the loop,
+    not a chunk whose evaluations would each try vmap, fail and warn again."""
+    x = torch.randn(16, 64, dtype=torch.float64, requires_grad=True)
+    tuner = dv.ChunkTuner()
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        for _ in range(6):
+            with torch.enable_grad():
+                got = divergence(torch.sin(_NumpySquare.apply(x)), x, None, chunk_size=tuner)
+    assert list(tuner.chosen.values()) == [1]
+    torch.testing.assert_close(got, (2 * x * torch.cos(x * x)).sum(1).detach(), rtol=1e-12, atol=0)
+    for bad, err in (("2", TypeError), (2.0, TypeError), (None, TypeError), (0, ValueError)):
+        with pytest.raises(err, match="trials"):
+            dv.ChunkTuner(trials=bad)
+
+
+def test_a_bad_chunk_size_is_refused_before_the_generator_is_used():
+    """Like n_probes and rows_per_call, chunk_size is checked before the probes (log_likelihood) and the
+    dequantization noise (bits_per_dim) are drawn from the caller's generator."""
+    from scoresde import bits_per_dim
+    sde, data = VPSDE(), GaussianData(0.0, 0.5, (8,))
+    x = data.sample(2, torch.Generator().manual_seed(0))
+    for fn, arg in ((log_likelihood, x), (bits_per_dim, torch.randint(0, 256, (2, 8)))):
+        g = torch.Generator().manual_seed(1)
+        state = g.get_state()
+        with pytest.raises(TypeError, match="chunk_size"):
+            fn(data.score_fn(sde), sde, arg, generator=g, chunk_size="fast")
+        assert torch.equal(g.get_state(), state)
