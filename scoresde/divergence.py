@@ -139,10 +139,13 @@ def check_sample_independent(drift: torch.Tensor, x: torch.Tensor) -> None:
     Arguments:
         drift: (B, *S) a function of ``x`` with its autograd graph. x: (B, *S) the leaf that requires grad.
     Raises:
-        ValueError: B > 1 and sample 0's output has a nonzero derivative with respect to another
-            sample's input (the message says how to fix it: ``model.eval()``); NaN / inf entries
-            are not read as coupling (the solve's own checks report them).
+        ValueError: drift not of x's shape, x 0-d or empty; B > 1 and sample 0's output has a
+            nonzero derivative with respect to another sample's input (the message says how to fix
+            it: ``model.eval()``); NaN / inf entries are not read as coupling (the solve's own
+            checks report them).
+        RuntimeError: (from autograd) drift has no graph to x.
     """
+    _check_args(drift, x, None, None)
     B = x.shape[0]
     if B < 2:
         return
@@ -268,7 +271,8 @@ class ChunkTuner:
         self._times: dict = {}  # key -> {chunk: [seconds]}
 
     def trace(self, drift: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(B,) exact trace of ``drift`` (see :func:`divergence`), in the chunk tuned for x's shape."""
+        """(B,) exact trace of ``drift`` (see :func:`divergence`, whose errors it raises) in the chunk tuned for x."""
+        _check_args(drift, x, None, None)
         key = (*x.shape, x.dtype, x.device)
         if key in self.chosen:
             return _exact_trace(drift, x, self.chosen[key])[0]

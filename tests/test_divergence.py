@@ -316,3 +316,11 @@ def test_a_bad_chunk_size_is_refused_before_the_generator_is_used():
         with pytest.raises(TypeError, match="chunk_size"):
             fn(data.score_fn(sde), sde, arg, generator=g, chunk_size="fast")
         assert torch.equal(g.get_state(), state)
+
+
+def test_coupling_check_and_tuner_name_a_wrong_drift_shape():
+    x = torch.randn(3, 4, requires_grad=True)
+    with torch.enable_grad():
+        for fn in (dv.check_sample_independent, dv.ChunkTuner().trace):
+            with pytest.raises(ValueError, match="drift must have the shape of x"):
+                fn((x * 2)[:, :2], x)
