@@ -34,6 +34,8 @@ import warnings
 
 import torch
 
+from ._checks import check_positive
+
 DIVERGENCES = ("hutchinson_rademacher", "hutchinson_gaussian", "exact")
 
 #: the default chunk of the exact trace gives one backward pass about this many rows (chunk x B)
@@ -263,10 +265,7 @@ class ChunkTuner:
     """
 
     def __init__(self, trials: int = 2):
-        if isinstance(trials, bool) or not isinstance(trials, int):
-            raise TypeError(f"trials (timed evaluations per candidate chunk) must be an int >= 1; got {trials!r}")
-        if trials < 1:
-            raise ValueError(f"trials (timed evaluations per candidate chunk) must be >= 1; got {trials}")
+        check_positive("trials", trials, integer=True)  # timed evaluations per candidate chunk
         self.trials, self.chosen = trials, {}
         self._times: dict = {}  # key -> {chunk: [seconds]}
 
