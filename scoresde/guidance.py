@@ -15,6 +15,8 @@ Shapes: x (B, *S), t (B,), y an int or a (B,) LongTensor; outputs (B, *S).
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable
 
 import torch
@@ -23,12 +25,16 @@ __all__ = ["classifier_guidance", "classifier_free_guidance", "null_label"]
 
 
 def _labels(y, x: torch.Tensor) -> torch.Tensor:
-    """y (an int or a (B,) / (1,) integer tensor) as a (B,) long tensor on x's device."""
+    """y (an int or a 0-d / (B,) / (1,) integer tensor) as a (B,) long tensor on x's device."""
     if isinstance(y, bool):
         raise TypeError(f"y must be an int class label or a (B,) integer tensor; got {y!r}")
-    y = torch.as_tensor(y, device=x.device)
+    if isinstance(y, torch.Tensor) and y.device.type == "meta":
+        raise ValueError("y is on the 'meta' device, which holds shapes but no values; create it on 'cpu' or 'cuda'")
+    y = torch.as_tensor(int(y) if isinstance(y, numbers.Integral) else y, device=x.device)
     if y.is_floating_point() or y.is_complex():
         raise TypeError(f"y must hold integer class labels; got dtype {y.dtype}")
+    if y.dim() > 1:
+        raise ValueError(f"y must be an int or a (B,) tensor of labels; got shape {tuple(y.shape)}")
     y = y.long().reshape(-1)
     if y.numel() == 1:
         return y.expand(x.shape[0])
@@ -38,16 +44,19 @@ def _labels(y, x: torch.Tensor) -> torch.Tensor:
 
 
 def _check_scale(scale) -> float:
-    if isinstance(scale, torch.Tensor) and scale.numel() == 1:
+    """``scale`` as a float: a real number (Python, NumPy or a one-element tensor), finite."""
+    if isinstance(scale, torch.Tensor) and scale.numel() == 1 and not scale.is_complex() and scale.dtype != torch.bool:
         scale = float(scale)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale == scale or abs(scale) == float("inf"):
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number (e.g. 1.0); got {type(scale).__name__} {scale!r}")
+    if not math.isfinite(float(scale)):
         raise ValueError(f"scale must be a finite number; got {scale!r}")
     return float(scale)
 
 
 def _check_y(y) -> None:
     """y must be an int or an integer tensor (checked when the guided score is made)."""
-    ok = (isinstance(y, int) and not isinstance(y, bool)) or (
+    ok = (isinstance(y, numbers.Integral) and not isinstance(y, bool)) or (
         isinstance(y, torch.Tensor) and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool)
     if not ok:
         raise TypeError(f"y must be an int class label or a (B,) integer tensor; got {y!r}")
@@ -67,10 +76,15 @@ def classifier_guidance(score_fn: Callable, classifier: Callable, y, scale: floa
         ``guided(x, t) = score_fn(x, t) + scale * grad_x log softmax(classifier(x, t))[y]``, shape
         (B, *S) in x's dtype; the gradient is taken under ``torch.enable_grad()``, so it works
         inside the samplers' ``no_grad``. Each call costs one score and one classifier forward
-        and backward pass.
+        and backward pass. When x requires grad and grad mode is on (the likelihood code taking
+        the divergence), the result keeps its graph to x (the gradient with ``create_graph``:
+        the divergence then costs a second-order pass through the classifier); otherwise it is
+        detached.
     Raises:
-        TypeError: non-callable score_fn / classifier, non-integer y; ValueError: a non-finite
-        scale; at call time, logits that are not (B, K) or a label outside [0, K).
+        TypeError: non-callable score_fn / classifier, non-integer y, a scale that is not a real
+        number; ValueError: a non-finite scale; at call time, logits that are not (B, K)
+        (TypeError: not floating-point), a label outside [0, K), a y of shape other than () / (1,)
+        / (B,).
     Reference:
         Song et al. 2021, Sec. 5 and App. I.1, Eq. (48); Dhariwal & Nichol 2021, Alg. 1.
     """
@@ -84,21 +98,26 @@ def classifier_guidance(score_fn: Callable, classifier: Callable, y, scale: floa
         if scale == 0.0:
             return s
         labels = _labels(y, x)
+        # a caller that differentiates the guided score (the likelihood's divergence) keeps its graph to x
+        keep = torch.is_grad_enabled() and x.requires_grad
         with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
+            xg = x if keep else x.detach().requires_grad_(True)
             logits = classifier(xg, t)
             if not isinstance(logits, torch.Tensor):
                 raise TypeError(f"classifier must return a logits tensor (B, K); got {type(logits).__name__}")
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
                 raise ValueError(f"classifier must return logits (B, K) = ({x.shape[0]}, K); got {tuple(logits.shape)}")
+            if not logits.is_floating_point():
+                raise TypeError(f"classifier must return floating-point logits; got dtype {logits.dtype}")
             if int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
                 raise ValueError(f"y must lie in [0, {logits.shape[1] - 1}] (the classifier has {logits.shape[1]} classes)")
             if not logits.requires_grad:
                 raise ValueError("classifier's logits do not depend on x through autograd (detached, or computed "
                                  "under no_grad / inference_mode); guidance needs grad_x log p_t(y | x)")
             logp = torch.log_softmax(logits.to(torch.float64), dim=1).gather(1, labels[:, None]).sum()
-            grad = torch.autograd.grad(logp, xg)[0]
-        return (s + scale * grad.to(s.dtype)).detach()
+            grad = torch.autograd.grad(logp, xg, create_graph=keep)[0]
+        out = s + scale * grad.to(s.dtype)
+        return out if keep else out.detach()
 
     guided.discrete = getattr(score_fn, "discrete", False)  # the samplers' table / continuous default
     return guided
@@ -127,8 +146,9 @@ def classifier_free_guidance(model: Callable, y, scale: float) -> Callable:
     Returns:
         ``guided(x, t)`` -> (B, *S), one network evaluation on 2B samples per call.
     Raises:
-        TypeError: non-callable model; ValueError: non-finite scale, or at call time a label
-        count that is neither 1 nor B.
+        TypeError: non-callable model, a scale that is not a real number; ValueError: non-finite
+        scale, or at call time a label count that is neither 1 nor B, a y of shape other than
+        () / (1,) / (B,), or (a model with ``null_class`` K) a label outside [0, K).
     Reference:
         Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", Eq. (6) and Alg. 2.
     """
@@ -140,6 +160,9 @@ def classifier_free_guidance(model: Callable, y, scale: float) -> Callable:
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         labels = _labels(y, x)
+        if null is not None and (int(labels.min()) < 0 or int(labels.max()) >= null):
+            raise ValueError(f"y must lie in [0, {null - 1}] (the model has {null} classes; {null} is its null label); "
+                             f"got values in [{int(labels.min())}, {int(labels.max())}]")
         if w == 0.0:
             return model(x, t, y=labels)
         if null is not None:

@@ -88,6 +88,8 @@ def _check_device(device) -> torch.device:
     """``device`` as a torch.device that this torch can allocate on; ValueError naming ``device``."""
     try:
         device = torch.device(device)
+        if device.type == "meta":
+            raise ValueError("device 'meta' holds no values (tensors there have shapes only); use 'cpu' or 'cuda'")
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError, TypeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

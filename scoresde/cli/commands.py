@@ -22,7 +22,7 @@ from ..runs import resolve_checkpoint
 from .common import (_check_shape, _log, _threads, _weights_note, apply_sampler_flags, data_options,  # noqa: F401
                      load_data, load_run, small_problem_tolerances)
 from .measure import eval_split, likelihood, vlb_bits  # noqa: F401
-from .pretrained import check_source, load_model as load_pretrained, wants_pretrained
+from .pretrained import check_source, in_model_range, load_model as load_pretrained, wants_pretrained
 from .samples import as_data, draw, sampler_options, save_samples_figure
 from .training import (_KEEP_UNLESS_GIVEN, _REQUIRED, _RESUME_FREE, TRAIN_ARGS, _read_train_args,  # noqa: F401
                        _sigma_max_note, make_model, make_sde, run_train)
@@ -155,6 +155,8 @@ def cmd_likelihood(args) -> int:
     else:
         model, sde, cfg, ds = load_run(args.checkpoint, device=args.device, quiet=args.quiet, use_ema=not args.no_ema)
     evd, desc = eval_split(args.data, args.split, cfg, ds, args.seed, **data_options(args))
+    if wants_pretrained(args):  # 256-level images in the pretrained model's range ([0, 1] for VE)
+        evd = in_model_range(evd, cfg)
     _check_shape(evd, cfg, f"--data {args.data}" if args.data else "the data")
     _log(args, _weights_note(cfg))
     if args.steps is None and (note := small_problem_tolerances(args, tuple(cfg["data"]["shape"]))):

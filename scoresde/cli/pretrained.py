@@ -42,7 +42,11 @@ def parse_overrides(items) -> dict:
 
 def load_model(args):
     """(model (eval, on args.device), sde, cfg, None) of --diffusers / --reference-ckpt (its EMA
-    weights, or with --no-ema its online ones; a diffusers folder holds one set: --no-ema is an error)."""
+    weights, or with --no-ema its online ones; a diffusers folder holds one set: --no-ema is an error).
+
+    ``cfg["data"]["data_range"]`` is the model's data range: [0, 1] for a net that maps its input
+    to 2 x - 1 itself (the reference's VE configs, ``centered=False``; a diffusers UNet with
+    ``center_input_sample``), else [-1, 1]."""
     no_ema = bool(getattr(args, "no_ema", False))
     if getattr(args, "diffusers", None):
         if no_ema:
@@ -57,6 +61,7 @@ def load_model(args):
         size = get("sample_size", 32)
         size = size if isinstance(size, int) else int(size[0])
         shape = (int(get("in_channels", 3)), size, size)
+        unit = bool(get("center_input_sample", False))  # the UNet maps [0, 1] data to 2 x - 1 itself
         source = f"diffusers {args.diffusers}"
     else:
         from ..reference import load_reference_checkpoint
@@ -65,7 +70,20 @@ def load_model(args):
         net_cfg = model.net.config() if hasattr(model.net, "config") else {}
         size = int(net_cfg.get("image_size", 32))
         shape = (int(net_cfg.get("num_channels", 3)), size, size)
+        unit = net_cfg.get("centered", True) is False  # VE configs: [0, 1] data, mapped to [-1, 1] by the net
         source = f"reference checkpoint {args.reference_ckpt} ({args.config}, {'online' if no_ema else 'EMA'} weights)"
     model = model.to(args.device).eval()
-    cfg = {"data": {"shape": list(shape), "data_range": [-1.0, 1.0]}, "weights": "pretrained", "source": source}
+    data_range = [0.0, 1.0] if unit else [-1.0, 1.0]
+    cfg = {"data": {"shape": list(shape), "data_range": data_range}, "weights": "pretrained", "source": source}
     return model, model.sde, cfg, None
+
+
+def in_model_range(ds, cfg):
+    """``ds`` with its integer levels read in the model's ``cfg["data"]["data_range"]`` (a pretrained
+    model's data range, e.g. [0, 1] for VE); ``ds`` itself when it has no levels or the ranges agree."""
+    from ..dataset import Dataset
+    want = tuple(float(v) for v in cfg["data"]["data_range"])
+    if ds.levels is None or tuple(ds.data_range) == want:
+        return ds
+    return Dataset(ds.data, want, levels=ds.levels, num_levels=ds.num_levels, name=ds.name, labels=ds.labels,
+                   num_classes=ds.num_classes, classes=ds.classes)

@@ -23,7 +23,8 @@ from ..grids import check_eps, time_grid
 from ..likelihood_ode import TIME_VARIABLES, TimeChange, flow_field
 from .base import Plan, Solver, call_hook, register
 
-#: with a step hook (constrained sampling) the ODE is solved in this many pieces, the hook between them
+#: with a step hook (constrained sampling) the ODE is solved in this many pieces (at most ``steps`` of
+#: a fixed-grid method, whose steps are spread over them), the hook between them
 HOOK_SEGMENTS = 20
 from .ode import ADAPTIVE_METHODS, METHODS as ODE_METHODS, solve_ode
 
@@ -59,10 +60,13 @@ class ProbabilityFlowODE(Solver):
         tc = TimeChange(sde, o["time_variable"], eps, sde.T)
         field = flow_field(score, sde, tc, x.shape[0])
         # with a step hook the solve is cut at HOOK_SEGMENTS log-SNR-uniform times and the hook applied there
-        ends = [sde.T, eps] if hook is None else time_grid(sde, HOOK_SEGMENTS, eps, "logsnr").tolist()
+        # (a fixed-grid method's ``steps`` spread over the pieces, fewer pieces than steps if need be: steps in all)
+        pieces = 1 if hook is None else HOOK_SEGMENTS if plan.steps is None else min(HOOK_SEGMENTS, plan.steps)
+        ends = [sde.T, eps] if pieces == 1 else time_grid(sde, pieces, eps, "logsnr").tolist()
+        split = [None] * pieces if plan.steps is None else [plan.steps // pieces + (k < plan.steps % pieces)
+                                                            for k in range(pieces)]
         x, _ = call_hook(hook, x, x, sde, ends[0])
-        for t0, t1 in zip(ends[:-1], ends[1:]):
-            steps = plan.steps if hook is None or plan.steps is None else max(1, plan.steps // HOOK_SEGMENTS)
+        for t0, t1, steps in zip(ends[:-1], ends[1:], split):
             x = solve_ode(field, x, tc.s_of_t(t0), tc.s_of_t(t1), method=o["ode_method"], rtol=o["rtol"], atol=o["atol"],
                           steps=steps, max_nfe=o["max_nfe"], min_step=o["min_step"]).y
             x, _ = call_hook(hook, x, x, sde, t1)
