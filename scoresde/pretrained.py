@@ -11,8 +11,10 @@ Song et al. 2021, "Score-Based Generative Modeling through SDEs" (NCSN++, VE SDE
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -30,6 +32,15 @@ VP_DEFAULTS = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02
                "prediction_type": "epsilon"}
 VE_DEFAULTS = {"num_train_timesteps": 2000, "sigma_min": 0.01, "sigma_max": 1348.0}
 SCHEDULER_FILE = "scheduler_config.json"
+TIME_EMBEDDINGS = ("positional", "learned", "fourier")
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
+               type(None): "null"}
+#: diffusers' shape-mismatch messages (load_state_dict's; the accelerate / meta-device loader's)
+_SHAPE_ERRORS = (re.compile(r"size mismatch for (?P<key>[^:\s]+): copying a param with shape torch\.Size\("
+                            r"(?P<got>\[[^\]]*\])\) from checkpoint, the shape in current model is torch\.Size\("
+                            r"(?P<want>\[[^\]]*\])\)"),
+                 re.compile(r"because (?P<key>\S+) expected shape torch\.Size\((?P<want>\[[^\]]*\])\), but got "
+                            r"torch\.Size\((?P<got>\[[^\]]*\])\)"))
 
 
 def _import_diffusers():
@@ -69,9 +80,85 @@ class DiffusersUNet(nn.Module):
         return out.to(x.dtype)
 
 
-def _read_json(path: Path) -> dict:
-    with open(path) as f:
-        return json.load(f)
+def _read_json(path: Path, what: str = "scheduler config") -> dict:
+    """The JSON object in ``path``; FileNotFoundError / ValueError naming the file otherwise."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} file {str(path)!r}" + (" (a folder)" if path.is_dir() else ""))
+    try:
+        with open(path, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{what} {str(path)!r} holds {_JSON_TYPES.get(type(cfg), type(cfg).__name__)}; expected "
+                         "a JSON object (a mapping of fields)")
+    return cfg
+
+
+def _unet_config(folder: Path) -> None:
+    """Read ``folder/config.json`` first: a named error for a corrupt file or time embedding diffusers would
+    fail on (it raises UnboundLocalError for an unknown ``time_embedding_type``)."""
+    path = folder / "config.json"
+    kind = _read_json(path, "UNet config").get("time_embedding_type", "positional")
+    if kind not in TIME_EMBEDDINGS:
+        raise ValueError(f"unknown time_embedding_type {kind!r} in {str(path)!r}; expected one of "
+                         f"{list(TIME_EMBEDDINGS)}")
+
+
+def _weights_file(folder: Path, load_kwargs: dict) -> str:
+    """The weights file from_pretrained reads in ``folder``, quoted for messages; the folder if none is found."""
+    variant = f".{load_kwargs['variant']}" if load_kwargs.get("variant") else ""
+    exts = ("bin",) if load_kwargs.get("use_safetensors") is False else ("safetensors", "bin")
+    for ext in exts:
+        for name in (f"diffusion_pytorch_model{variant}.{ext}", f"diffusion_pytorch_model{variant}.{ext}.index.json"):
+            if (folder / name).is_file():
+                return repr(str(folder / name))
+    return repr(str(folder))
+
+
+def _shape_error(err: Exception) -> tuple[str, tuple, tuple] | None:
+    """(key, shape in the file, shape the UNet expects) from diffusers' size-mismatch error, else None."""
+    for pattern in _SHAPE_ERRORS:
+        m = pattern.search(str(err))
+        if m:
+            got, want = (tuple(int(d) for d in m[g][1:-1].split(",") if d.strip()) for g in ("got", "want"))
+            return m["key"], got, want
+    return None
+
+
+def _check_loaded(net: nn.Module, info: dict, where: str) -> None:
+    """Refuse weights that leave UNet tensors uninitialised, do not fit it, or are not finite."""
+    order = {k: i for i, k in enumerate(net.state_dict())}
+    missing = sorted(info.get("missing_keys") or [], key=lambda k: (order.get(k, len(order)), k))
+    if missing:
+        raise ValueError(f"{where} lacks the UNet weight {missing[0]!r} ({len(missing)} missing in all; diffusers "
+                         "would leave them uninitialised): the file is incomplete or does not fit config.json")
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    if unexpected:
+        raise ValueError(f"{where} has {unexpected[0]!r}, which the UNet of config.json does not have "
+                         f"({len(unexpected)} unexpected in all): the file does not fit config.json")
+    for key, got, want in info.get("mismatched_keys") or []:
+        raise ValueError(f"{where}: {key} has shape {tuple(got)}; the UNet of config.json expects {tuple(want)}")
+    for name, t in itertools.chain(net.named_parameters(), net.named_buffers()):
+        if (t.is_floating_point() or t.is_complex()) and not t.is_meta and not bool(torch.isfinite(t).all()):
+            bad = t.numel() - int(torch.isfinite(t).sum())
+            raise ValueError(f"{where}: {name} holds {bad} non-finite value(s) (NaN or inf) of {t.numel()}; "
+                             "refusing to load it")
+
+
+def _from_pretrained(cls, name, where: str, **load_kwargs) -> nn.Module:
+    """``cls.from_pretrained(name, **load_kwargs)`` with its loading info checked (see _check_loaded)."""
+    try:
+        out = cls.from_pretrained(name, **{**load_kwargs, "output_loading_info": True})
+    except (RuntimeError, ValueError) as err:
+        shape = _shape_error(err)
+        if shape is None:
+            raise
+        raise ValueError(f"{where}: {shape[0]} has shape {shape[1]}; the UNet of config.json expects {shape[2]} "
+                         "(the weights do not fit the config)") from None
+    net, info = out if isinstance(out, tuple) else (out, {})
+    _check_loaded(net, info, where)
+    return net
 
 
 def _is_hub_id(name: str) -> bool:
@@ -95,14 +182,14 @@ def _load(unet, diffusers, load_kwargs) -> tuple[nn.Module, dict | None, str]:
     cls, path = diffusers.UNet2DModel, Path(unet).expanduser()
     if path.is_dir():
         if (path / "unet" / "config.json").is_file():  # pipeline layout: unet/ + scheduler/
-            found = [path / "scheduler" / SCHEDULER_FILE]
-            net = cls.from_pretrained(path / "unet", **load_kwargs)
+            found, folder = [path / "scheduler" / SCHEDULER_FILE], path / "unet"
         elif (path / "config.json").is_file():  # bare unet folder, maybe the unet/ of a pipeline
-            found = [path / SCHEDULER_FILE, path.parent / "scheduler" / SCHEDULER_FILE]
-            net = cls.from_pretrained(path, **load_kwargs)
+            found, folder = [path / SCHEDULER_FILE, path.parent / "scheduler" / SCHEDULER_FILE], path
         else:
             raise FileNotFoundError(f"{str(path)!r} holds neither config.json (a UNet2DModel folder) nor "
                                     "unet/config.json (a pipeline folder)")
+        _unet_config(folder)
+        net = _from_pretrained(cls, folder, _weights_file(folder, load_kwargs), **load_kwargs)
         for f in found:
             if f.is_file():
                 return net, _read_json(f), str(f)
@@ -113,9 +200,9 @@ def _load(unet, diffusers, load_kwargs) -> tuple[nn.Module, dict | None, str]:
     if not _is_hub_id(name):
         raise FileNotFoundError(f"no folder {name!r} (and it is not a hub id of the form 'org/name')")
     try:  # hub: a pipeline repository (unet/, scheduler/) or a bare model repository
-        net, sub = cls.from_pretrained(name, subfolder="unet", **load_kwargs), "scheduler"
+        net, sub = _from_pretrained(cls, name, f"hub {name} (unet)", subfolder="unet", **load_kwargs), "scheduler"
     except (OSError, EnvironmentError):
-        net, sub = cls.from_pretrained(name, **load_kwargs), None
+        net, sub = _from_pretrained(cls, name, f"hub {name}", **load_kwargs), None
     for subfolder in ([sub] if sub else []) + [None]:
         try:
             return net, dict(diffusers.DDPMScheduler.load_config(name, subfolder=subfolder)), f"hub {name}"
@@ -124,17 +211,28 @@ def _load(unet, diffusers, load_kwargs) -> tuple[nn.Module, dict | None, str]:
     return net, None, "none"
 
 
-def _scheduler_config(scheduler) -> dict:
-    """A scheduler argument (instance, config mapping, or path to its JSON / folder) as a dict."""
+def _scheduler_config(scheduler) -> tuple[dict, str]:
+    """A scheduler argument (instance, config mapping, or path to its JSON / folder) as (dict, its source)."""
     if hasattr(scheduler, "config"):
-        return dict(scheduler.config)
+        return dict(scheduler.config), "argument"
     if isinstance(scheduler, dict):
-        return dict(scheduler)
+        return dict(scheduler), "argument"
     if isinstance(scheduler, (str, os.PathLike)):
         p = Path(scheduler).expanduser()
-        return _read_json(p / SCHEDULER_FILE if p.is_dir() else p)
+        p = p / SCHEDULER_FILE if p.is_dir() else p
+        return _read_json(p), str(p)
     raise TypeError(f"scheduler must be a diffusers scheduler, its config (a dict) or a path; got "
                     f"{type(scheduler).__name__}")
+
+
+def _field(cfg: dict, key: str, integer: bool = False) -> int | float:
+    """cfg[key] as an int (``integer``: an integral number, 1000 or 1000.0) or a float; else a ValueError."""
+    v = cfg[key]
+    fraction = integer and isinstance(v, float) and not v.is_integer()
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or fraction:
+        raise ValueError(f"{key} of the scheduler config must be {'an integer' if integer else 'a number'}; "
+                         f"got {v!r}")
+    return int(v) if integer else float(v)
 
 
 def _is_ve_config(cfg: dict) -> bool:
@@ -150,6 +248,7 @@ def vp_from_config(cfg: dict) -> VPSDE:
     Raises:
         ValueError: a VE (ScoreSdeVe) config, ``trained_betas``, ``rescale_betas_zero_snr`` or another
             beta_schedule ("scaled_linear", "sigmoid"): no scoresde VPSDE has that table; pass ``sde``.
+            A ``num_train_timesteps`` that is not an integer (10.7, "1000"), a beta that is not a number.
     """
     if _is_ve_config(cfg):
         raise ValueError("a VE scheduler config (ScoreSdeVeScheduler) was given for a positional-embedding "
@@ -158,9 +257,9 @@ def vp_from_config(cfg: dict) -> VPSDE:
     for key in ("trained_betas", "rescale_betas_zero_snr"):
         if cfg.get(key):
             raise ValueError(f"the scheduler config sets {key}: no scoresde VPSDE has that table; pass sde=")
-    N, schedule = int(cfg["num_train_timesteps"]), cfg["beta_schedule"]
+    N, schedule = _field(cfg, "num_train_timesteps", integer=True), cfg["beta_schedule"]
     if schedule == "linear":
-        return VPSDE(beta_min=float(cfg["beta_start"]) * N, beta_max=float(cfg["beta_end"]) * N, N=N)
+        return VPSDE(beta_min=_field(cfg, "beta_start") * N, beta_max=_field(cfg, "beta_end") * N, N=N)
     if schedule == "squaredcos_cap_v2":
         return VPSDE(N=N, schedule="cosine")
     raise ValueError(f"beta_schedule {schedule!r} of the scheduler config has no scoresde VPSDE (supported: "
@@ -171,14 +270,29 @@ def ve_from_config(cfg: dict) -> VESDE:
     """The :class:`~scoresde.VESDE` of a ScoreSdeVeScheduler config: sigma_min, sigma_max, N = num_train_timesteps.
 
     Raises:
-        ValueError: a DDPM-family config (beta_start, no sigma_max) given for a Fourier-embedding UNet.
+        ValueError: a DDPM-family config (beta_start, no sigma_max) given for a Fourier-embedding UNet;
+            a ``num_train_timesteps`` that is not an integer, a sigma that is not a number.
     """
     if not _is_ve_config(cfg) and ("beta_start" in cfg or "beta_schedule" in cfg):
         raise ValueError("a DDPM-family scheduler config (beta_start / beta_schedule) was given for a Fourier-"
                          "embedding (NCSN++, VE) UNet; pass a ScoreSdeVeScheduler config or sde=")
     cfg = {**VE_DEFAULTS, **{k: v for k, v in cfg.items() if v is not None}}
-    return VESDE(sigma_min=float(cfg["sigma_min"]), sigma_max=float(cfg["sigma_max"]),
-                 N=int(cfg["num_train_timesteps"]))
+    return VESDE(sigma_min=_field(cfg, "sigma_min"), sigma_max=_field(cfg, "sigma_max"),
+                 N=_field(cfg, "num_train_timesteps", integer=True))
+
+
+def _config_sde(cfg: dict | None, ve: bool, source: str) -> SDE:
+    """The SDE of a scheduler config (defaults with a warning when there is none); errors name its source."""
+    if cfg is None:
+        warnings.warn("no scheduler config found for the UNet and no sde given: using diffusers' "
+                      + ("ScoreSdeVeScheduler defaults, VESDE(sigma_min=0.01, sigma_max=1348, N=2000)" if ve
+                         else "DDPMScheduler defaults, VPSDE() (N=1000, betas 1e-4 .. 0.02 linear), eps"),
+                      stacklevel=3)
+    try:
+        return ve_from_config(cfg or {}) if ve else vp_from_config(cfg or {})
+    except ValueError as err:
+        where = "the scheduler argument" if source == "argument" else source
+        raise ValueError(f"{err} [scheduler config: {where}]") from None
 
 
 def from_diffusers(unet, sde: SDE | None = None, *, scheduler=None, prediction: str | None = None,
@@ -225,41 +339,42 @@ def from_diffusers(unet, sde: SDE | None = None, *, scheduler=None, prediction: 
         **load_kwargs: passed to ``UNet2DModel.from_pretrained`` (``torch_dtype``, ``revision``,
             ``local_files_only``, ...); only with a folder or hub id.
     Returns:
-        a :class:`~scoresde.ScoreModel` whose ``net`` is a :class:`DiffusersUNet` around the UNet
-        (in eval mode when loaded here), with ``pretrained_info`` = {"kind": "ddpm" | "ncsnpp",
+        a :class:`~scoresde.ScoreModel` whose ``net`` is a :class:`DiffusersUNet` around the UNet,
+        the model in eval mode when loaded here (a UNet or pipeline passed in keeps its mode, and
+        the model takes it), with ``pretrained_info`` = {"kind": "ddpm" | "ncsnpp",
         "sde_from": "argument" | "scheduler" | "defaults", "scheduler_config": dict or None,
-        "scheduler_source": str}. A UNet with out_channels = 2 in_channels gets
-        ``learn_variance=True`` (the variance channels as Improved DDPM's interpolation, diffusers'
-        "learned_range").
+        "scheduler_source": str (the config file, "argument", ...)}. Weights loaded here are checked:
+        every UNet tensor filled from the file, nothing left over, all finite. A UNet with
+        out_channels = 2 in_channels gets ``learn_variance=True`` (the variance channels as
+        Improved DDPM's interpolation, diffusers' "learned_range").
     Shapes:
         the model maps x (B, C, H, W), t (B,) in [0, T] to the score (B, C, H, W); data in the
         UNet's range ([-1, 1] for DDPM models; [0, 1] for NCSN++ models with ``center_input_sample``).
     Raises:
         ImportError: diffusers is not installed (install the ``pretrained`` extra).
-        FileNotFoundError: a local path that does not exist or holds no UNet config.
+        FileNotFoundError: a local path that does not exist or holds no UNet config; a ``scheduler``
+            path with no scheduler config file.
         TypeError: ``unet`` / ``scheduler`` of an unsupported type; ``load_kwargs`` with an instance.
-        ValueError: an unknown ``time_embedding_type`` or ``prediction_type``; a scheduler config of
-            the other kind (VE for a DDPM UNet or the reverse) or with a table no scoresde SDE has
-            (``trained_betas``, "scaled_linear", ...); out_channels neither C nor 2C.
+        ValueError: an unknown ``time_embedding_type`` (also read first from a folder's
+            ``config.json``) or ``prediction_type``; a ``config.json`` / scheduler config that is
+            not a JSON object (the file named); a scheduler config of the other kind (VE for a DDPM
+            UNet or the reverse), with a table no scoresde SDE has (``trained_betas``,
+            "scaled_linear", ...) or a ``num_train_timesteps`` that is not an integer; out_channels
+            neither C nor 2C. Weights (the file named) that lack a UNet tensor, hold one the UNet
+            does not have or of another shape (the first named), or hold NaN / inf.
     Reference: Ho et al. 2020, Eq. (11); Song et al. 2021, Sec. 3.4 and App. C (NCSN++, VE SDE).
     """
     diffusers = _import_diffusers()
     net, cfg, source = _load(unet, diffusers, load_kwargs)
     if scheduler is not None:
-        cfg, source = _scheduler_config(scheduler), "argument"
+        cfg, source = _scheduler_config(scheduler)
     kind = net.config.time_embedding_type
-    if kind not in ("positional", "learned", "fourier"):
-        raise ValueError(f"unknown time_embedding_type {kind!r} of the UNet; expected 'positional', 'learned' "
-                         "or 'fourier'")
+    if kind not in TIME_EMBEDDINGS:
+        raise ValueError(f"unknown time_embedding_type {kind!r} of the UNet; expected one of {list(TIME_EMBEDDINGS)}")
     ve = kind == "fourier"
     sde_from = "argument" if sde is not None else ("scheduler" if cfg is not None else "defaults")
     if sde is None:
-        if cfg is None:
-            warnings.warn("no scheduler config found for the UNet and no sde given: using diffusers' "
-                          + ("ScoreSdeVeScheduler defaults, VESDE(sigma_min=0.01, sigma_max=1348, N=2000)" if ve
-                             else "DDPMScheduler defaults, VPSDE() (N=1000, betas 1e-4 .. 0.02 linear), eps"),
-                          stacklevel=2)
-        sde = ve_from_config(cfg or {}) if ve else vp_from_config(cfg or {})
+        sde = _config_sde(cfg, ve, source)
     if prediction is None:
         if ve:
             prediction = "score"
@@ -281,4 +396,4 @@ def from_diffusers(unet, sde: SDE | None = None, *, scheduler=None, prediction: 
                        learn_variance=c_out == 2 * c_in)
     model.pretrained_info = {"kind": "ncsnpp" if ve else "ddpm", "sde_from": sde_from,
                              "scheduler_config": cfg, "scheduler_source": source}
-    return model
+    return model.train(net.training)  # eval when loaded here; the mode of a UNet passed in (not changed)

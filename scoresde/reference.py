@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
+import textwrap
 from typing import Any
 
 import torch
@@ -35,59 +35,114 @@ _SDES = {"VPSDE": VPSDE, "SubVPSDE": SubVPSDE, "VESDE": VESDE}
 _PREFIX = "module."
 
 
-def _strip_prefix(sd: dict) -> dict:
+def _strip_prefix(sd: dict, where: str) -> dict:
     """The ``model`` state dict without DataParallel's ``module.`` prefix (all keys, or none, carry it)."""
     keys = list(sd)
+    for k in keys:
+        if not isinstance(k, str):
+            raise ValueError(f"{where}: 'model' has the key {k!r} ({type(k).__name__}); a state dict's keys are "
+                             "parameter names (str)")
     prefixed = [k.startswith(_PREFIX) for k in keys]
     if all(prefixed):
         return {k[len(_PREFIX):]: v for k, v in sd.items()}
     if any(prefixed):
         bad = keys[prefixed.index(False)]
-        raise ValueError(f"checkpoint 'model' mixes keys with and without the '{_PREFIX}' prefix (e.g. {bad!r})")
+        raise ValueError(f"{where}: 'model' mixes keys with and without the '{_PREFIX}' prefix (e.g. {bad!r})")
     return dict(sd)
 
 
-def _match_state(net: NCSNpp, sd: dict, config: str) -> dict:
+def _check_dtype(what: str, got: torch.Tensor, want: torch.Tensor, where: str) -> None:
+    """A floating tensor of the net may only be filled from a floating one (an integer or complex one would be cast)."""
+    if want.is_floating_point() and not got.is_floating_point():
+        raise ValueError(f"{where}: {what} is {got.dtype}; the network's tensor there is {want.dtype} (a floating "
+                         "dtype expected: integer or complex weights would be cast silently)")
+
+
+def _match_state(net: NCSNpp, sd: dict, config: str, where: str) -> dict:
     """Check ``sd`` (prefix stripped) against net's state dict key by key; the loadable dict."""
     want = net.state_dict()
     for k, v in sd.items():
         if not isinstance(v, torch.Tensor):
-            raise ValueError(f"checkpoint 'model' entry module.{k} is a {type(v).__name__}, not a tensor")
+            raise ValueError(f"{where}: 'model' entry module.{k} is a {type(v).__name__}, not a tensor")
     missing = [k for k in want if k not in sd]
     if missing:
-        raise ValueError(f"checkpoint 'model' lacks module.{missing[0]} (shape {tuple(want[missing[0]].shape)}), which "
+        raise ValueError(f"{where}: 'model' lacks module.{missing[0]} (shape {tuple(want[missing[0]].shape)}), which "
                          f"{config} with these fields has ({len(missing)} missing in all): wrong config or overrides?")
     unexpected = [k for k in sd if k not in want]
     if unexpected:
-        raise ValueError(f"checkpoint 'model' has module.{unexpected[0]}, which {config} with these fields does not "
+        raise ValueError(f"{where}: 'model' has module.{unexpected[0]}, which {config} with these fields does not "
                          f"have ({len(unexpected)} unexpected in all): wrong config or overrides?")
     for k, v in want.items():
         if tuple(sd[k].shape) != tuple(v.shape):
-            raise ValueError(f"checkpoint 'model' entry module.{k} has shape {tuple(sd[k].shape)}; {config} with these "
+            raise ValueError(f"{where}: 'model' entry module.{k} has shape {tuple(sd[k].shape)}; {config} with these "
                              f"fields expects {tuple(v.shape)} (check nf, ch_mult, num_res_blocks, image_size ...)")
+        _check_dtype(f"'model' entry module.{k}", sd[k], v, where)
     return {k: sd[k] for k in want}
 
 
-def _ema_state(net: NCSNpp, ckpt: dict, state: dict) -> dict:
+def _ema_state(net: NCSNpp, ckpt: dict, state: dict, where: str) -> dict:
     """``state`` with every trainable parameter replaced by its EMA shadow (matched by position)."""
     ema = ckpt.get("ema")
     if not isinstance(ema, dict) or "shadow_params" not in ema:
-        raise ValueError("checkpoint has no 'ema' dict with 'shadow_params' "
+        raise ValueError(f"{where} has no 'ema' dict with 'shadow_params' "
                          "(pass use_ema=False for the online weights)")
+    if not isinstance(ema["shadow_params"], (list, tuple)):
+        raise ValueError(f"{where}: ema.shadow_params is a {type(ema['shadow_params']).__name__}; expected the list "
+                         "of the EMA's tensors (pass use_ema=False for the online weights)")
     shadow = list(ema["shadow_params"])
     names = [n for n, p in net.named_parameters() if p.requires_grad]
     for i, (name, s) in enumerate(zip(names, shadow)):
-        if not isinstance(s, torch.Tensor) or tuple(s.shape) != tuple(state[name].shape):
-            got = tuple(s.shape) if isinstance(s, torch.Tensor) else type(s).__name__
-            raise ValueError(f"ema.shadow_params[{i}] has shape {got} but is matched to module.{name} "
-                             f"{tuple(state[name].shape)} (the {i}-th trainable parameter): an entry is missing or "
-                             f"extra before it ({len(shadow)} shadow params for {len(names)} trainable parameters)")
+        if not isinstance(s, torch.Tensor):
+            raise ValueError(f"{where}: ema.shadow_params[{i}] is a {type(s).__name__}, not a tensor")
+        if tuple(s.shape) != tuple(state[name].shape):
+            raise ValueError(f"{where}: ema.shadow_params[{i}] has shape {tuple(s.shape)} but is matched to "
+                             f"module.{name} {tuple(state[name].shape)} (the {i}-th trainable parameter): an entry is "
+                             f"missing or extra before it ({len(shadow)} shadow params for {len(names)} trainable "
+                             "parameters)")
+        _check_dtype(f"ema.shadow_params[{i}] (module.{name})", s, state[name], where)
     if len(shadow) != len(names):
         first = names[len(shadow)] if len(shadow) < len(names) else f"ema.shadow_params[{len(names)}]"
         which = "missing (from module." + first + " on)" if len(shadow) < len(names) else "extra (" + first + ")"
-        raise ValueError(f"ema.shadow_params has {len(shadow)} tensors for {len(names)} trainable parameters: "
+        raise ValueError(f"{where}: ema.shadow_params has {len(shadow)} tensors for {len(names)} trainable parameters: "
                          f"entries {which}")
     return {**state, **dict(zip(names, shadow))}
+
+
+def _check_finite(net: NCSNpp, state: dict, use_ema: bool, where: str) -> None:
+    """Refuse a NaN / inf in any floating tensor about to be loaded (named as in the file)."""
+    names = [n for n, p in net.named_parameters() if p.requires_grad] if use_ema else []
+    label = {n: f"ema.shadow_params[{i}] (module.{n})" for i, n in enumerate(names)}
+    for k, v in state.items():
+        if (v.is_floating_point() or v.is_complex()) and not bool(torch.isfinite(v).all()):
+            bad = v.numel() - int(torch.isfinite(v).sum())
+            what = label.get(k) or "'model' entry module." + k
+            raise ValueError(f"{where}: {what} holds {bad} non-finite "
+                             f"value(s) (NaN or inf) of {v.numel()}; refusing to load it")
+
+
+def _read(path: str | os.PathLike, where: str) -> dict:
+    """The checkpoint's dict, read with weights_only=True; named errors for what is not one."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # not torch's advice to retry with weights_only=False: that would run the file's pickled code
+        raise pickle.UnpicklingError(f"{os.fspath(path)!r} is not a readable reference checkpoint: not a torch "
+                                     "file, or it holds Python objects that weights_only=True refuses") from None
+    except Exception as e:  # noqa: BLE001 - a corrupt file raises KeyError, UnicodeDecodeError, RuntimeError ...
+        lines = str(e).strip().splitlines()
+        reason = type(e).__name__ + (": " + textwrap.shorten(lines[0], 160, placeholder=" ...") if lines else "")
+        raise ValueError(f"{os.fspath(path)!r} is not a readable reference checkpoint (corrupt or truncated: "
+                         f"{reason})") from None
+    if not isinstance(ckpt, dict):
+        raise ValueError(f"{os.fspath(path)!r} is not a reference checkpoint: expected a dict with 'model', 'ema', "
+                         f"'optimizer', 'step'; got {type(ckpt).__name__}")
+    if "model" not in ckpt:
+        raise ValueError(f"{os.fspath(path)!r} is not a reference checkpoint: it has no 'model' (the network's state "
+                         f"dict); its keys are {sorted(map(str, ckpt))[:8]}")
+    if not isinstance(ckpt["model"], dict):
+        raise ValueError(f"{where}: 'model' is a {type(ckpt['model']).__name__}; expected the network's state dict "
+                         "(a dict of tensors)")
+    return ckpt
 
 
 def load_reference_checkpoint(path: str | os.PathLike, config: str, *, use_ema: bool = True,
@@ -129,12 +184,14 @@ def load_reference_checkpoint(path: str | os.PathLike, config: str, *, use_ema: 
         its ``net`` the NCSNpp in eval mode. Checkpoint step: ``model.reference_step``.
     Raises:
         TypeError: config not a string; an override that is not an NCSNpp field.
-        ValueError: unknown config (the message lists the valid ones); a corrupt or truncated
-            file; the file not a dict with
-            'model' (and 'ema' when use_ema); the first missing, unexpected or mis-shaped
-            ``model`` key (named, with the shape expected); an ``ema.shadow_params`` list whose
-            length or shapes do not match the trainable parameters (the first entry that does
-            not fit is named).
+        ValueError (one line, naming the file): unknown config (the message lists the valid
+            ones); a corrupt or truncated file (whatever torch.load raises on it); the file not a
+            dict with 'model' (a dict with str keys and tensor values) and, when use_ema, 'ema'
+            with a ``shadow_params`` list; the first missing, unexpected or mis-shaped ``model``
+            key (named, with the shape expected); an ``ema.shadow_params`` list whose length or
+            shapes do not match the trainable parameters (the first entry that does not fit is
+            named); an integer or complex tensor where the network's is floating; a NaN / inf in
+            any floating tensor that would be loaded (named).
         FileNotFoundError: no file at path.
         pickle.UnpicklingError: not a torch file, or pickled objects that weights_only=True refuses
             (the message names the file; it never suggests weights_only=False).
@@ -150,24 +207,13 @@ def load_reference_checkpoint(path: str | os.PathLike, config: str, *, use_ema: 
                         f"{sorted(MODEL_CONFIGS[model_name])}")
     if not os.path.isfile(os.fspath(path)):
         raise FileNotFoundError(f"no such reference checkpoint file: {os.fspath(path)}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # not torch's advice to retry with weights_only=False: that would run the file's pickled code
-        raise pickle.UnpicklingError(f"{os.fspath(path)!r} is not a readable reference checkpoint: not a torch "
-                                     "file, or it holds Python objects that weights_only=True refuses") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise ValueError(f"{os.fspath(path)!r} is not a readable reference checkpoint (corrupt or truncated: "
-                         f"{reason})") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
-        raise ValueError(f"{os.fspath(path)!r} is not a reference checkpoint: expected a dict with 'model', 'ema', "
-                         f"'optimizer', 'step'; got {type(ckpt).__name__}"
-                         + (f" with keys {sorted(ckpt)}" if isinstance(ckpt, dict) else ""))
+    where = f"checkpoint {os.fspath(path)!r}"
+    ckpt = _read(path, where)
     net = NCSNpp.named(model_name, **overrides)
-    state = _match_state(net, _strip_prefix(ckpt["model"]), key)
+    state = _match_state(net, _strip_prefix(ckpt["model"], where), key, where)
     if use_ema:
-        state = _ema_state(net, ckpt, state)
+        state = _ema_state(net, ckpt, state, where)
+    _check_finite(net, state, use_ema, where)
     net.load_state_dict(state, strict=True)
     net.eval()
     sde = _SDES[sde_name](**sde_args)
