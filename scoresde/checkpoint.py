@@ -35,6 +35,8 @@ import torch
 FORMAT = "scoresde-checkpoint"
 VERSION = 1
 DIGEST_KEY = "digests"
+#: the header keys save_checkpoint writes itself; a state holding one of them is refused
+RESERVED_KEYS = ("format", "version", "torch_version", DIGEST_KEY)
 #: the entries whose floating tensors must be finite on load (the online and EMA weights)
 WEIGHT_KEYS = ("model", "ema")
 _PLAIN = (int, float, bool, str, type(None))
@@ -132,8 +134,16 @@ def _verify(path: str, state: dict) -> None:
 
 
 def _check_plain(obj, where: str = "state") -> None:
-    """Raise TypeError unless obj is made of tensors, dicts, lists, tuples and plain scalars."""
-    if isinstance(obj, torch.Tensor) or type(obj) in _PLAIN:
+    """Raise TypeError unless obj is made of dense tensors, dicts, lists, tuples and plain scalars."""
+    if isinstance(obj, torch.Tensor):
+        if obj.layout != torch.strided:
+            raise TypeError(f"{where} is a tensor with layout {obj.layout}; a checkpoint may hold only dense "
+                            "(strided) tensors: convert it with .to_dense()")
+        if obj.device.type == "meta":
+            raise TypeError(f"{where} is a tensor on the meta device (it has no data); a checkpoint needs real "
+                            "tensors")
+        return
+    if type(obj) in _PLAIN:
         return
     if isinstance(obj, dict):
         for k, v in obj.items():
@@ -209,9 +219,12 @@ def save_checkpoint(path, state: dict) -> str:
             sha256 of every tensor and of the rest), which :func:`load_checkpoint` verifies.
     Returns: the absolute path written.
     Raises:
-        TypeError: state is not a dict or holds another kind of object (named with its location).
+        TypeError: state is not a dict or holds another kind of object, a sparse (non-strided)
+            or meta tensor (named with its location).
         ValueError: ``path`` is an existing folder (give a file name in it, e.g.
-            ``<folder>/checkpoint.pt``); the folder is not writable.
+            ``<folder>/checkpoint.pt``); the folder is not writable; state holds one of the
+            reserved keys "format", "version", "torch_version", "digests" (save_checkpoint
+            writes them; pop them from a state returned by :func:`load_checkpoint`).
         OSError: the write itself failed (e.g. disk full); ``path`` is left as it was.
     """
     path = os.path.abspath(os.fspath(path))
@@ -220,8 +233,10 @@ def save_checkpoint(path, state: dict) -> str:
                          f"{os.path.join(path, 'checkpoint.pt')}")
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict; got {type(state).__name__}")
-    if DIGEST_KEY in state:
-        raise ValueError(f"state key {DIGEST_KEY!r} is reserved (save_checkpoint adds it)")
+    for key in RESERVED_KEYS:
+        if key in state:
+            raise ValueError(f"state key {key!r} is reserved (save_checkpoint adds it); the reserved keys are "
+                             f"{list(RESERVED_KEYS)}: pop them from a state returned by load_checkpoint")
     full = {"format": FORMAT, "version": VERSION, "torch_version": str(torch.__version__), **state}
     _check_plain(full)
     full[DIGEST_KEY] = state_digests(full)
@@ -254,10 +269,65 @@ def save_checkpoint(path, state: dict) -> str:
 def _reason(e: BaseException) -> str:
     """A one-line reason out of torch.load's multi-paragraph messages."""
     text = str(e)
+    if not text.strip():
+        return type(e).__name__
     m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     line = m.group(1) if m else next((ln for ln in text.splitlines() if ln.strip()), type(e).__name__)
     line = line.strip().split(". ")[0][:120]
     return line if len(line) >= 20 else f"{type(e).__name__}: {line}".rstrip(": ")
+
+
+_MAP_LOCATION_HELP = ("give a torch.device or a device string torch accepts ('cpu', 'cuda', 'cuda:0', ...), a dict "
+                      "mapping saved locations to such strings, a callable (see torch.load), or None")
+
+
+def _check_map_location(map_location):
+    """``map_location`` checked before anything is read, and normalised: 'cpu:N' becomes 'cpu'.
+
+    Raises TypeError / ValueError (one line naming map_location and what is allowed).
+    """
+    if map_location is None or callable(map_location):
+        return map_location
+    if isinstance(map_location, dict):
+        for k, v in map_location.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"map_location dict entry {k!r}: {v!r} must map a str to a device string; "
+                                + _MAP_LOCATION_HELP)
+        return map_location
+    if not isinstance(map_location, (str, torch.device)):
+        raise TypeError(f"map_location is a {type(map_location).__name__}; " + _MAP_LOCATION_HELP)
+    try:
+        dev = torch.device(map_location)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"map_location {map_location!r} is not a device torch knows; " + _MAP_LOCATION_HELP) from None
+    if dev.type == "meta":
+        raise ValueError("map_location 'meta' is not supported: a checkpoint's tensors are verified against their "
+                         "digests, which needs their data; " + _MAP_LOCATION_HELP)
+    if dev.type == "cpu":
+        return "cpu"
+    backend = torch.backends.mps if dev.type == "mps" else getattr(torch, dev.type, None)
+    if callable(getattr(backend, "is_available", None)) and not backend.is_available():
+        raise ValueError(f"map_location {map_location!r}: no {dev.type} device is available on this machine; "
+                         "use 'cpu'")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"map_location {map_location!r}: this machine has {torch.cuda.device_count()} CUDA "
+                         f"device(s) (indices 0..{torch.cuda.device_count() - 1})")
+    return dev
+
+
+def _blame_map_location(path: str, map_location, e: BaseException) -> None:
+    """After a failed load to ``map_location``: raise ValueError naming map_location if the file
+    itself loads on the CPU (the device was the problem, not the file)."""
+    if map_location is None or map_location == "cpu":
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - the file is at fault too: reported as a corrupt file
+        return
+    raise ValueError(f"{path} loads on the CPU but not with map_location {map_location!r} ({_reason(e)}); "
+                     + _MAP_LOCATION_HELP) from None
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -265,11 +335,17 @@ def load_checkpoint(path, map_location="cpu") -> dict:
 
     Arguments:
         path: the file.
-        map_location: passed to ``torch.load`` (default "cpu").
+        map_location: passed to ``torch.load`` (default "cpu"): a torch.device or a device
+            string torch accepts ("cpu", "cuda", "cuda:0", ...; not "meta"), a dict mapping
+            saved locations to device strings, a callable, or None.
     Returns: the state dict as saved (including "format", "version", "torch_version"; the
         verified "digests" entry is removed).
     Raises:
         FileNotFoundError: no such file.
+        ValueError: ``path`` is a folder; ``map_location`` names a device torch does not know,
+            "meta", or one this machine does not have, or the file loads on the CPU but not
+            with ``map_location`` (one line naming map_location and the allowed values).
+        TypeError: ``map_location`` is of another type.
         CheckpointError (a ValueError; one line naming the file): the file is corrupt or
             truncated, is not a torch file, holds objects other than tensors and plain containers
             (unsafe to load), is a torch file that is not a scoresde checkpoint (foreign), has a
@@ -281,8 +357,14 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         loaded without the integrity check.
     """
     path = os.fspath(path)
+    map_location = _check_map_location(map_location)
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint path {path} is a folder, not a checkpoint file; give the file, e.g. "
+                         f"{os.path.join(path, 'checkpoint.pt')}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such checkpoint file: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path} is not a readable checkpoint (the file is empty: 0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol notices from the weights-only unpickler
@@ -296,6 +378,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
                              f"load ({unsafe.group(1)}; refused by weights_only=True)") from None
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt, or not a torch file: {_reason(e)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as e:
+        _blame_map_location(path, map_location, e)
         raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated file: {_reason(e)})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a torch file but not a scoresde checkpoint (no 'format': {FORMAT!r} entry)")

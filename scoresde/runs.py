@@ -26,42 +26,94 @@ LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"
 
 
+def _replace_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a temporary ``<path>.tmp``, fsync'ed, renamed over
+    ``path``); on any error the temporary file is removed and ``path`` is left as it was."""
+    tmp = path + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _read_log(path: str, upto: int) -> None:
-    """Drop log lines past step ``upto`` (written after the checkpoint by a run that died)."""
+    """Drop log lines past step ``upto`` (written after the checkpoint by a run that died).
+
+    Raises:
+        ValueError: a line that is valid JSON but not an object with a numeric "step" (named
+        with the file and its line number); lines cut by a kill (invalid JSON) are dropped.
+    """
     if not os.path.isfile(path):
         return
     with open(path) as f:
         lines = f.readlines()
     keep = []
-    for ln in lines:
+    for i, ln in enumerate(lines, 1):
         try:
-            if json.loads(ln).get("step", 0) <= upto:
-                keep.append(ln)
+            rec = json.loads(ln)
         except json.JSONDecodeError:
-            pass  # a line cut by a kill
+            continue  # a line cut by a kill
+        step = rec.get("step", 0) if isinstance(rec, dict) else None
+        if isinstance(step, bool) or not isinstance(step, (int, float)):
+            what = f"its 'step' is {step!r}" if isinstance(rec, dict) else f"it is a JSON {type(rec).__name__}"
+            raise ValueError(f"{path}: line {i} is not a log record ({what}; each line must be a JSON object with a "
+                             f"numeric 'step'): {ln.strip()[:60]!r}")
+        if step <= upto:
+            keep.append(ln)
     if len(keep) != len(lines):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.writelines(keep)
-        os.replace(tmp, path)
+        _replace_text(path, "".join(keep))
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``obj`` as JSON to ``path`` atomically.
+
+    Raises:
+        TypeError / ValueError: ``obj`` holds something JSON cannot encode (an object, a
+        circular reference; named with the file); nothing is written, no temporary file is
+        left, and ``path`` is left as it was.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{path}: cannot be written as JSON: {e}") from None
+    _replace_text(path, text)
 
 
-def _load_weights(module: nn.Module, state: dict, path) -> None:
+def _load_weights(module: nn.Module, state: dict, path, what: str = "weights") -> None:
+    """Load ``state`` into ``module`` (strict): ValueError naming ``path`` unless every tensor fits,
+    in shape and in dtype kind (a bool, integer or complex tensor for a floating parameter, say, is
+    refused instead of being cast)."""
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: the {what} are a {type(state).__name__}, not a dict of tensors")
+    own = module.state_dict()
+    for key, v in state.items():
+        if key in own and isinstance(v, torch.Tensor):
+            have, want = _dtype_kind(v.dtype), _dtype_kind(own[key].dtype)
+            if have != want:
+                raise ValueError(f"{path}: the {what} do not fit the network (tensor {key!r} is {v.dtype}, {have}; "
+                                 f"the network's is {own[key].dtype}, {want})")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         detail = lines[1] if len(lines) > 1 else lines[0]
-        raise ValueError(f"{path}: the weights do not fit the network ({detail[:200]})") from None
+        raise ValueError(f"{path}: the {what} do not fit the network ({detail[:200]})") from None
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "floating" if dtype.is_floating_point else "integer"
 
 
 def resolve_checkpoint(path) -> str:
@@ -82,6 +134,64 @@ def resolve_checkpoint(path) -> str:
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such checkpoint file: {path}")
     return path
+
+
+#: the entries of a checkpoint's config["model"] that :func:`load_score_model` needs
+_MODEL_KEYS = ("net", "prediction", "time_input", "discrete", "learn_variance")
+
+
+def _stored(path, field: str, build, *args, **kwargs):
+    """``build(*args, **kwargs)`` on a checkpoint's stored config: its errors become one ValueError
+    naming the file and the config field."""
+    try:
+        return build(*args, **kwargs)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        detail = f"no {e} entry" if isinstance(e, KeyError) else (str(e).splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: its stored config '{field}' cannot be used ({detail[:200]})") from None
+
+
+def _stored_step(path, state: dict) -> int:
+    """The checkpoint's "step" (0 if absent); ValueError naming the file unless it is an integer >= 0."""
+    step = state.get("step", 0)
+    if isinstance(step, torch.Tensor) and step.ndim == 0 and not step.dtype.is_floating_point:
+        step = step.item()
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path}: its 'step' entry is {step!r}; expected an integer >= 0 (corrupt or foreign "
+                         "checkpoint)")
+    return step
+
+
+def _build_score(path, cfg: dict, net, sde):
+    """The (unloaded) ScoreModel and the stored SDE described by a checkpoint's config; ValueError
+    naming the file and the field for a config that is incomplete or that the classes refuse."""
+    stored_sde = _stored(path, "sde", sde_from_config, cfg["sde"])
+    if sde is not None:
+        check_config({"sde": cfg["sde"]}, {"sde": sde.config()}, path)
+    mcfg = cfg["model"]
+    missing = [k for k in _MODEL_KEYS if k not in mcfg] if isinstance(mcfg, dict) else []
+    if not isinstance(mcfg, dict):
+        bad = f"is a {type(mcfg).__name__}"
+    elif missing:
+        bad = f"has no {missing[0]!r} entry"
+    elif not isinstance(mcfg["net"], dict):
+        bad = f"has a 'net' entry that is a {type(mcfg['net']).__name__}"
+    else:
+        bad = None
+    if bad:
+        raise ValueError(f"{path}: its stored config 'model' {bad} (corrupt or foreign checkpoint; it must be a "
+                         f"dict with {list(_MODEL_KEYS)}, 'net' a dict)")
+    if net is None:
+        if mcfg["net"].get("custom"):
+            raise ValueError(f"{path} holds a custom network ({mcfg['net'].get('model')}); pass it as net=")
+        from .models import model_from_config
+
+        net = _stored(path, "model.net", model_from_config, mcfg["net"])
+    elif callable(getattr(net, "config", None)):
+        check_config({"net": mcfg["net"]}, {"net": json.loads(json.dumps(net.config()))}, path)
+    score = _stored(path, "model", ScoreModel, net, sde if sde is not None else stored_sde,
+                    prediction=mcfg["prediction"], time_input=mcfg["time_input"], discrete=mcfg["discrete"],
+                    learn_variance=mcfg["learn_variance"])
+    return score, stored_sde
 
 
 def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None, sde: SDE | None = None,
@@ -107,9 +217,13 @@ def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None
         "weights": "ema" or "online" and "step".
     Raises:
         FileNotFoundError: no such file (or a folder without ``checkpoint.pt``). ValueError (one
-        line): corrupt / foreign file, a config
-        that does not match ``net`` or ``sde``, weights that do not fit the network, a custom
-        network without ``net=``.
+        line naming the file): corrupt / foreign file, a stored config that is incomplete or
+        that the SDE / network / ScoreModel classes refuse (the field named), a "step" that is
+        not an integer >= 0, a config that does not match ``net`` or ``sde``, weights that do
+        not fit the network (in shape, or in dtype kind: integer / bool / complex tensors for
+        floating parameters), a custom network without ``net=``; also a bad ``map_location``
+        (see :func:`scoresde.checkpoint.load_checkpoint`, which raises TypeError for one of
+        another type).
     """
     path = resolve_checkpoint(path)
     state = load_checkpoint(path, map_location=map_location)
@@ -119,32 +233,23 @@ def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None
     if cfg.get("kind") == "classifier":
         raise ValueError(f"{path} holds a noise-conditional classifier, not a score model; load it with "
                          "scoresde.classify.load_classifier")
-    stored_sde = sde_from_config(cfg["sde"])
-    if sde is not None:
-        check_config({"sde": cfg["sde"]}, {"sde": sde.config()}, path)
-    mcfg = cfg["model"]
-    if net is None:
-        if mcfg["net"].get("custom"):
-            raise ValueError(f"{path} holds a custom network ({mcfg['net']['model']}); pass it as net=")
-        from .models import model_from_config
-
-        net = model_from_config(mcfg["net"])
-    elif callable(getattr(net, "config", None)):
-        check_config({"net": mcfg["net"]}, {"net": json.loads(json.dumps(net.config()))}, path)
-    score = ScoreModel(net, sde if sde is not None else stored_sde, prediction=mcfg["prediction"],
-                       time_input=mcfg["time_input"], discrete=mcfg["discrete"],
-                       learn_variance=mcfg["learn_variance"])
-    weights = "online"
-    sd = state["model"]
-    if use_ema and state.get("ema") is not None:
-        sd = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    step = _stored_step(path, state)
+    score, stored_sde = _build_score(path, cfg, net, sde)
+    weights, sd = "online", state.get("model")
+    ema = state.get("ema")
+    if ema is not None and not isinstance(ema, dict):
+        raise ValueError(f"{path}: its 'ema' entry is a {type(ema).__name__}, not a dict of tensors")
+    if use_ema and ema is not None:
+        sd = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")}
         weights = "ema"
-    _load_weights(score, sd, path)
-    score.to(map_location).eval()
+    _load_weights(score, sd, path, "EMA weights" if weights == "ema" else "weights")
+    if map_location is None or isinstance(map_location, (str, torch.device)):  # not a dict / callable
+        score.to(map_location)
+    score.eval()
     if not quiet:
         if weights == "ema":
-            n = int(state["ema"].get("n_averaged", torch.tensor(0)))
-            decay = cfg.get("train", {}).get("ema_decay")
+            n = int(ema.get("n_averaged", torch.tensor(0)))
+            decay = cfg["train"].get("ema_decay") if isinstance(cfg.get("train"), dict) else None
             msg = f"using the EMA weights ({n} updates, decay {decay}) of {path}; use_ema=False for the online weights"
         elif use_ema:
             msg = f"{path} holds no EMA weights; using the online weights"
@@ -152,5 +257,5 @@ def load_score_model(path, *, use_ema: bool = True, net: nn.Module | None = None
             msg = f"using the online (non-EMA) weights of {path}, as requested"
         print("scoresde: " + msg, file=sys.stderr)
     out = dict(cfg)
-    out.update({"weights": weights, "step": int(state.get("step", 0))})
+    out.update({"weights": weights, "step": step})
     return score, (sde if sde is not None else stored_sde), out

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 from .checkpoint import check_writable, load_checkpoint
+from .runs import _dtype_kind
 
 
 def _seed(*parts) -> int:
@@ -107,9 +108,77 @@ def _rng_state(device: torch.device) -> dict:
 
 
 def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+    """Set the global RNG state (as :func:`_rng_state` returned it); ValueError (one line) if it does not fit."""
+    try:
+        torch.set_rng_state(state["torch"].cpu())
+        if device.type == "cuda" and "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+    except (RuntimeError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"the saved RNG state does not fit this torch: {str(e).splitlines()[0] if str(e) else e!r}") \
+            from None
+
+
+def _bad_state(path: str, msg: str) -> ValueError:
+    return ValueError(f"{path}: optimizer / EMA state does not fit the model: {msg}")
+
+
+def _check_optimizer_state(saved: dict, path: str) -> None:
+    """The optimizer's per-parameter tensors (Adam's exp_avg, exp_avg_sq) must be finite floating
+    tensors, agree in shape, and match, in order, the shapes of the saved model's weights (its
+    parameters, in ``parameters()`` order, are a subsequence of its state dict)."""
+    model, opt = saved.get("model"), saved.get("optimizer")
+    if not isinstance(model, dict):
+        raise _bad_state(path, f"its 'model' entry is a {type(model).__name__}, not a dict of tensors")
+    if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])):
+        raise _bad_state(path, "its 'optimizer' entry is not an optimizer state dict ('state', 'param_groups')")
+    shapes = [tuple(t.shape) for t in model.values() if isinstance(t, torch.Tensor)]
+    pos = 0
+    for i in [i for g in opt["param_groups"] for i in g["params"]]:
+        st = opt["state"].get(i)
+        st = st if isinstance(st, dict) else {}
+        named = {k: v for k, v in st.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
+        for k, v in named.items():
+            if not v.is_floating_point():
+                raise _bad_state(path, f"optimizer state {k!r} of parameter {i} is {v.dtype}, not a floating tensor")
+            if not bool(torch.isfinite(v).all()):
+                raise _bad_state(path, f"optimizer state {k!r} of parameter {i} holds NaN / inf")
+        got = sorted({tuple(v.shape) for v in named.values()})
+        if len(got) > 1:
+            raise _bad_state(path, f"the optimizer state of parameter {i} mixes shapes: "
+                             + ", ".join(f"{k} {tuple(v.shape)}" for k, v in named.items()))
+        while got and pos < len(shapes) and shapes[pos] != got[0]:
+            pos += 1  # a buffer, or a frozen parameter
+        if pos >= len(shapes):
+            raise _bad_state(path, f"the optimizer state of parameter {i} has shape {got[0]}, which the saved model's "
+                             "weights do not have (in parameter order)" if got else
+                             f"the optimizer has more parameters than the saved model has weights ({len(shapes)})")
+        pos += 1
+
+
+def _check_resume_state(saved: dict, path: str, device: torch.device) -> None:
+    """Raise ValueError (one line naming ``path``) if a checkpoint's optimizer, EMA or RNG state
+    cannot be restored: caught before training starts instead of at the first update."""
+    _check_optimizer_state(saved, path)
+    model, ema = saved["model"], saved.get("ema")
+    if isinstance(ema, dict):
+        for k, v in ema.items():
+            ref = model.get(k[len("module."):]) if isinstance(k, str) and k.startswith("module.") else None
+            if isinstance(v, torch.Tensor) and isinstance(ref, torch.Tensor) and _dtype_kind(v.dtype) != _dtype_kind(
+                    ref.dtype):
+                raise _bad_state(path, f"EMA tensor {k!r} is {v.dtype}, the model's {ref.dtype}")
+    rng = saved.get("rng")
+    got = rng.get("torch") if isinstance(rng, dict) else None
+    want = torch.get_rng_state()
+    if not (isinstance(got, torch.Tensor) and got.dtype == want.dtype and got.shape == want.shape):
+        what = f"a {got.dtype} tensor of shape {tuple(got.shape)}" if isinstance(got, torch.Tensor) else repr(got)[:60]
+        raise ValueError(f"{path}: the saved RNG state does not fit this torch: rng['torch'] is {what}; expected a "
+                         f"{want.dtype} tensor of shape {tuple(want.shape)} (as torch.get_rng_state() gives)")
+    if device.type == "cuda" and isinstance(rng.get("cuda"), torch.Tensor):
+        want = torch.cuda.get_rng_state(device)
+        if rng["cuda"].dtype != want.dtype or rng["cuda"].shape != want.shape:
+            raise ValueError(f"{path}: the saved RNG state does not fit this torch: rng['cuda'] has shape "
+                             f"{tuple(rng['cuda'].shape)}; expected {tuple(want.shape)}")
 
 
 # ---------------------------------------------------------------------------------- set-up steps
@@ -132,7 +201,11 @@ def _check_out_dir(cfg, rank: int, world: int, device: torch.device) -> None:
 
 def _load_saved(cfg, ckpt_path: str | None, world: int, device: torch.device) -> dict | None:
     """The checkpoint to resume from (or None), and ``cfg.micro_batches`` resolved: as given, else
-    the saved run's, else the number of processes."""
+    the saved run's, else the number of processes.
+
+    Raises ValueError (one line naming the file) for a checkpoint that cannot be loaded
+    (:func:`load_checkpoint`) or whose optimizer / EMA / RNG state cannot be restored
+    (:func:`_check_resume_state`), before anything is trained."""
     saved = None
     parts = cfg.micro_batches
     if ckpt_path and not cfg.resume and os.path.exists(ckpt_path):
@@ -140,6 +213,7 @@ def _load_saved(cfg, ckpt_path: str | None, world: int, device: torch.device) ->
                          "or resume=True")
     if ckpt_path and cfg.resume and os.path.exists(ckpt_path):
         saved = load_checkpoint(ckpt_path, map_location=device)
+        _check_resume_state(saved, ckpt_path, device)
         if parts is None:
             parts = saved["config"]["train"].get("micro_batches")
     if parts is None:
