@@ -203,6 +203,34 @@ def _temp_prefix(path: str) -> str:
     return "." + os.path.basename(path) + ".tmp-"
 
 
+def atomic_write(path: str, write) -> None:
+    """Write a file atomically: ``write(f)`` into a temporary file (binary) beside ``path``, fsync'ed,
+    renamed over ``path``, the folder fsync'ed. On any error (or a kill) the temporary file is
+    removed (its name starts with ``.<name>.tmp-``) and ``path`` is left as it was.
+
+    Arguments:
+        path: the destination (its folder must exist). write: callable taking the open binary file.
+    Raises:
+        whatever ``write`` or the file system raises (OSError for a full disk), after the clean-up.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=folder)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
 def save_checkpoint(path, state: dict) -> str:
     """Write ``state`` to ``path`` atomically.
 
@@ -242,21 +270,7 @@ def save_checkpoint(path, state: dict) -> str:
     full[DIGEST_KEY] = state_digests(full)
     folder = os.path.dirname(path)
     check_writable(folder)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), dir=folder)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
-        with os.fdopen(fd, "wb") as f:
-            torch.save(full, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
+    atomic_write(path, lambda f: torch.save(full, f))
     for name in os.listdir(folder):  # leftovers of writes that were killed
         if name.startswith(_temp_prefix(path)):
             try:

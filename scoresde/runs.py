@@ -15,7 +15,7 @@ import sys
 import torch
 from torch import nn
 
-from .checkpoint import check_config, load_checkpoint
+from .checkpoint import atomic_write, check_config, load_checkpoint
 from .score import ScoreModel
 from .sde import SDE, sde_from_config
 
@@ -24,24 +24,6 @@ __all__ = ["CHECKPOINT_NAME", "LOG_NAME", "CONFIG_NAME", "resolve_checkpoint", "
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"
-
-
-def _replace_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (a temporary ``<path>.tmp``, fsync'ed, renamed over
-    ``path``); on any error the temporary file is removed and ``path`` is left as it was."""
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _read_log(path: str, upto: int) -> None:
@@ -69,7 +51,7 @@ def _read_log(path: str, upto: int) -> None:
         if step <= upto:
             keep.append(ln)
     if len(keep) != len(lines):
-        _replace_text(path, "".join(keep))
+        atomic_write(path, lambda f: f.write("".join(keep).encode()))
 
 
 def _write_json(path: str, obj) -> None:
@@ -84,7 +66,7 @@ def _write_json(path: str, obj) -> None:
         text = json.dumps(obj, indent=2, sort_keys=True)
     except (TypeError, ValueError) as e:
         raise type(e)(f"{path}: cannot be written as JSON: {e}") from None
-    _replace_text(path, text)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def _load_weights(module: nn.Module, state: dict, path, what: str = "weights") -> None:
