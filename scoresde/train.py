@@ -70,7 +70,7 @@ from .runs import (CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, _load_weights, _read_
 from .train_config import (_FREE_ON_RESUME, _RESERVED_LOSS_KWARGS, OBJECTIVES, TrainConfig, _as_config,  # noqa: F401
                            _check_inputs, _check_resume, _data_config, _data_tensor, _objective, model_config)
 from .train_state import (_check_out_dir, _load_saved, _rng_state, _sampler_load, _sampler_state,  # noqa: F401
-                          _sampler_update, _seed, _seed_global, _set_rng_state, _Sharder, _status_line)
+                          _sampler_update, _seed, _seed_global, _set_rng_state, _Sharder, _status_line, check_optimizer_fits)
 from .amp import TrainPrecision
 from .device import resolve_device
 
@@ -262,6 +262,7 @@ class _Loop:
         except (ValueError, RuntimeError, KeyError) as e:
             raise ValueError(f"{self.ckpt_path}: optimizer / EMA state does not fit the model: "
                              f"{str(e).splitlines()[0]}") from None
+        check_optimizer_fits(self.opt, self.ckpt_path)
         self.step = int(saved["step"])
         self.prec.load_state_dict(saved.get("grad_scaler"))
         _set_rng_state(saved["rng"], self.device)

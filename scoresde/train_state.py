@@ -123,44 +123,45 @@ def _bad_state(path: str, msg: str) -> ValueError:
 
 
 def _check_optimizer_state(saved: dict, path: str) -> None:
-    """The optimizer's per-parameter tensors (Adam's exp_avg, exp_avg_sq) must be finite floating
-    tensors, agree in shape, and match, in order, the shapes of the saved model's weights (its
-    parameters, in ``parameters()`` order, are a subsequence of its state dict)."""
-    model, opt = saved.get("model"), saved.get("optimizer")
-    if not isinstance(model, dict):
-        raise _bad_state(path, f"its 'model' entry is a {type(model).__name__}, not a dict of tensors")
+    """The saved optimizer state is a state dict whose per-parameter tensors (Adam's exp_avg,
+    exp_avg_sq) are finite floating tensors (``Optimizer.load_state_dict`` would cast integer ones);
+    their shapes are checked against the live parameters by :func:`check_optimizer_fits`."""
+    opt = saved.get("optimizer")
     if not (isinstance(opt, dict) and isinstance(opt.get("state"), dict) and isinstance(opt.get("param_groups"), list)
             and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in opt["param_groups"])):
         raise _bad_state(path, "its 'optimizer' entry is not an optimizer state dict ('state', 'param_groups')")
-    shapes = [tuple(t.shape) for t in model.values() if isinstance(t, torch.Tensor)]
-    pos = 0
-    for i in [i for g in opt["param_groups"] for i in g["params"]]:
-        st = opt["state"].get(i)
-        st = st if isinstance(st, dict) else {}
-        named = {k: v for k, v in st.items() if isinstance(v, torch.Tensor) and v.ndim > 0}
-        for k, v in named.items():
-            if not v.is_floating_point():
-                raise _bad_state(path, f"optimizer state {k!r} of parameter {i} is {v.dtype}, not a floating tensor")
-            if not bool(torch.isfinite(v).all()):
-                raise _bad_state(path, f"optimizer state {k!r} of parameter {i} holds NaN / inf")
-        got = sorted({tuple(v.shape) for v in named.values()})
-        if len(got) > 1:
+    for i, st in opt["state"].items():
+        for k, v in (st.items() if isinstance(st, dict) else ()):
+            if isinstance(v, torch.Tensor) and v.ndim > 0:
+                if not v.is_floating_point():
+                    raise _bad_state(path, f"optimizer state {k!r} of parameter {i} is {v.dtype}, not a floating tensor")
+                if not bool(torch.isfinite(v).all()):
+                    raise _bad_state(path, f"optimizer state {k!r} of parameter {i} holds NaN / inf")
+
+
+def check_optimizer_fits(opt: torch.optim.Optimizer, path: str) -> None:
+    """After ``opt.load_state_dict``: every per-parameter state tensor has its parameter's shape
+    (the optimizer loads any shape, and the first update fails with "size of tensor a ... must
+    match"). Raises ValueError naming ``path`` and the parameter's index, in parameter order."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        named = {k: v for k, v in opt.state.get(p, {}).items() if isinstance(v, torch.Tensor) and v.ndim > 0}
+        shapes = {tuple(v.shape) for v in named.values()}
+        if len(shapes) > 1:
             raise _bad_state(path, f"the optimizer state of parameter {i} mixes shapes: "
                              + ", ".join(f"{k} {tuple(v.shape)}" for k, v in named.items()))
-        while got and pos < len(shapes) and shapes[pos] != got[0]:
-            pos += 1  # a buffer, or a frozen parameter
-        if pos >= len(shapes):
-            raise _bad_state(path, f"the optimizer state of parameter {i} has shape {got[0]}, which the saved model's "
-                             "weights do not have (in parameter order)" if got else
-                             f"the optimizer has more parameters than the saved model has weights ({len(shapes)})")
-        pos += 1
+        if shapes and shapes != {tuple(p.shape)}:
+            raise _bad_state(path, f"the optimizer state of parameter {i} has shape {shapes.pop()}; the parameter "
+                             f"has {tuple(p.shape)}")
 
 
 def _check_resume_state(saved: dict, path: str, device: torch.device) -> None:
     """Raise ValueError (one line naming ``path``) if a checkpoint's optimizer, EMA or RNG state
     cannot be restored: caught before training starts instead of at the first update."""
     _check_optimizer_state(saved, path)
-    model, ema = saved["model"], saved.get("ema")
+    model, ema = saved.get("model"), saved.get("ema")
+    if not isinstance(model, dict):
+        raise _bad_state(path, f"its 'model' entry is a {type(model).__name__}, not a dict of tensors")
     if isinstance(ema, dict):
         for k, v in ema.items():
             ref = model.get(k[len("module."):]) if isinstance(k, str) and k.startswith("module.") else None
