@@ -147,8 +147,8 @@ def classifier_free_guidance(model: Callable, y, scale: float) -> Callable:
         ``guided(x, t)`` -> (B, *S), one network evaluation on 2B samples per call.
     Raises:
         TypeError: non-callable model, a scale that is not a real number; ValueError: non-finite
-        scale, or at call time a label count that is neither 1 nor B, a y of shape other than
-        () / (1,) / (B,), or (a model with ``null_class`` K) a label outside [0, K).
+        scale, (a model with ``null_class`` K) a label outside [0, K); at call time a label count
+        that is neither 1 nor B, a y of shape other than () / (1,) / (B,).
     Reference:
         Ho & Salimans 2022, "Classifier-Free Diffusion Guidance", Eq. (6) and Alg. 2.
     """
@@ -158,11 +158,15 @@ def classifier_free_guidance(model: Callable, y, scale: float) -> Callable:
     _check_y(y)
     null = null_label(model)
 
+    if null is not None:  # y is fixed: its range is checked once, here, not at every call (a device read)
+        lo, hi = (int(y), int(y)) if not isinstance(y, torch.Tensor) else (
+            (int(y.min()), int(y.max())) if y.numel() and y.device.type != "meta" else (0, 0))
+        if lo < 0 or hi >= null:
+            raise ValueError(f"y must lie in [0, {null - 1}] (the model has {null} classes; {null} is its null label); "
+                             f"got values in [{lo}, {hi}]")
+
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         labels = _labels(y, x)
-        if null is not None and (int(labels.min()) < 0 or int(labels.max()) >= null):
-            raise ValueError(f"y must lie in [0, {null - 1}] (the model has {null} classes; {null} is its null label); "
-                             f"got values in [{int(labels.min())}, {int(labels.max())}]")
         if w == 0.0:
             return model(x, t, y=labels)
         if null is not None:

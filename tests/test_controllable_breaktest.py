@@ -102,9 +102,9 @@ def test_guidance_argument_messages():
             return -x
 
     with pytest.raises(ValueError, match=r"y must lie in \[0, 2\].*got values in \[-1, -1\]"):
-        classifier_free_guidance(Cond(), -1, 1.0)(x, t)
-    with pytest.raises(ValueError, match=r"got values in \[3, 3\]"):
-        classifier_free_guidance(Cond(), 3, 1.0)(x, t)
+        classifier_free_guidance(Cond(), -1, 1.0)
+    with pytest.raises(ValueError, match=r"got values in \[0, 3\]"):
+        classifier_free_guidance(Cond(), torch.tensor([0, 3, 1, 2]), 1.0)
     torch.testing.assert_close(classifier_free_guidance(Cond(), 2, 1.0)(x, t), -x)
 
 
